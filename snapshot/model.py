@@ -1,0 +1,291 @@
+"""The StaticSite model: the one parser and validator of StaticSite manifests.
+
+Every source (a folder of YAML files, the Kubernetes API) hands the raw object to
+`parse_site`, which returns a `StaticSite` or raises `InvalidSite` carrying every problem
+found, each naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GROUP = "staticsite-xds.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "StaticSite"
+PLURAL = "staticsites"
+
+DEFAULT_NAMESPACE = "default"
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+# ObjectMeta fields a manifest may carry (the API server adds most of them itself).
+_METADATA_FIELDS = frozenset(
+    {
+        "name",
+        "namespace",
+        "labels",
+        "annotations",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "finalizers",
+        "ownerReferences",
+        "generateName",
+        "selfLink",
+    }
+)
+_TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+_SPEC_FIELDS = frozenset({"domain", "backend"})
+_BACKEND_FIELDS = frozenset({"serviceName", "servicePort"})
+
+_Reporter = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SiteKey:
+    """The identity of a site: its namespace and name."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Backend:
+    """The Kubernetes Service (in the site's namespace) and port that serve a site."""
+
+    namespace: str
+    service_name: str
+    service_port: int
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.service_name}:{self.service_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class StaticSite:
+    """One valid StaticSite, as every source produces it."""
+
+    key: SiteKey
+    domain: str
+    backend: Backend
+    generation: int = 0
+    creation_timestamp: str | None = None
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with one manifest: where it came from, which field, and why."""
+
+    origin: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.origin}: " if self.origin else ""
+        field = f"{self.field}: " if self.field else ""
+        return f"{where}{field}{self.message}"
+
+
+class InvalidSite(ValueError):
+    """A StaticSite manifest failed validation; `problems` lists every problem found."""
+
+    def __init__(self, problems: list[Problem], key: SiteKey | None = None) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+        self.key = key
+
+
+def is_static_site(doc: Mapping[str, Any]) -> bool:
+    """True when a parsed document declares itself a StaticSite (of any API version)."""
+    return doc.get("kind") == KIND
+
+
+def site_key_of(doc: Mapping[str, Any]) -> SiteKey | None:
+    """The identity a document claims, if it names one; used to keep the last good version."""
+    meta = doc.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    name = meta.get("name")
+    namespace = meta.get("namespace", DEFAULT_NAMESPACE)
+    if isinstance(name, str) and name and isinstance(namespace, str) and namespace:
+        return SiteKey(namespace, name)
+    return None
+
+
+def normalize_domain(domain: str) -> str:
+    """Domains compare case-insensitively; this is the one spelling we keep and emit."""
+    return domain.lower()
+
+
+def parse_site(doc: Any, origin: str = "") -> StaticSite:
+    """Validate one StaticSite document and return the site, or raise `InvalidSite`."""
+    problems: list[Problem] = []
+
+    def bad(field: str, message: str) -> None:
+        problems.append(Problem(origin, field, message))
+
+    if not isinstance(doc, Mapping):
+        raise InvalidSite([Problem(origin, "", f"expected a mapping, got {_type_name(doc)}")])
+
+    _check_unknown(doc, _TOP_FIELDS, "", bad)
+    if doc.get("kind") != KIND:
+        bad("kind", f"must be {KIND!r}, got {doc.get('kind')!r}")
+    if doc.get("apiVersion") != API_VERSION:
+        bad("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}")
+
+    name, namespace, generation, created = _parse_metadata(doc.get("metadata"), bad)
+    key = SiteKey(namespace, name) if name and namespace else None
+
+    spec = doc.get("spec")
+    domain = ""
+    backend: Backend | None = None
+    if not isinstance(spec, Mapping):
+        bad("spec", "is required" if spec is None else f"must be a mapping, got {_type_name(spec)}")
+    else:
+        _check_unknown(spec, _SPEC_FIELDS, "spec.", bad)
+        domain = _parse_domain(spec.get("domain"), bad)
+        backend = _parse_backend(spec.get("backend"), namespace, bad)
+
+    if problems or key is None or backend is None:
+        raise InvalidSite(problems, key)
+    return StaticSite(
+        key=key,
+        domain=domain,
+        backend=backend,
+        generation=generation,
+        creation_timestamp=created,
+        origin=origin,
+    )
+
+
+def _parse_metadata(meta: Any, bad: _Reporter) -> tuple[str, str, int, str | None]:
+    if not isinstance(meta, Mapping):
+        bad("metadata", "is required" if meta is None else f"must be a mapping, got {_type_name(meta)}")
+        return "", "", 0, None
+    _check_unknown(meta, _METADATA_FIELDS, "metadata.", bad)
+    name = meta.get("name")
+    if name is None:
+        bad("metadata.name", "is required")
+        name = ""
+    elif not isinstance(name, str) or not _is_dns1123_subdomain(name):
+        bad(
+            "metadata.name",
+            f"{name!r} is not a valid name (lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters)",
+        )
+        name = ""
+    namespace = meta.get("namespace", DEFAULT_NAMESPACE)
+    if not isinstance(namespace, str) or not _is_label(namespace, _DNS1123_LABEL):
+        bad(
+            "metadata.namespace",
+            f"{namespace!r} is not a valid namespace (a DNS-1123 label: lower-case letters, "
+            "digits and '-', at most 63 characters)",
+        )
+        namespace = ""
+    generation = meta.get("generation", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool):
+        generation = 0
+    created = meta.get("creationTimestamp")
+    created_text = None if created is None else str(created)
+    return name, namespace, generation, created_text
+
+
+def _parse_domain(value: Any, bad: _Reporter) -> str:
+    field = "spec.domain"
+    if value is None:
+        bad(field, "is required")
+        return ""
+    if not isinstance(value, str):
+        bad(field, f"must be a string, got {_type_name(value)}")
+        return ""
+    domain = normalize_domain(value)
+    if not domain:
+        bad(field, "must not be empty")
+    elif len(domain) > 253:
+        bad(field, f"is {len(domain)} characters long; a domain has at most 253")
+    elif domain.endswith("."):
+        bad(field, f"{value!r} must not end with a dot")
+    else:
+        for label in domain.split("."):
+            if not _is_label(label, _DNS1123_LABEL):
+                bad(
+                    field,
+                    f"{value!r} is not a DNS name: label {label!r} must be 1-63 letters, digits "
+                    "or '-', starting and ending with a letter or digit",
+                )
+                break
+    return domain
+
+
+def _parse_backend(value: Any, namespace: str, bad: _Reporter) -> Backend | None:
+    if value is None:
+        bad("spec.backend", "is required")
+        return None
+    if not isinstance(value, Mapping):
+        bad("spec.backend", f"must be a mapping, got {_type_name(value)}")
+        return None
+    _check_unknown(value, _BACKEND_FIELDS, "spec.backend.", bad)
+    ok = True
+    service = value.get("serviceName")
+    if service is None:
+        bad("spec.backend.serviceName", "is required")
+        ok = False
+    elif not isinstance(service, str) or not _is_label(service, _DNS1035_LABEL):
+        bad(
+            "spec.backend.serviceName",
+            f"{service!r} is not a valid Service name (a DNS-1035 label: lower-case letters, "
+            "digits and '-', starting with a letter, at most 63 characters)",
+        )
+        ok = False
+    port = value.get("servicePort")
+    if port is None:
+        bad("spec.backend.servicePort", "is required")
+        ok = False
+    elif not isinstance(port, int) or isinstance(port, bool):
+        bad("spec.backend.servicePort", f"must be an integer from 1 to 65535, got {port!r}")
+        ok = False
+    elif not 1 <= port <= 65535:
+        bad("spec.backend.servicePort", f"must be from 1 to 65535, got {port}")
+        ok = False
+    if not ok or not namespace or not isinstance(service, str) or not isinstance(port, int):
+        return None
+    return Backend(namespace, service, port)
+
+
+def _check_unknown(doc: Mapping[str, Any], known: frozenset[str], prefix: str, bad: _Reporter) -> None:
+    for field in doc:
+        if field in known:
+            continue
+        hint = difflib.get_close_matches(str(field), sorted(known), n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        bad(f"{prefix}{field}", f"unknown field{suggestion}")
+
+
+def _is_label(value: str, pattern: re.Pattern[str]) -> bool:
+    return len(value) <= 63 and pattern.match(value) is not None
+
+
+def _is_dns1123_subdomain(value: str) -> bool:
+    return 0 < len(value) <= 253 and all(_is_label(part, _DNS1123_LABEL) for part in value.split("."))
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,269 @@
+"""The folder source: StaticSite manifests in YAML files, loaded and then watched.
+
+Files ending in .yaml, .yml or .json anywhere below the folder are read (hidden files and
+folders are skipped, which also skips the `..data` links of a mounted ConfigMap while still
+reading its files). A file may hold several documents; documents of other kinds are ignored
+with a note. A file that fails to parse, or a document that fails validation, is reported and
+leaves every other site untouched; a site whose declaration turns invalid keeps serving its
+last good version until it is fixed or its file is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import yaml
+
+from snapshot.model import InvalidSite, Problem, SiteKey, StaticSite, is_static_site, parse_site, site_key_of
+
+from .siteset import SiteSet
+
+log = logging.getLogger("staticsite_xds.watcher.folder")
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+MAX_MANIFEST_BYTES = 1024 * 1024
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(slots=True)
+class _FileState:
+    """What one file declared the last time it was read, and how it looked on disk."""
+
+    stamp: tuple[int, int, int]
+    sites: dict[SiteKey, StaticSite] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    invalid: dict[SiteKey, tuple[Problem, ...]] = field(default_factory=dict)
+
+
+class FolderSource:
+    """Reads a folder of manifests and keeps the site set current as files change."""
+
+    def __init__(self, root: Path | str, *, force_polling: bool = False) -> None:
+        self.root = Path(root)
+        self.force_polling = force_polling
+        self._files: dict[Path, _FileState] = {}
+        self._folder_problem: Problem | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def load(self) -> SiteSet:
+        """Read every manifest file below the folder (re-reading only files that changed)."""
+        try:
+            paths = set(self._scan())
+            self._folder_problem = None
+        except OSError as exc:
+            problem = Problem(str(self.root), "", f"cannot read the sites folder: {exc.strerror or exc}")
+            if self._folder_problem != problem:
+                log.error("%s; keeping the last good sites", problem)
+            self._folder_problem = problem
+            return self.current()
+        for gone in set(self._files) - paths:
+            self._forget(gone)
+        for path in sorted(paths):
+            self._refresh(path)
+        return self.current()
+
+    def update(self, paths: Iterable[Path]) -> SiteSet:
+        """Re-read the given paths (created, changed or deleted) and return the new set."""
+        for path in sorted(set(paths)):
+            if path.exists():
+                self._refresh(path)
+            else:
+                self._forget(path)
+        return self.current()
+
+    def current(self) -> SiteSet:
+        """The union of every file's sites; a site declared twice is kept from the first file."""
+        sites: dict[SiteKey, StaticSite] = {}
+        problems: list[Problem] = [self._folder_problem] if self._folder_problem else []
+        invalid: dict[SiteKey, tuple[Problem, ...]] = {}
+        for path in sorted(self._files):
+            state = self._files[path]
+            problems.extend(state.problems)
+            invalid.update(state.invalid)
+            for key, site in state.sites.items():
+                first = sites.get(key)
+                if first is None:
+                    sites[key] = site
+                    continue
+                problem = Problem(
+                    site.origin,
+                    "metadata.name",
+                    f"site {key} is already declared in {first.origin}; this declaration is ignored",
+                )
+                problems.append(problem)
+                invalid[key] = (*invalid.get(key, ()), problem)
+        return SiteSet(MappingProxyType(sites), tuple(problems), MappingProxyType(invalid))
+
+    def _scan(self) -> Iterable[Path]:
+        return manifest_files(self.root)
+
+    def _refresh(self, path: Path, *, any_name: bool = False) -> None:
+        if not any_name and not is_manifest_path(path, self.root):
+            return
+        try:
+            st = path.stat()
+        except OSError:
+            self._forget(path)
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        old = self._files.get(path)
+        if old is not None and old.stamp == stamp:
+            return
+        self._files[path] = self._read(path, stamp, old)
+
+    def _forget(self, path: Path) -> None:
+        state = self._files.pop(path, None)
+        if state is not None and state.sites:
+            log.info("%s was removed; its sites are removed: %s", self._name(path), _keys(state.sites))
+
+    def _read(self, path: Path, stamp: tuple[int, int, int], old: _FileState | None) -> _FileState:
+        name = self._name(path)
+        state = _FileState(stamp)
+        previous = old.sites if old is not None else {}
+        try:
+            if stamp[1] > MAX_MANIFEST_BYTES:
+                raise ValueError(
+                    f"the file is {stamp[1]} bytes; a manifest file may have {MAX_MANIFEST_BYTES}"
+                )
+            text = path.read_text(encoding="utf-8")
+            docs = list(yaml.load_all(text, Loader=_Loader))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
+            problem = Problem(name, "", f"cannot be read: {_describe(exc)}")
+            state.problems.append(problem)
+            # The whole file is unreadable: every site it declared keeps its last good version.
+            state.sites = dict(previous)
+            for key in previous:
+                state.invalid[key] = (problem,)
+            log.error("%s%s", problem, _kept(previous))
+            return state
+
+        for index, doc in enumerate(docs, start=1):
+            origin = f"{name} document {index}" if len(docs) > 1 else name
+            if doc is None:
+                continue
+            if not isinstance(doc, dict) or not is_static_site(doc):
+                kind = doc.get("kind") if isinstance(doc, dict) else None
+                log.info("%s: kind %r is not a %s; ignored", origin, kind, "StaticSite")
+                continue
+            try:
+                site = parse_site(doc, origin)
+            except InvalidSite as exc:
+                state.problems.extend(exc.problems)
+                claimed = exc.key or site_key_of(doc)
+                kept = previous.get(claimed) if claimed is not None else None
+                if claimed is not None:
+                    state.invalid[claimed] = tuple(exc.problems)
+                    if kept is not None:
+                        state.sites[claimed] = kept
+                for problem in exc.problems:
+                    log.error("%s%s", problem, _kept({claimed: kept} if claimed and kept else {}))
+                continue
+            if site.key in state.sites:
+                problem = Problem(origin, "metadata.name", f"site {site.key} is declared twice in this file")
+                state.problems.append(problem)
+                log.error("%s", problem)
+                continue
+            state.sites[site.key] = site
+        return state
+
+    def _name(self, path: Path) -> str:
+        return str(path)
+
+    # -- watching --------------------------------------------------------------------------
+
+    async def watch(self, stop: asyncio.Event | None = None) -> AsyncIterator[SiteSet]:
+        """Yield the initial set, then a new set after every batch of file changes."""
+        import watchfiles
+
+        yield self.load()
+        while True:
+            try:
+                async for batch in watchfiles.awatch(
+                    self.root,
+                    stop_event=stop,
+                    step=20,
+                    debounce=400,
+                    force_polling=self.force_polling,
+                    poll_delay_ms=200,
+                    recursive=True,
+                    ignore_permission_denied=True,
+                ):
+                    paths = {Path(p) for _, p in batch}
+                    if all(is_manifest_path(p, self.root) for p in paths):
+                        yield self.update(paths)
+                    else:  # a folder, a link or a hidden path changed: compare every file
+                        yield self.load()
+                return
+            except (FileNotFoundError, RuntimeError, OSError) as exc:
+                if stop is not None and stop.is_set():
+                    return
+                # The folder went away or cannot be watched: keep the last good sites, retry.
+                log.error("cannot watch %s (%s); keeping the last good sites and retrying", self.root, exc)
+                yield self.load()
+                if stop is None:
+                    await asyncio.sleep(1.0)
+                    continue
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                    return
+                except TimeoutError:
+                    continue
+
+
+def read_manifests(paths: Iterable[Path]) -> SiteSet:
+    """Read manifest files, and every manifest file below folders, once (no watching)."""
+    source = FolderSource(Path("."))
+    for path in paths:
+        if path.is_dir():
+            for found in manifest_files(path):
+                source._refresh(found, any_name=True)
+        elif path.exists():
+            source._refresh(path, any_name=True)
+        else:
+            source._files[path] = _FileState((0, 0, 0), problems=[Problem(str(path), "", "no such file")])
+    return source.current()
+
+
+def manifest_files(root: Path) -> Iterable[Path]:
+    """Every manifest file below `root`, skipping hidden files and folders."""
+    if not root.is_dir():
+        raise NotADirectoryError(20, "not a directory", str(root))
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if is_manifest_name(name):
+                yield Path(folder, name)
+
+
+def is_manifest_name(name: str) -> bool:
+    return not name.startswith(".") and name.endswith(MANIFEST_SUFFIXES)
+
+
+def is_manifest_path(path: Path, root: Path) -> bool:
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    return bool(parts) and not any(p.startswith(".") for p in parts) and is_manifest_name(parts[-1])
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return " ".join(str(exc).replace(' in "<unicode string>",', " at").split())
+
+
+def _keys(sites: Iterable[SiteKey]) -> str:
+    return ", ".join(str(k) for k in sorted(sites))
+
+
+def _kept(sites: Mapping[SiteKey, StaticSite]) -> str:
+    return f" (keeping the last good version of {_keys(sites)})" if sites else ""
