@@ -133,9 +133,13 @@ class LocalEnvoy:
             if not line.strip():
                 continue
             for stat in json.loads(line).get("stats", []):
-                if "value" in stat:
+                if isinstance(stat.get("value"), int | float):  # text stats (versions) are skipped
                     out[stat["name"]] = int(stat["value"])
         return out
+
+    def stat(self, name: str) -> int:
+        """One counter or gauge by its full name (0 when Envoy has not created it yet)."""
+        return self.stats(name).get(name, 0)
 
     def config_dump(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.admin("/config_dump"))

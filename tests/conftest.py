@@ -1,0 +1,198 @@
+"""Shared fixtures: free ports, deadlines, manifests on disk, and real processes on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from snapshot.model import API_VERSION
+from xds_server.local_envoy import LocalEnvoy, local_bootstrap
+from xds_server.sample_backend import SampleBackend
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
+
+
+def manifest(name: str, domain: str, service: str, port: int, namespace: str = "default") -> str:
+    meta = f"{{name: {name}, namespace: {namespace}}}"
+    return (
+        f"apiVersion: {API_VERSION}\nkind: StaticSite\nmetadata: {meta}\n"
+        f"spec:\n  domain: {domain}\n  backend: {{serviceName: {service}, servicePort: {port}}}\n"
+    )
+
+
+@dataclass
+class Response:
+    status: int
+    body: str
+    backend: str | None
+
+
+def http_get(port: int, host: str, path: str = "/", timeout: float = 5.0) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return Response(resp.status, resp.read().decode(errors="replace"), resp.getheader("x-backend"))
+    finally:
+        conn.close()
+
+
+def try_get(port: int, host: str, path: str = "/") -> Response | None:
+    try:
+        return http_get(port, host, path, timeout=2.0)
+    except OSError:
+        return None
+
+
+class ControlPlaneProcess:
+    """`staticsite-xds serve` as a real process, its log captured to a file."""
+
+    def __init__(self, sites: Path, workdir: Path, xds_port: int, http_port: int) -> None:
+        self.sites = sites
+        self.xds_port = xds_port
+        self.http_port = http_port
+        self.log_path = workdir / "control-plane.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ControlPlaneProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "xds_server.cli",
+            "--log-level",
+            "debug",
+            "serve",
+            "--sites",
+            str(self.sites),
+            "--xds-address",
+            f"127.0.0.1:{self.xds_port}",
+            "--http-port",
+            str(self.http_port),
+            "--listen-address",
+            "127.0.0.1",
+            "--backend-host-template",
+            "127.0.0.1",
+        ]
+        with self.log_path.open("ab") as logfile:
+            self.process = subprocess.Popen(
+                cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        wait_until(lambda: "listening on" in self.log(), timeout=20, what="the control plane to listen")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class Gateway:
+    """A control plane process serving a folder of sites, and a real Envoy bootstrapped to it."""
+
+    sites: Path
+    control_plane: ControlPlaneProcess
+    envoy: LocalEnvoy
+    http_port: int
+
+    def get(self, host: str, path: str = "/") -> Response:
+        return http_get(self.http_port, host, path)
+
+    def write(self, filename: str, text: str) -> Path:
+        """Write a manifest atomically (as editors and ConfigMap updates do)."""
+        path = self.sites / filename
+        tmp = self.sites / f".{filename}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return path
+
+    def wait_backend(self, host: str, backend: str | None, timeout: float = 10.0) -> Response:
+        def check() -> Response | None:
+            r = try_get(self.http_port, host)
+            return r if r is not None and r.backend == backend else None
+
+        return wait_until(check, timeout, what=f"{host} to be served by {backend}")
+
+    def wait_status(self, host: str, status: int, timeout: float = 10.0) -> Response:
+        def check() -> Response | None:
+            r = try_get(self.http_port, host)
+            return r if r is not None and r.status == status else None
+
+        return wait_until(check, timeout, what=f"{host} to answer {status}")
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[[str], SampleBackend]]:
+    """A factory of sample backends on free loopback ports, all stopped after the test."""
+    started: list[SampleBackend] = []
+
+    def make(name: str) -> SampleBackend:
+        backend = SampleBackend(name).start()
+        started.append(backend)
+        return backend
+
+    yield make
+    for backend in started:
+        backend.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A running control plane (a real process) and a real Envoy, on free loopback ports."""
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    xds_port, http_port, admin_port = free_port(), free_port(), free_port()
+    plane = ControlPlaneProcess(sites, tmp_path, xds_port, http_port).start()
+    envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), tmp_path / "envoy", log_level="info")
+    gw = Gateway(sites, plane, envoy, http_port)
+    try:
+        envoy.start()
+        wait_until(envoy.ready, timeout=20, what="Envoy to receive its first configuration")
+        yield gw
+    finally:
+        envoy.stop()
+        plane.stop()
+        gw.control_plane.stop()  # a test may have replaced it with a restarted one
