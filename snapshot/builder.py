@@ -73,7 +73,7 @@ def winners(sites: Iterable[StaticSite]) -> tuple[list[StaticSite], dict[SiteKey
     """
     by_domain: dict[str, list[StaticSite]] = {}
     for site in sites:
-        by_domain.setdefault(site.domain, []).append(site)
+        by_domain.setdefault(site.domain.lower(), []).append(site)
     serving: list[StaticSite] = []
     losers: dict[SiteKey, SiteState] = {}
     for domain in sorted(by_domain):

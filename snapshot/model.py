@@ -11,6 +11,7 @@ import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
 GROUP = "staticsite-xds.dev"
@@ -199,9 +200,30 @@ def _parse_metadata(meta: Any, bad: _Reporter) -> tuple[str, str, int, str | Non
     generation = meta.get("generation", 0)
     if not isinstance(generation, int) or isinstance(generation, bool):
         generation = 0
-    created = meta.get("creationTimestamp")
-    created_text = None if created is None else str(created)
-    return name, namespace, generation, created_text
+    return name, namespace, generation, _timestamp(meta.get("creationTimestamp"))
+
+
+def _timestamp(value: Any) -> str | None:
+    """A creationTimestamp as the API server writes it (RFC 3339, UTC, to the second).
+
+    Conflicts compare timestamps as text, so every spelling must be the same: YAML reads an
+    unquoted timestamp as a datetime (whose str() has a space and an offset, and sorts before
+    a same-day "...T...Z" string), and a hand-written one may carry another offset.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text: str = value
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return text
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, date):
+        return f"{value.isoformat()}T00:00:00Z"
+    return str(value)
 
 
 def _parse_domain(value: Any, bad: _Reporter) -> str:
@@ -276,7 +298,8 @@ def _check_unknown(doc: Mapping[str, Any], known: frozenset[str], prefix: str, b
 
 
 def _is_label(value: str, pattern: re.Pattern[str]) -> bool:
-    return len(value) <= 63 and pattern.match(value) is not None
+    # fullmatch, not match: `$` also matches before a trailing newline ("web\n").
+    return len(value) <= 63 and pattern.fullmatch(value) is not None
 
 
 def _is_dns1123_subdomain(value: str) -> bool:

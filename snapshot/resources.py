@@ -50,7 +50,7 @@ def check_host_template(template: str) -> None:
     """Raise ValueError when a host template uses a placeholder we do not fill."""
     try:
         template.format(service="svc", namespace="ns")
-    except (KeyError, IndexError, ValueError) as exc:
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
         raise ValueError(
             f"backend host template {template!r} is invalid ({exc}); it may use {{service}} and {{namespace}}"
         ) from None

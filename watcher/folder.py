@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import yaml
 
@@ -28,6 +29,10 @@ log = logging.getLogger("staticsite_xds.watcher.folder")
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 MAX_MANIFEST_BYTES = 1024 * 1024
+
+# How long the watcher waits for a change before it reports a timeout; the first timeout
+# (or batch) tells that the watcher is in place, see `watch`.
+_WATCH_TIMEOUT_MS = 500
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -46,7 +51,7 @@ class FolderSource:
     """Reads a folder of manifests and keeps the site set current as files change."""
 
     def __init__(self, root: Path | str, *, force_polling: bool = False) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # watchfiles reports absolute paths
         self.force_polling = force_polling
         self._files: dict[Path, _FileState] = {}
         self._folder_problem: Problem | None = None
@@ -98,8 +103,7 @@ class FolderSource:
                     "metadata.name",
                     f"site {key} is already declared in {first.origin}; this declaration is ignored",
                 )
-                problems.append(problem)
-                invalid[key] = (*invalid.get(key, ()), problem)
+                problems.append(problem)  # the site served is the first one: it stays valid
         return SiteSet(MappingProxyType(sites), tuple(problems), MappingProxyType(invalid))
 
     def _scan(self) -> Iterable[Path]:
@@ -145,6 +149,7 @@ class FolderSource:
             log.error("%s%s", problem, _kept(previous))
             return state
 
+        docs = _expand_lists(docs)
         for index, doc in enumerate(docs, start=1):
             origin = f"{name} document {index}" if len(docs) > 1 else name
             if doc is None:
@@ -183,19 +188,33 @@ class FolderSource:
         """Yield the initial set, then a new set after every batch of file changes."""
         import watchfiles
 
-        yield self.load()
+        last = self.load()
+        yield last
         while True:
             try:
+                watching = False
                 async for batch in watchfiles.awatch(
                     self.root,
                     stop_event=stop,
                     step=20,
                     debounce=400,
+                    rust_timeout=_WATCH_TIMEOUT_MS,
+                    yield_on_timeout=True,
                     force_polling=self.force_polling,
                     poll_delay_ms=200,
                     recursive=True,
                     ignore_permission_denied=True,
                 ):
+                    if not watching:
+                        # The watcher is in place only now: a change made since the last load
+                        # (while the consumer handled it) made no event, so compare every file.
+                        watching = True
+                        fresh = self.load()
+                        if batch or fresh != last:
+                            yield fresh
+                        continue
+                    if not batch:  # a timeout: nothing changed
+                        continue
                     paths = {Path(p) for _, p in batch}
                     if all(is_manifest_path(p, self.root) for p in paths):
                         yield self.update(paths)
@@ -207,7 +226,8 @@ class FolderSource:
                     return
                 # The folder went away or cannot be watched: keep the last good sites, retry.
                 log.error("cannot watch %s (%s); keeping the last good sites and retrying", self.root, exc)
-                yield self.load()
+                last = self.load()
+                yield last
                 if stop is None:
                     await asyncio.sleep(1.0)
                     continue
@@ -223,8 +243,14 @@ def read_manifests(paths: Iterable[Path]) -> SiteSet:
     source = FolderSource(Path("."))
     for path in paths:
         if path.is_dir():
-            for found in manifest_files(path):
-                source._refresh(found, any_name=True)
+            try:
+                found = sorted(manifest_files(path))
+            except OSError as exc:
+                problem = Problem(str(path), "", f"cannot be read: {_describe(exc)}")
+                source._files[path] = _FileState((0, 0, 0), problems=[problem])
+                continue
+            for file in found:
+                source._refresh(file, any_name=True)
         elif path.exists():
             source._refresh(path, any_name=True)
         else:
@@ -236,7 +262,15 @@ def manifest_files(root: Path) -> Iterable[Path]:
     """Every manifest file below `root`, skipping hidden files and folders."""
     if not root.is_dir():
         raise NotADirectoryError(20, "not a directory", str(root))
-    for folder, dirs, files in os.walk(root, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:
+        # os.walk skips a folder it cannot list: a root that cannot be listed would look empty,
+        # and every site would be removed. (Subfolders it cannot list are skipped, like
+        # lost+found on a volume.)
+        if exc.filename == str(root):
+            raise exc
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             if is_manifest_name(name):
@@ -253,6 +287,17 @@ def is_manifest_path(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return bool(parts) and not any(p.startswith(".") for p in parts) and is_manifest_name(parts[-1])
+
+
+def _expand_lists(docs: list[Any]) -> list[Any]:
+    """Unfold `kind: List` documents (what `kubectl get -o yaml` writes) into their items."""
+    out: list[Any] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            out.extend(doc["items"])
+        else:
+            out.append(doc)
+    return out
 
 
 def _describe(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -95,7 +95,8 @@ class _Stream:
     info: StreamInfo
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
-    nonces: Iterable[int] = field(default_factory=lambda: itertools.count(1))
+    identified: bool = False  # the node was taken from the first request that carried one
+    nonces: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +217,8 @@ class AdsServer:
 
     def _on_request(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> None:
         info = stream.info
-        if not info.node_id and request.HasField("node"):
+        if not stream.identified and request.HasField("node"):
+            stream.identified = True
             info.node_id = request.node.id
             info.cluster = request.node.cluster
             log.info("%s identified", info.describe())
@@ -225,7 +227,9 @@ class AdsServer:
             log.warning("%s asked for type %r, which this server does not serve", info.describe(), type_url)
             return
         st = info.types.setdefault(type_url, _TypeState())
-        if request.response_nonce:
+        # a nonce can only be stale once this stream has sent this type something; before that
+        # (a new stream, say) the request is a first request, whatever nonce it carries
+        if request.response_nonce and st.nonce:
             if request.response_nonce != st.nonce:
                 log.debug(
                     "%s: stale nonce %s for %s ignored", info.describe(), request.response_nonce, type_url
@@ -242,13 +246,13 @@ class AdsServer:
                     nack.message,
                 )
                 if self.on_nack is not None:
-                    self.on_nack(info, nack)
+                    _notify(self.on_nack, info, nack)
             else:
                 st.acked_nonce = request.response_nonce
                 st.acked_version = request.version_info
                 st.nack = None
                 if self.on_ack is not None:
-                    self.on_ack(info, type_url, request.version_info)
+                    _notify(self.on_ack, info, type_url, request.version_info)
         else:
             st.must_answer = True  # a first request for this type on this stream
         names = frozenset(request.resource_names)
@@ -301,8 +305,10 @@ class AdsServer:
         removed = frozenset(st.sent) - frozenset(cds.resources)
         if not removed:
             return cds
+        # a type this stream was never sent cannot point at a cluster: it holds nothing back
         others_settled = all(
-            want.key == types[t].sent_key and types[t].acked_nonce == types[t].nonce
+            types[t].sent_key is None
+            or (want.key == types[t].sent_key and types[t].acked_nonce == types[t].nonce)
             for t, want in desired.items()
             if t != CLUSTER_TYPE
         )
@@ -314,7 +320,7 @@ class AdsServer:
         return _Desired((cds.version, None, "retain", tag), f"{cds.version}+{tag}", kept, removed)
 
     def _encode(self, stream: _Stream, type_url: str, st: _TypeState, want: _Desired) -> bytes:
-        nonce = str(next(stream.nonces))  # type: ignore[call-overload]
+        nonce = str(next(stream.nonces))
         names = None if st.names is None and not want.retained else tuple(want.resources)
         block_key = (type_url, want.version, names)
         block = self._blocks.get(block_key)
@@ -340,6 +346,14 @@ class AdsServer:
             + wire.field_string(4, type_url)
             + wire.field_string(5, nonce)
         )
+
+
+def _notify(callback: Callable[..., None], *args: object) -> None:
+    """Report upward; a failing listener is logged and never breaks the Envoy's stream."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("ACK/NACK listener %r failed", callback)
 
 
 def _already_serialized(payload: bytes) -> bytes:

@@ -81,21 +81,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "render":
-            return _render(args)
-        if args.command == "validate":
-            return _validate(args)
-        if args.command == "demo":
-            from .demo import run_demo
+    if args.command in ("serve", "render"):
+        try:
+            _options(args)
+        except ValueError as exc:  # bad flags: name them and stop
+            print(f"staticsite-xds: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "render":
+        return _render(args)
+    if args.command == "validate":
+        return _validate(args)
+    from .demo import run_demo
 
-            return run_demo(args.sites, args.xds_port, args.http_port, args.admin_port)
-    except ValueError as exc:  # bad flags: name them and stop
-        print(f"staticsite-xds: {exc}", file=sys.stderr)
-        return 2
-    return 2
+    return run_demo(args.sites, args.xds_port, args.http_port, args.admin_port)
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:

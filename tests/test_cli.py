@@ -1,0 +1,249 @@
+"""The `staticsite-xds` command, run as a real process: validate, render, and bad flags of serve."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import manifest
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xds_server.cli", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout, proc.stdout
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Path:
+    folder = tmp_path / "sites"
+    folder.mkdir()
+    return folder
+
+
+# -- validate ---------------------------------------------------------------------------------
+
+
+def test_validate_valid_files_and_folders(sites: Path) -> None:
+    a = write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    write(sites / "team" / "b.yml", manifest("b", "b.example.com", "web", 81, namespace="team"))
+    for args in ([a], [sites], [a, sites / "team" / "b.yml"]):
+        proc = run("validate", *args)
+        no_traceback(proc)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout == ""
+    assert "2 sites, all valid" in run("validate", sites).stderr
+
+
+def test_validate_reports_one_line_per_problem(sites: Path) -> None:
+    a = write(
+        sites / "a.yaml",
+        "---\n".join(
+            [
+                manifest("good", "good.example.com", "web", 80),
+                manifest("badport", "badport.example.com", "web", 0),
+                manifest("baddomain", "bad_domain.example.com", "Web", 80),
+            ]
+        ),
+    )
+    b = write(
+        sites / "b.yaml", manifest("typo", "typo.example.com", "web", 80).replace("servicePort", "servicePrt")
+    )
+    c = write(sites / "c.yaml", "apiVersion: [unclosed\n")
+    proc = run("validate", a, b, c)
+    no_traceback(proc)
+    assert proc.returncode != 0
+    lines = proc.stdout.splitlines()
+    expected = [
+        (f"{a} document 2", "spec.backend.servicePort"),
+        (f"{a} document 3", "spec.domain"),
+        (f"{a} document 3", "spec.backend.serviceName"),
+        (str(b), "spec.backend.servicePrt"),
+        (str(b), "spec.backend.servicePort"),
+    ]
+    assert len(lines) == len(expected) + 1, lines
+    for origin, field in expected:
+        assert sum(line.startswith(f"{origin}: {field}: ") for line in lines) == 1, (origin, field, lines)
+    assert any("did you mean 'servicePort'" in line for line in lines)
+    (syntax,) = [line for line in lines if line.startswith(f"{c}: ")]
+    assert "cannot be read" in syntax
+
+
+def test_validate_reports_a_domain_conflict_between_two_files(sites: Path) -> None:
+    write(sites / "a.yaml", manifest("a", "blog.example.com", "one", 80))
+    b = write(sites / "b.yaml", manifest("b", "Blog.Example.com", "two", 80))
+    proc = run("validate", sites)
+    no_traceback(proc)
+    assert proc.returncode != 0
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith(f"{b}: spec.domain: ")
+    assert "blog.example.com" in line
+    assert "default/a" in line
+
+
+def test_validate_reports_the_same_site_in_two_files(sites: Path) -> None:
+    a = write(sites / "a.yaml", manifest("blog", "a.example.com", "web", 80))
+    b = write(sites / "b.yaml", manifest("blog", "b.example.com", "web", 80))
+    proc = run("validate", a, b)
+    assert proc.returncode != 0
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith(f"{b}: metadata.name: ")
+    assert str(a) in line
+
+
+def test_validate_reports_a_missing_path(tmp_path: Path) -> None:
+    proc = run("validate", tmp_path / "missing.yaml")
+    no_traceback(proc)
+    assert proc.returncode != 0
+    assert proc.stdout.splitlines() == [f"{tmp_path / 'missing.yaml'}: no such file"]
+
+
+def test_validate_needs_a_path() -> None:
+    proc = run("validate")
+    assert proc.returncode == 2
+    assert "PATH" in proc.stderr
+
+
+# -- render -----------------------------------------------------------------------------------
+
+
+def vhosts(rendered: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (route,) = rendered["RouteConfiguration"]
+    return {v["name"]: v for v in route["virtualHosts"]}
+
+
+def test_render_prints_the_resources_as_json(sites: Path) -> None:
+    write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    write(sites / "b.yaml", manifest("b", "b.example.com", "web", 80))
+    write(sites / "c.yaml", manifest("c", "c.example.com", "api", 8080, namespace="team"))
+    proc = run(
+        "render",
+        sites,
+        "--http-port",
+        "10080",
+        "--listen-address",
+        "127.0.0.1",
+        "--backend-host-template",
+        "{service}.{namespace}.internal",
+    )
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    rendered = json.loads(proc.stdout)
+    assert rendered["version"]
+    clusters = {c["name"]: c for c in rendered["Cluster"]}
+    assert set(clusters) == {"default/web/80", "team/api/8080"}
+    api = clusters["team/api/8080"]
+    assert api["type"] == "STRICT_DNS"
+    address = api["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]["socketAddress"]
+    assert address == {"address": "api.team.internal", "portValue": 8080}
+
+    (listener,) = rendered["Listener"]
+    assert listener["address"]["socketAddress"] == {"address": "127.0.0.1", "portValue": 10080}
+    manager = listener["filterChains"][0]["filters"][0]["typedConfig"]
+    assert manager["rds"]["routeConfigName"] == rendered["RouteConfiguration"][0]["name"]
+    assert "ads" in manager["rds"]["configSource"]
+
+    hosts = vhosts(rendered)
+    assert hosts["default/a"]["domains"] == ["a.example.com"]
+    assert hosts["default/a"]["routes"][0]["route"]["cluster"] == "default/web/80"
+    assert hosts["default/b"]["routes"][0]["route"]["cluster"] == "default/web/80"
+    assert hosts["team/c"]["routes"][0]["route"]["cluster"] == "team/api/8080"
+    assert hosts["unknown-domain"]["domains"] == ["*"]
+    assert hosts["unknown-domain"]["routes"][0]["directResponse"]["status"] == 404
+
+
+def test_render_is_deterministic(sites: Path) -> None:
+    write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    first, second = run("render", sites), run("render", sites)
+    assert first.returncode == second.returncode == 0
+    assert first.stdout == second.stdout
+
+
+def test_render_puts_problems_on_stderr(sites: Path) -> None:
+    write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    bad = write(sites / "bad.yaml", manifest("bad", "bad.example.com", "web", 70000))
+    write(sites / "c.yaml", manifest("c", "a.example.com", "other", 80))
+    proc = run("render", sites, "--backend-host-template", "127.0.0.1")
+    no_traceback(proc)
+    assert proc.returncode != 0
+    rendered = json.loads(proc.stdout)  # the JSON is still complete and alone on stdout
+    assert set(vhosts(rendered)) == {"default/a", "unknown-domain"}
+    assert [c["name"] for c in rendered["Cluster"]] == ["default/web/80"]
+    assert f"{bad}: spec.backend.servicePort: " in proc.stderr
+    assert f"{sites / 'c.yaml'}: spec.domain: " in proc.stderr
+
+
+def test_render_of_an_empty_folder(sites: Path) -> None:
+    proc = run("render", sites)
+    assert proc.returncode == 0
+    rendered = json.loads(proc.stdout)
+    assert rendered["Cluster"] == []
+    assert set(vhosts(rendered)) == {"unknown-domain"}
+
+
+def test_render_of_a_missing_folder(tmp_path: Path) -> None:
+    proc = run("render", tmp_path / "missing")
+    no_traceback(proc)
+    assert proc.returncode == 2
+    assert "not a folder" in proc.stderr
+    assert proc.stdout == ""
+
+
+# -- bad flags --------------------------------------------------------------------------------
+
+
+def test_serve_with_a_missing_sites_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    proc = run("serve", "--sites", missing, "--xds-address", "127.0.0.1:0")
+    no_traceback(proc)
+    assert proc.returncode == 2
+    assert f"--sites {missing}: not a folder" in proc.stderr
+
+
+def test_serve_without_sites_is_a_usage_error() -> None:
+    proc = run("serve")
+    assert proc.returncode == 2
+    assert "--sites" in proc.stderr
+
+
+@pytest.mark.parametrize("template", ["{nope}", "{0}", "{service.nope}", "{service[x]}", "{"])
+@pytest.mark.parametrize("command", ["render", "serve"])
+def test_bad_backend_host_template_is_a_clear_error(command: str, template: str, sites: Path) -> None:
+    args = [sites] if command == "render" else ["--sites", sites, "--xds-address", "127.0.0.1:0"]
+    proc = run(command, *args, "--backend-host-template", template)
+    no_traceback(proc)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("staticsite-xds: backend host template")
+    assert template in proc.stderr
+    assert "{service}" in proc.stderr
+    assert "{namespace}" in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("port", ["0", "65536"])
+def test_bad_http_port_is_a_clear_error(port: str, sites: Path) -> None:
+    proc = run("render", sites, "--http-port", port)
+    no_traceback(proc)
+    assert proc.returncode == 2
+    assert "HTTP port" in proc.stderr

@@ -1,0 +1,464 @@
+"""FolderSource: reading a folder of manifests, keeping the last good sites, and watching it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import manifest
+
+from snapshot.model import API_VERSION, Backend, SiteKey
+from watcher.folder import FolderSource, read_manifests
+from watcher.siteset import SiteSet
+
+CONFIG_MAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def docs(*texts: str) -> str:
+    return "---\n".join(texts)
+
+
+def domains(sites: SiteSet) -> dict[str, str]:
+    """name -> domain, for every site of the default namespace (and namespace/name otherwise)."""
+    return {
+        (k.name if k.namespace == "default" else str(k)): s.domain for k, s in sorted(sites.sites.items())
+    }
+
+
+def key(name: str, namespace: str = "default") -> SiteKey:
+    return SiteKey(namespace, name)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "sites"
+    folder.mkdir()
+    return folder
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def test_several_documents_per_file(root: Path) -> None:
+    path = write(
+        root / "all.yaml",
+        docs(
+            manifest("a", "a.example.com", "web", 80),
+            manifest("b", "b.example.com", "web", 81),
+            manifest("c", "c.example.com", "api", 80, namespace="team"),
+        ),
+    )
+    sites = FolderSource(root).load()
+    assert domains(sites) == {"a": "a.example.com", "b": "b.example.com", "team/c": "c.example.com"}
+    assert sites.problems == ()
+    assert dict(sites.invalid) == {}
+    assert sites.sites[key("b")].origin == f"{path} document 2"
+    assert sites.sites[key("c", "team")].backend == Backend("team", "api", 80)
+
+
+def test_single_document_origin_is_the_file(root: Path) -> None:
+    path = write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    assert FolderSource(root).load().sites[key("a")].origin == str(path)
+
+
+def test_non_static_site_documents_are_ignored(root: Path) -> None:
+    write(
+        root / "mixed.yaml",
+        docs(CONFIG_MAP, manifest("a", "a.example.com", "web", 80), "just a string\n", "", "- a list\n"),
+    )
+    write(root / "configmap.yaml", CONFIG_MAP)
+    write(root / "empty.yaml", "")
+    sites = FolderSource(root).load()
+    assert domains(sites) == {"a": "a.example.com"}
+    assert sites.problems == ()
+
+
+def test_hidden_files_and_folders_and_other_names_are_skipped(root: Path) -> None:
+    write(root / "visible.yaml", manifest("visible", "visible.example.com", "web", 80))
+    write(root / ".hidden.yaml", manifest("hidden", "hidden.example.com", "web", 80))
+    write(root / ".git" / "x.yaml", manifest("git", "git.example.com", "web", 80))
+    write(root / "..data" / "y.yaml", manifest("data", "data.example.com", "web", 80))
+    write(root / "team" / ".secret" / "z.yaml", manifest("secret", "secret.example.com", "web", 80))
+    write(root / "team" / ".z.yml", manifest("dotfile", "dotfile.example.com", "web", 80))
+    write(root / "notes.txt", manifest("txt", "txt.example.com", "web", 80))
+    write(root / "backup.yaml~", manifest("backup", "backup.example.com", "web", 80))
+    write(root / "README", "not yaml: [")
+    sites = FolderSource(root).load()
+    assert domains(sites) == {"visible": "visible.example.com"}
+    assert sites.problems == ()
+
+
+def test_yaml_yml_and_json_are_read(root: Path) -> None:
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    write(root / "b.yml", manifest("b", "b.example.com", "web", 80))
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": "StaticSite",
+        "metadata": {"name": "c"},
+        "spec": {"domain": "c.example.com", "backend": {"serviceName": "web", "servicePort": 80}},
+    }
+    write(root / "c.json", json.dumps(doc, indent=2))
+    sites = FolderSource(root).load()
+    assert domains(sites) == {"a": "a.example.com", "b": "b.example.com", "c": "c.example.com"}
+
+
+def test_subfolders_are_read(root: Path) -> None:
+    write(root / "top.yaml", manifest("top", "top.example.com", "web", 80))
+    write(root / "team" / "one.yaml", manifest("one", "one.example.com", "web", 80))
+    write(root / "team" / "deep" / "er" / "two.yml", manifest("two", "two.example.com", "web", 80))
+    sites = FolderSource(root).load()
+    assert domains(sites) == {"one": "one.example.com", "top": "top.example.com", "two": "two.example.com"}
+
+
+def test_invalid_document_is_reported_and_the_others_are_kept(root: Path) -> None:
+    path = write(
+        root / "sites.yaml",
+        docs(
+            manifest("a", "a.example.com", "web", 80),
+            manifest("b", "b.example.com", "web", 0),
+            manifest("c", "c.example.com", "web", 80),
+        ),
+    )
+    write(root / "other.yaml", manifest("d", "d.example.com", "web", 80))
+    sites = FolderSource(root).load()
+    assert domains(sites) == {"a": "a.example.com", "c": "c.example.com", "d": "d.example.com"}
+    (problem,) = sites.problems
+    assert problem.origin == f"{path} document 2"
+    assert problem.field == "spec.backend.servicePort"
+    assert str(problem).startswith(f"{path} document 2: spec.backend.servicePort: ")
+    assert set(sites.invalid) == {key("b")}
+    assert sites.invalid[key("b")] == (problem,)
+
+
+def test_invalid_document_without_a_name_is_reported(root: Path) -> None:
+    path = write(
+        root / "a.yaml",
+        f"apiVersion: {API_VERSION}\nkind: StaticSite\nmetadata: {{}}\n"
+        "spec: {domain: a.example.com, backend: {serviceName: web, servicePort: 80}}\n",
+    )
+    sites = FolderSource(root).load()
+    assert sites.sites == {}
+    assert [(p.origin, p.field) for p in sites.problems] == [(str(path), "metadata.name")]
+
+
+def test_site_that_becomes_invalid_keeps_its_last_good_version(root: Path) -> None:
+    source = FolderSource(root)
+    path = write(
+        root / "a.yaml",
+        docs(manifest("a", "a.example.com", "web", 80), manifest("b", "b.example.com", "web", 80)),
+    )
+    good = source.load()
+    write(
+        path, docs(manifest("a", "a_bad.example.com", "web", 80), manifest("b", "b.example.com", "web", 8080))
+    )
+    sites = source.load()
+    assert sites.sites[key("a")] == good.sites[key("a")]  # the last good version
+    assert sites.sites[key("b")].backend.service_port == 8080  # the valid change is taken
+    assert set(sites.invalid) == {key("a")}
+    assert [(p.origin, p.field) for p in sites.problems] == [(f"{path} document 1", "spec.domain")]
+
+    write(path, docs(manifest("a", "a2.example.com", "web", 80), manifest("b", "b.example.com", "web", 8080)))
+    fixed = source.load()
+    assert domains(fixed) == {"a": "a2.example.com", "b": "b.example.com"}
+    assert fixed.problems == ()
+    assert dict(fixed.invalid) == {}
+
+
+def test_file_with_a_yaml_syntax_error_keeps_its_sites(root: Path) -> None:
+    source = FolderSource(root)
+    path = write(
+        root / "a.yaml",
+        docs(manifest("a", "a.example.com", "web", 80), manifest("b", "b.example.com", "web", 80)),
+    )
+    write(root / "c.yaml", manifest("c", "c.example.com", "web", 80))
+    good = source.load()
+    write(path, "apiVersion: [unclosed\nkind: StaticSite\n")
+    sites = source.load()
+    assert dict(sites.sites) == dict(good.sites)
+    assert set(sites.invalid) == {key("a"), key("b")}
+    (problem,) = sites.problems
+    assert problem.origin == str(path)
+    assert problem.field == ""
+    assert "cannot be read" in problem.message
+    assert "line" in problem.message
+
+
+def test_new_site_that_is_invalid_is_not_served(root: Path) -> None:
+    source = FolderSource(root)
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    source.load()
+    write(root / "b.yaml", manifest("b", "b.example.com", "Web", 80))
+    sites = source.load()
+    assert domains(sites) == {"a": "a.example.com"}
+    assert set(sites.invalid) == {key("b")}
+
+
+def test_deleting_a_file_removes_its_sites(root: Path) -> None:
+    source = FolderSource(root)
+    path = write(
+        root / "a.yaml",
+        docs(manifest("a", "a.example.com", "web", 80), manifest("b", "b.example.com", "web", 80)),
+    )
+    write(root / "c.yaml", manifest("c", "c.example.com", "web", 80))
+    assert set(domains(source.load())) == {"a", "b", "c"}
+    path.unlink()
+    assert domains(source.load()) == {"c": "c.example.com"}
+
+
+def test_deleting_an_invalid_file_removes_its_kept_sites_and_problems(root: Path) -> None:
+    source = FolderSource(root)
+    path = write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    source.load()
+    write(path, "{{{")
+    assert set(source.load().invalid) == {key("a")}
+    path.unlink()
+    sites = source.load()
+    assert sites.sites == {}
+    assert sites.problems == ()
+    assert dict(sites.invalid) == {}
+
+
+def test_the_same_site_in_two_files_is_kept_from_the_first(root: Path) -> None:
+    source = FolderSource(root)
+    first = write(root / "a.yaml", manifest("blog", "first.example.com", "web", 80))
+    second = write(root / "b.yaml", manifest("blog", "second.example.com", "web", 80))
+    sites = source.load()
+    assert domains(sites) == {"blog": "first.example.com"}
+    assert sites.sites[key("blog")].origin == str(first)
+    (problem,) = sites.problems
+    assert problem.origin == str(second)
+    assert problem.field == "metadata.name"
+    assert str(first) in problem.message
+    first.unlink()
+    sites = source.load()
+    assert domains(sites) == {"blog": "second.example.com"}
+    assert sites.problems == ()
+
+
+def test_update_rereads_only_the_given_paths(root: Path) -> None:
+    source = FolderSource(root)
+    a = write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    b = write(root / "b.yaml", manifest("b", "b.example.com", "web", 80))
+    source.load()
+    write(a, manifest("a", "a2.example.com", "web", 80))
+    write(b, manifest("b", "b2.example.com", "web", 80))
+    c = write(root / "c.yaml", manifest("c", "c.example.com", "web", 80))
+    assert domains(source.update([a])) == {"a": "a2.example.com", "b": "b.example.com"}
+    assert domains(source.update([b, c])) == {
+        "a": "a2.example.com",
+        "b": "b2.example.com",
+        "c": "c.example.com",
+    }
+    a.unlink()
+    assert set(domains(source.update([a]))) == {"b", "c"}
+
+
+def test_update_ignores_paths_that_are_not_manifests(root: Path, tmp_path: Path) -> None:
+    source = FolderSource(root)
+    source.load()
+    hidden = write(root / ".a.yaml", manifest("a", "a.example.com", "web", 80))
+    text = write(root / "a.txt", manifest("b", "b.example.com", "web", 80))
+    outside = write(tmp_path / "outside.yaml", manifest("c", "c.example.com", "web", 80))
+    assert source.update([hidden, text, outside]).sites == {}
+
+
+def test_unchanged_files_are_not_read_again(root: Path) -> None:
+    source = FolderSource(root)
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    b = write(root / "b.yaml", manifest("b", "b.example.com", "web", 80))
+    first = source.load()
+    write(b, manifest("b", "b.example.com", "web", 8080))
+    second = source.load()
+    assert second.sites[key("a")] is first.sites[key("a")]
+    assert second.sites[key("b")].backend.service_port == 8080
+
+
+def test_missing_folder_after_a_load_keeps_the_last_good_sites(root: Path, tmp_path: Path) -> None:
+    source = FolderSource(root)
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    good = source.load()
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    sites = source.load()
+    assert dict(sites.sites) == dict(good.sites)
+    (problem,) = sites.problems
+    assert problem.origin == str(root)
+    assert "cannot read the sites folder" in problem.message
+    moved.rename(root)
+    back = source.load()
+    assert dict(back.sites) == dict(good.sites)
+    assert back.problems == ()
+
+
+def test_folder_replaced_by_a_file_keeps_the_last_good_sites(root: Path) -> None:
+    source = FolderSource(root)
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    good = source.load()
+    shutil.rmtree(root)
+    root.write_text("not a folder")
+    sites = source.load()
+    assert dict(sites.sites) == dict(good.sites)
+    assert [p.origin for p in sites.problems] == [str(root)]
+
+
+def test_missing_folder_from_the_start_is_a_problem(tmp_path: Path) -> None:
+    sites = FolderSource(tmp_path / "nowhere").load()
+    assert sites.sites == {}
+    assert [p.origin for p in sites.problems] == [str(tmp_path / "nowhere")]
+
+
+@pytest.fixture
+def unreadable(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Make listing a folder fail with EACCES, as `chmod 000` does for anyone but root."""
+    blocked: set[str] = set()
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if os.fspath(path) in blocked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda folder: blocked.add(str(folder))
+
+
+def test_unreadable_folder_after_a_load_keeps_the_last_good_sites(
+    root: Path, unreadable: Callable[[Path], None]
+) -> None:
+    source = FolderSource(root)
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    good = source.load()
+    unreadable(root)
+    sites = source.load()
+    assert dict(sites.sites) == dict(good.sites)
+    (problem,) = sites.problems
+    assert problem.origin == str(root)
+    assert "Permission denied" in problem.message
+
+
+def test_unreadable_subfolder_does_not_hide_the_other_sites(
+    root: Path, unreadable: Callable[[Path], None]
+) -> None:
+    # Like lost+found at the root of a volume: skipped, as the watcher skips it.
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    write(root / "lost+found" / "b.yaml", manifest("b", "b.example.com", "web", 80))
+    unreadable(root / "lost+found")
+    sites = FolderSource(root).load()
+    assert domains(sites) == {"a": "a.example.com"}
+    assert sites.problems == ()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder whatever its mode")
+def test_chmod_000_folder_keeps_the_last_good_sites(root: Path) -> None:
+    source = FolderSource(root)
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    good = source.load()
+    root.chmod(0)
+    try:
+        sites = source.load()
+    finally:
+        root.chmod(0o755)
+    assert dict(sites.sites) == dict(good.sites)
+    assert len(sites.problems) == 1
+
+
+def test_read_manifests_reads_files_and_folders(root: Path, tmp_path: Path) -> None:
+    a = write(tmp_path / "a.txt", manifest("a", "a.example.com", "web", 80))  # named explicitly: read
+    write(root / "b.yaml", manifest("b", "b.example.com", "web", 80))
+    write(root / ".c.yaml", manifest("c", "c.example.com", "web", 80))
+    missing = tmp_path / "missing.yaml"
+    sites = read_manifests([a, root, missing])
+    assert domains(sites) == {"a": "a.example.com", "b": "b.example.com"}
+    assert [(p.origin, p.message) for p in sites.problems] == [(str(missing), "no such file")]
+
+
+def test_read_manifests_reports_an_unreadable_folder(root: Path, unreadable: Callable[[Path], None]) -> None:
+    write(root / "b.yaml", manifest("b", "b.example.com", "web", 80))
+    unreadable(root)
+    sites = read_manifests([root])
+    assert sites.sites == {}
+    (problem,) = sites.problems
+    assert problem.origin == str(root)
+    assert "Permission denied" in problem.message
+
+
+# -- watching ---------------------------------------------------------------------------------
+
+
+async def next_set(
+    changes: AsyncIterator[SiteSet], want: Callable[[SiteSet], bool], seconds: float = 2.0
+) -> SiteSet:
+    """The first set that `want` accepts, within `seconds` (a change may take two batches)."""
+
+    async def scan() -> SiteSet:
+        while True:
+            sites = await changes.__anext__()
+            if want(sites):
+                return sites
+
+    return await asyncio.wait_for(scan(), seconds)
+
+
+@pytest.fixture
+def stop() -> Iterator[asyncio.Event]:
+    event = asyncio.Event()
+    yield event
+    event.set()
+
+
+async def test_watch_follows_create_change_rename_delete(root: Path, stop: asyncio.Event) -> None:
+    source = FolderSource(root)
+    changes = source.watch(stop)
+    first = await asyncio.wait_for(changes.__anext__(), 2.0)
+    assert first.sites == {}
+
+    path = write(root / "blog.yaml", manifest("blog", "blog.example.com", "web", 80))
+    sites = await next_set(changes, lambda s: bool(s.sites))
+    assert domains(sites) == {"blog": "blog.example.com"}
+
+    write(path, manifest("blog", "blog2.example.com", "web", 80))
+    sites = await next_set(changes, lambda s: domains(s) != {"blog": "blog.example.com"})
+    assert domains(sites) == {"blog": "blog2.example.com"}
+
+    renamed = root / "renamed.yml"
+    path.rename(renamed)
+    sites = await next_set(
+        changes, lambda s: key("blog") in s.sites and s.sites[key("blog")].origin == str(renamed)
+    )
+    assert domains(sites) == {"blog": "blog2.example.com"}
+
+    renamed.unlink()
+    sites = await next_set(changes, lambda s: not s.sites)
+    assert sites.problems == ()
+
+    stop.set()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(changes.__anext__(), 2.0)
+
+
+def test_kubectl_list_documents_are_unfolded(root: Path) -> None:
+    items = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "StaticSite",
+            "metadata": {"name": name, "namespace": "docs"},
+            "spec": {"domain": f"{name}.example.test", "backend": {"serviceName": "web", "servicePort": 80}},
+        }
+        for name in ("one", "two")
+    ]
+    write(root / "exported.yaml", json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    sites = FolderSource(root).load()
+    assert domains(sites) == {"docs/one": "one.example.test", "docs/two": "two.example.test"}
+    assert sites.problems == ()
