@@ -7,7 +7,9 @@ result before anyone can publish it.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -15,7 +17,7 @@ from types import MappingProxyType
 from . import resources as rs
 from . import wire
 from .model import Backend, SiteKey, StaticSite
-from .snapshot import Resource, ResourceSet, Snapshot
+from .snapshot import Resource, ResourceSet, Snapshot, content_hash
 
 
 class Phase(enum.StrEnum):
@@ -49,8 +51,14 @@ class BuildOptions:
 
 @dataclass(frozen=True, slots=True)
 class BuildResult:
+    """A snapshot, the state of every site, and what this build changed."""
+
     snapshot: Snapshot
     sites: Mapping[SiteKey, SiteState] = field(default_factory=dict)
+    changed: frozenset[SiteKey] = frozenset()  # sites whose state changed (or that left)
+    added: tuple[SiteKey, ...] = ()
+    updated: tuple[SiteKey, ...] = ()
+    removed: tuple[SiteKey, ...] = ()
 
 
 class InconsistentSnapshot(RuntimeError):
@@ -66,28 +74,8 @@ class _Plan:
     listeners: Mapping[str, str]  # listener name -> route name
 
 
-def winners(sites: Iterable[StaticSite]) -> tuple[list[StaticSite], dict[SiteKey, SiteState]]:
-    """Decide which site serves each domain: the oldest, then by namespace/name.
-
-    Returns the serving sites (sorted by domain) and a Conflict state for every loser.
-    """
-    by_domain: dict[str, list[StaticSite]] = {}
-    for site in sites:
-        by_domain.setdefault(site.domain.lower(), []).append(site)
-    serving: list[StaticSite] = []
-    losers: dict[SiteKey, SiteState] = {}
-    for domain in sorted(by_domain):
-        claimants = sorted(by_domain[domain], key=_seniority)
-        owner = claimants[0]
-        serving.append(owner)
-        for other in claimants[1:]:
-            losers[other.key] = SiteState(
-                other.key,
-                Phase.CONFLICT,
-                "DomainConflict",
-                f"domain {domain} is already served by site {owner.key}",
-            )
-    return serving, losers
+def _digest(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 def _seniority(site: StaticSite) -> tuple[bool, str, str, str]:
@@ -96,72 +84,256 @@ def _seniority(site: StaticSite) -> tuple[bool, str, str, str]:
 
 
 class SnapshotBuilder:
-    """Builds snapshots, keeping the resources of the previous build to reuse them."""
+    """Builds snapshots incrementally: the work of a build grows with what changed.
+
+    The builder remembers the sites of its last build. A new build compares them by identity
+    (sources hand the same `StaticSite` object for a site that did not change), re-decides
+    only the domains whose claimants changed, rebuilds only their virtual hosts and clusters,
+    and derives each resource set from the previous one.
+    """
 
     def __init__(self, options: BuildOptions | None = None) -> None:
         self.options = options or BuildOptions()
-        self._clusters: dict[Backend, Resource] = {}
-        self._vhosts: dict[tuple[str, str, str], bytes] = {}
-        self._sets: dict[str, ResourceSet] = {}
-        self._listener = Resource.from_message(
+        self._sites: Mapping[SiteKey, StaticSite] = {}
+        self._claims: dict[str, dict[SiteKey, StaticSite]] = {}  # domain -> every claimant
+        self._owners: dict[str, StaticSite] = {}  # domain -> the site that serves it
+        self._states: dict[SiteKey, SiteState] = {}
+        self._users: dict[Backend, int] = {}  # backend -> how many serving sites use it
+        self._vhosts: dict[str, bytes] = {}  # domain -> virtual host, framed as a route field
+        self._domains: list[str] = []  # the served domains, sorted
+        self._framed: list[bytes] = []  # their virtual hosts, in the same order
+        self._vhost_digest = 0  # XOR of a digest of each virtual host: the routes' version
+        self._fallback_vhost = wire.field_bytes(
+            2, rs.unknown_domain_host().SerializeToString(deterministic=True)
+        )
+        listener = Resource.from_message(
             rs.LISTENER_TYPE,
             rs.HTTP_LISTENER_NAME,
             rs.http_listener(self.options.listen_address, self.options.http_port, rs.HTTP_ROUTE_NAME),
         )
-        self._fallback_vhost = rs.unknown_domain_host().SerializeToString(deterministic=True)
+        self._clusters = ResourceSet.of(rs.CLUSTER_TYPE, ())
+        self._listeners = ResourceSet.of(rs.LISTENER_TYPE, [listener])
+        self._routes = ResourceSet.of(rs.ROUTE_TYPE, [self._route_configuration()])
+        self._endpoints = ResourceSet.of(rs.ENDPOINT_TYPE, ())
 
-    def build(self, sites: Iterable[StaticSite]) -> BuildResult:
-        serving, states = winners(sites)
-        for site in serving:
-            states[site.key] = SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
+    def build(
+        self,
+        sites: Mapping[SiteKey, StaticSite] | Iterable[StaticSite],
+        changed: Iterable[SiteKey] | None = None,
+    ) -> BuildResult:
+        """Build from the complete set of sites.
 
-        clusters: dict[Backend, Resource] = {}
-        vhosts: dict[tuple[str, str, str], bytes] = {}
-        for site in serving:
-            backend = site.backend
-            if backend not in clusters:
-                clusters[backend] = self._clusters.get(backend) or self._new_cluster(backend)
-            vkey = (str(site.key), site.domain, clusters[backend].name)
-            vhosts[vkey] = self._vhosts.get(vkey) or rs.virtual_host(*vkey).SerializeToString(
-                deterministic=True
-            )
-
-        plan = _Plan(
-            clusters=frozenset(r.name for r in clusters.values()),
-            routes={rs.HTTP_ROUTE_NAME: tuple(vhosts)},
-            listeners={rs.HTTP_LISTENER_NAME: rs.HTTP_ROUTE_NAME},
+        `changed`, when the source knows it, names every site added, changed or removed since
+        the previous call; the builder then looks at those sites only.
+        """
+        new: Mapping[SiteKey, StaticSite] = (
+            sites if isinstance(sites, Mapping) else {site.key: site for site in sites}
         )
-        check_consistency(plan)
+        old = self._sites
+        touched: set[str] = set()
+        added: list[SiteKey] = []
+        updated: list[SiteKey] = []
+        if changed is None:
+            removed = sorted(old.keys() - new.keys())
+            candidates: Iterable[SiteKey] = new.keys()
+        else:
+            hint = set(changed)
+            removed = sorted(k for k in hint if k in old and k not in new)
+            candidates = [k for k in hint if k in new]
+        for key in removed:
+            touched.add(self._unclaim(old[key]))
+            self._states.pop(key, None)
+        for key in candidates:
+            site = new[key]
+            prev = old.get(key)
+            if prev is site:
+                continue
+            if prev is not None:
+                if (prev.domain, prev.backend, prev.creation_timestamp) == (
+                    site.domain,
+                    site.backend,
+                    site.creation_timestamp,
+                ):
+                    self._replace_claim(prev, site)
+                    continue
+                touched.add(self._unclaim(prev))
+                updated.append(key)
+            else:
+                added.append(key)
+            touched.add(self._claim(site))
+        self._sites = new if isinstance(new, MappingProxyType) else dict(new)
 
-        route_body = rs.route_configuration_header(rs.HTTP_ROUTE_NAME).SerializeToString(
-            deterministic=True
-        ) + wire.repeated(2, [*vhosts.values(), self._fallback_vhost])
-        snapshot = Snapshot.of(
-            [
-                self._reuse(ResourceSet.of(rs.CLUSTER_TYPE, clusters.values())),
-                self._reuse(ResourceSet.of(rs.LISTENER_TYPE, [self._listener])),
-                self._reuse(
-                    ResourceSet.of(
-                        rs.ROUTE_TYPE, [Resource.of(rs.ROUTE_TYPE, rs.HTTP_ROUTE_NAME, route_body)]
-                    )
-                ),
-            ]
+        changed_states: set[SiteKey] = set(removed)
+        backends: set[Backend] = set()
+        served_before = len(self._vhosts)
+        for domain in touched:
+            changed_states |= self._decide(domain, backends)
+        self._sort_domains(touched, served_before)
+
+        upserts: list[Resource] = []
+        gone: list[str] = []
+        for backend in backends:
+            name = rs.cluster_name(backend)
+            if self._users.get(backend, 0) > 0:
+                if name not in self._clusters.resources:
+                    upserts.append(self._new_cluster(backend))
+            else:
+                self._users.pop(backend, None)
+                gone.append(name)
+        self._clusters = self._clusters.evolve(upserts, gone)
+        if touched:
+            self._routes = self._routes.evolve([self._route_configuration()])
+
+        self._check(touched)
+        snapshot = Snapshot.of([self._clusters, self._endpoints, self._listeners, self._routes])
+        return BuildResult(
+            snapshot,
+            MappingProxyType(dict(self._states)),
+            frozenset(changed_states),
+            tuple(added),
+            tuple(updated),
+            tuple(removed),
         )
-        self._clusters = clusters
-        self._vhosts = vhosts
-        return BuildResult(snapshot, MappingProxyType(states))
+
+    # -- claims and decisions ----------------------------------------------------------------
+
+    def _claim(self, site: StaticSite) -> str:
+        domain = site.domain.lower()
+        self._claims.setdefault(domain, {})[site.key] = site
+        return domain
+
+    def _unclaim(self, site: StaticSite) -> str:
+        domain = site.domain.lower()
+        claimants = self._claims.get(domain)
+        if claimants is not None:
+            claimants.pop(site.key, None)
+            if not claimants:
+                del self._claims[domain]
+        return domain
+
+    def _replace_claim(self, prev: StaticSite, site: StaticSite) -> None:
+        """Same domain, backend and age: only the bookkeeping object changes."""
+        domain = site.domain.lower()
+        self._claims[domain][site.key] = site
+        if self._owners.get(domain) is prev:
+            self._owners[domain] = site
+
+    def _decide(self, domain: str, backends: set[Backend]) -> set[SiteKey]:
+        """Re-decide who serves `domain`; update its virtual host and cluster users."""
+        claimants = self._claims.get(domain, {})
+        owner = min(claimants.values(), key=_seniority) if claimants else None
+        changed: set[SiteKey] = set()
+        for site in claimants.values():
+            if site is owner:
+                state = SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
+            else:
+                assert owner is not None
+                state = SiteState(
+                    site.key,
+                    Phase.CONFLICT,
+                    "DomainConflict",
+                    f"domain {domain} is already served by site {owner.key}",
+                )
+            if self._states.get(site.key) != state:
+                self._states[site.key] = state
+                changed.add(site.key)
+
+        previous = self._owners.get(domain)
+        if previous is not None:
+            self._users[previous.backend] -= 1
+            backends.add(previous.backend)
+        if owner is None:
+            if previous is not None:
+                del self._owners[domain]
+                self._vhost_digest ^= _digest(self._vhosts.pop(domain))
+            return changed
+        self._users[owner.backend] = self._users.get(owner.backend, 0) + 1
+        backends.add(owner.backend)
+        self._owners[domain] = owner
+        vhost = rs.serialized.virtual_host(str(owner.key), domain, rs.cluster_name(owner.backend))
+        framed = wire.field_bytes(2, vhost)  # RouteConfiguration.virtual_hosts is field 2
+        before = self._vhosts.get(domain)
+        if before != framed:
+            if before is not None:
+                self._vhost_digest ^= _digest(before)
+            self._vhost_digest ^= _digest(framed)
+            self._vhosts[domain] = framed
+        return changed
+
+    def _sort_domains(self, touched: set[str], served_before: int) -> None:
+        """Keep `_domains` the sorted list of served domains: by bisection for a few changes."""
+        vhosts = self._vhosts
+        if len(touched) > 64 or not served_before:
+            self._domains = sorted(vhosts)
+            self._framed = [vhosts[d] for d in self._domains]
+            return
+        for domain in touched:
+            at = bisect.bisect_left(self._domains, domain)
+            listed = at < len(self._domains) and self._domains[at] == domain
+            framed = vhosts.get(domain)
+            if framed is not None and listed:
+                self._framed[at] = framed
+            elif framed is not None:
+                self._domains.insert(at, domain)
+                self._framed.insert(at, framed)
+            elif listed:
+                del self._domains[at]
+                del self._framed[at]
+
+    # -- resources -------------------------------------------------------------------------
 
     def _new_cluster(self, backend: Backend) -> Resource:
-        msg = rs.cluster(backend, self.options.backend_host_template)
-        return Resource.from_message(rs.CLUSTER_TYPE, msg.name, msg)
+        body = rs.serialized.cluster(backend, self.options.backend_host_template)
+        return Resource.of(rs.CLUSTER_TYPE, rs.cluster_name(backend), body)
 
-    def _reuse(self, fresh: ResourceSet) -> ResourceSet:
-        """Keep the previous set object when nothing in it changed."""
-        old = self._sets.get(fresh.type_url)
-        if old is not None and old.version == fresh.version:
-            return old
-        self._sets[fresh.type_url] = fresh
-        return fresh
+    def _route_configuration(self) -> Resource:
+        """The one RouteConfiguration, assembled from the cached bytes of each virtual host."""
+        header = rs.route_configuration_header(rs.HTTP_ROUTE_NAME).SerializeToString(deterministic=True)
+        body = b"".join([header, *self._framed, self._fallback_vhost])
+        # The virtual hosts are in a canonical (sorted) order, so their set is the content:
+        # its digest is the version, without hashing megabytes of routes on every change.
+        version = content_hash(header, self._fallback_vhost, self._vhost_digest.to_bytes(8, "big"))
+        return Resource.of(rs.ROUTE_TYPE, rs.HTTP_ROUTE_NAME, body, version)
+
+    def _check(self, touched: set[str]) -> None:
+        """Check what this build changed (everything, on a first or a large build)."""
+        if not touched:
+            return
+        if len(touched) * 4 >= len(self._owners) + 1:
+            check_consistency(self.plan())
+            return
+        problems: list[str] = []
+        clusters = self._clusters.resources
+        for domain in touched:
+            owner = self._owners.get(domain)
+            if owner is None:
+                continue
+            target = rs.cluster_name(owner.backend)
+            if target not in clusters:
+                problems.append(f"virtual host {owner.key} routes to cluster {target}, which does not exist")
+            if domain != domain.lower():
+                problems.append(f"domain {domain} is not in lower case")
+        if rs.HTTP_ROUTE_NAME not in self._routes.resources:
+            problems.append(
+                f"the listener uses route configuration {rs.HTTP_ROUTE_NAME}, which does not exist"
+            )
+        if len(self._vhosts) != len(self._domains):
+            problems.append("the virtual hosts and the served domains disagree")
+        if problems:
+            raise InconsistentSnapshot("; ".join(problems))
+
+    def plan(self) -> _Plan:
+        """The whole graph of the last build, for a full consistency check."""
+        hosts = tuple(
+            (str(owner.key), domain, rs.cluster_name(owner.backend))
+            for domain in self._domains
+            for owner in (self._owners[domain],)
+        )
+        return _Plan(
+            clusters=frozenset(self._clusters.resources),
+            routes={name: hosts for name in self._routes.resources},
+            listeners=dict.fromkeys(self._listeners.resources, rs.HTTP_ROUTE_NAME),
+        )
 
 
 def check_consistency(plan: _Plan) -> None:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 GROUP = "staticsite-xds.dev"
 VERSION = "v1alpha1"
@@ -52,9 +52,8 @@ _BACKEND_FIELDS = frozenset({"serviceName", "servicePort"})
 _Reporter = Callable[[str, str], None]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class SiteKey:
-    """The identity of a site: its namespace and name."""
+class SiteKey(NamedTuple):
+    """The identity of a site: its namespace and name (a tuple: hashed and compared in C)."""
 
     namespace: str
     name: str
@@ -63,8 +62,7 @@ class SiteKey:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Backend:
+class Backend(NamedTuple):
     """The Kubernetes Service (in the site's namespace) and port that serve a site."""
 
     namespace: str

@@ -94,6 +94,44 @@ def virtual_host(site_name: str, domain: str, target_cluster: str) -> route_comp
     )
 
 
+class _Reuse:
+    """Serialize many resources of one shape fast: fill a template message, then serialize.
+
+    The template is the output of the message function itself, so the function stays the one
+    definition of the resource; only names and addresses differ from one resource to the next.
+    """
+
+    def __init__(self) -> None:
+        self._cluster: cluster_pb2.Cluster | None = None
+        self._vhost: route_components_pb2.VirtualHost | None = None
+
+    def cluster(self, backend: Backend, host_template: str) -> bytes:
+        msg = self._cluster
+        if msg is None:
+            msg = self._cluster = cluster(backend, host_template)
+        name = cluster_name(backend)
+        msg.name = name
+        msg.load_assignment.cluster_name = name
+        address = msg.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+        address.address = backend_host(backend, host_template)
+        address.port_value = backend.service_port
+        data: bytes = msg.SerializeToString(deterministic=True)
+        return data
+
+    def virtual_host(self, site_name: str, domain: str, target_cluster: str) -> bytes:
+        msg = self._vhost
+        if msg is None:
+            msg = self._vhost = virtual_host(site_name, domain, target_cluster)
+        msg.name = site_name
+        msg.domains[0] = domain
+        msg.routes[0].route.cluster = target_cluster
+        data: bytes = msg.SerializeToString(deterministic=True)
+        return data
+
+
+serialized = _Reuse()
+
+
 def unknown_domain_host() -> route_components_pb2.VirtualHost:
     """The catch-all virtual host: a request for a domain no site serves gets a 404."""
     return route_components_pb2.VirtualHost(

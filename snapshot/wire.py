@@ -13,8 +13,7 @@ from collections.abc import Iterable
 _WIRE_LEN = 2
 
 
-def varint(value: int) -> bytes:
-    """Encode a non-negative integer as a protobuf varint."""
+def _encode_varint(value: int) -> bytes:
     if value < 0:
         raise ValueError("varint takes a non-negative integer")
     out = bytearray()
@@ -26,6 +25,16 @@ def varint(value: int) -> bytes:
         else:
             out.append(low)
             return bytes(out)
+
+
+_SMALL = [_encode_varint(i) for i in range(1 << 14)]
+
+
+def varint(value: int) -> bytes:
+    """Encode a non-negative integer as a protobuf varint."""
+    if 0 <= value < 16384:
+        return _SMALL[value]
+    return _encode_varint(value)
 
 
 def field_bytes(number: int, payload: bytes) -> bytes:

@@ -27,9 +27,8 @@ from snapshot.builder import (
     SnapshotBuilder,
     _Plan,
     check_consistency,
-    winners,
 )
-from snapshot.model import API_VERSION, SiteKey, StaticSite, parse_site
+from snapshot.model import API_VERSION, Backend, SiteKey, StaticSite, parse_site
 from snapshot.snapshot import Resource
 
 
@@ -356,17 +355,6 @@ def test_without_timestamps_namespace_then_name_decides_in_any_order() -> None:
     assert set(clusters(reference)) == {"alpha/three/80", "alpha/four/80"}
 
 
-def test_winners_returns_serving_sites_sorted_by_domain() -> None:
-    b = site("b", "b.example.com")
-    a1 = site("a1", "a.example.com")
-    a2 = site("a2", "a.example.com")
-    serving, losers = winners([b, a2, a1])
-    assert serving == [a1, b]
-    assert set(losers) == {a2.key}
-    assert losers[a2.key].phase is Phase.CONFLICT
-    assert "default/a1" in losers[a2.key].message
-
-
 def test_conflict_with_a_mixed_timestamp_form_still_picks_the_oldest() -> None:
     # A YAML file may carry the timestamp unquoted (read as a datetime) or quoted (a string).
     newer_doc = yaml.safe_load("t: 2024-01-01T12:00:00Z")["t"]  # a datetime, later that day
@@ -577,3 +565,18 @@ def test_site_key_sorting_is_namespace_then_name() -> None:
         SiteKey("a", "z"),
         SiteKey("b", "a"),
     ]
+
+
+@pytest.mark.parametrize(
+    "template", ["{service}.{namespace}.svc.cluster.local", "127.0.0.1", "{service}.internal"]
+)
+def test_reused_templates_serialize_exactly_like_the_message_functions(template: str) -> None:
+    from snapshot import resources as rs
+
+    for backend in [Backend("docs", "web", 80), Backend("a", "b", 65535), Backend("docs", "web", 8080)]:
+        want = rs.cluster(backend, template).SerializeToString(deterministic=True)
+        assert rs.serialized.cluster(backend, template) == want
+    for args in [("docs/a", "a.example.test", "docs/web/80"), ("x/y", "y.test", "x/svc/1")]:
+        assert rs.serialized.virtual_host(*args) == rs.virtual_host(*args).SerializeToString(
+            deterministic=True
+        )

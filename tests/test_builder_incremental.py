@@ -1,0 +1,91 @@
+"""An incremental build must equal a fresh build of the same sites, whatever came before."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from snapshot.builder import BuildResult, SnapshotBuilder
+from snapshot.model import Backend, SiteKey, StaticSite
+from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE, TYPE_ORDER
+from snapshot.snapshot import ResourceSet
+
+KEYS = [SiteKey(ns, name) for ns in ("a", "b") for name in ("one", "two", "three")]
+DOMAINS = ["x.example.test", "y.example.test", "z.example.test", "w.example.test"]
+SERVICES = ["web", "docs"]
+TIMES = [None, "2024-01-01T00:00:00Z", "2025-01-01T00:00:00Z"]
+
+site_strategy = st.builds(
+    lambda key, domain, service, port, created: StaticSite(
+        key, domain, Backend(key.namespace, service, port), creation_timestamp=created
+    ),
+    st.sampled_from(KEYS),
+    st.sampled_from(DOMAINS),
+    st.sampled_from(SERVICES),
+    st.sampled_from([80, 8080]),
+    st.sampled_from(TIMES),
+)
+# A step either puts a site (add or replace) or removes a key.
+step_strategy = st.one_of(
+    st.tuples(st.just("put"), site_strategy), st.tuples(st.just("remove"), st.sampled_from(KEYS))
+)
+
+
+def _same(incremental: BuildResult, fresh: BuildResult) -> None:
+    assert incremental.snapshot.version == fresh.snapshot.version
+    for type_url in TYPE_ORDER:
+        got, want = incremental.snapshot.of_type(type_url), fresh.snapshot.of_type(type_url)
+        assert got.version == want.version, type_url
+        assert {n: r.body for n, r in got.resources.items()} == {n: r.body for n, r in want.resources.items()}
+    assert dict(incremental.sites) == dict(fresh.sites)
+
+
+def _diff_is_exact(before: ResourceSet, after: ResourceSet) -> None:
+    if after is before:
+        return
+    assert after.base == before.version
+    really_changed = {
+        n
+        for n, r in after.resources.items()
+        if n not in before.resources or before.resources[n].version != r.version
+    }
+    assert after.changed == really_changed
+    assert after.removed == set(before.resources) - set(after.resources)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step_strategy, min_size=1, max_size=25), st.booleans())
+def test_incremental_build_equals_fresh_build(steps: list[tuple[str, object]], hinted: bool) -> None:
+    """With or without the source's hint of which sites changed."""
+    builder = SnapshotBuilder()
+    sites: dict[SiteKey, StaticSite] = {}
+    previous = builder.build(sites)
+    for action, arg in steps:
+        if action == "put":
+            assert isinstance(arg, StaticSite)
+            sites[arg.key] = arg
+            key = arg.key
+        else:
+            assert isinstance(arg, SiteKey)
+            sites.pop(arg, None)
+            key = arg
+        result = builder.build(dict(sites), changed={key} if hinted else None)
+        _same(result, SnapshotBuilder().build(dict(sites)))
+        for type_url in (CLUSTER_TYPE, ROUTE_TYPE):
+            _diff_is_exact(previous.snapshot.of_type(type_url), result.snapshot.of_type(type_url))
+        changed_states = {
+            k for k in set(result.sites) | set(previous.sites) if result.sites.get(k) != previous.sites.get(k)
+        }
+        assert changed_states <= result.changed
+        previous = result
+
+
+def test_unchanged_build_changes_nothing() -> None:
+    builder = SnapshotBuilder()
+    sites = {k: StaticSite(k, f"{k.name}.{k.namespace}.test", Backend(k.namespace, "web", 80)) for k in KEYS}
+    first = builder.build(sites)
+    again = builder.build(dict(sites))
+    assert again.snapshot.version == first.snapshot.version
+    for type_url in TYPE_ORDER:
+        assert again.snapshot.of_type(type_url) is first.snapshot.of_type(type_url)
+    assert again.changed == frozenset()
