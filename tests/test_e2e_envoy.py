@@ -119,7 +119,7 @@ def test_invalid_file_is_reported_and_other_sites_keep_serving(gateway: Gateway,
     )
     assert "b.yaml: spec.backend.servicePrt: unknown field (did you mean 'servicePort'?)" in log
     assert "broken.yaml: cannot be read" in log
-    assert "site default/b is Invalid" in log
+    wait_until(lambda: "site default/b is Invalid" in gateway.control_plane.log(), what="b's status")
 
     # Site b keeps its last good version; site a is untouched; a new valid site still arrives.
     c = backends("c")

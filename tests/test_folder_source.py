@@ -462,3 +462,24 @@ def test_kubectl_list_documents_are_unfolded(root: Path) -> None:
     sites = FolderSource(root).load()
     assert domains(sites) == {"docs/one": "one.example.test", "docs/two": "two.example.test"}
     assert sites.problems == ()
+
+
+def test_site_sets_name_the_sites_that_changed(root: Path) -> None:
+    source = FolderSource(root)
+    write(root / "a.yaml", manifest("a", "a.example.test", "web", 80))
+    write(root / "b.yaml", manifest("b", "b.example.test", "web", 80))
+    first = source.load()
+    assert first.changed is None  # the first set: everything is new
+    assert source.current().changed == frozenset()
+
+    write(root / "a.yaml", manifest("a", "a2.example.test", "web", 80))
+    assert source.update([root / "a.yaml"]).changed == {key("a")}
+    (root / "b.yaml").unlink()
+    assert source.update([root / "b.yaml"]).changed == {key("b")}
+    # A second declaration of a site changes nothing served; removing the first does.
+    write(root / "z.yaml", manifest("a", "zzz.example.test", "web", 80))
+    assert source.update([root / "z.yaml"]).changed == frozenset()
+    (root / "a.yaml").unlink()
+    after = source.update([root / "a.yaml"])
+    assert after.changed == {key("a")}
+    assert after.sites[key("a")].domain == "zzz.example.test"

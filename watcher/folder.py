@@ -55,6 +55,10 @@ class FolderSource:
         self.force_polling = force_polling
         self._files: dict[Path, _FileState] = {}
         self._folder_problem: Problem | None = None
+        # The union of every file's sites, kept up to date file by file:
+        self._declared: dict[SiteKey, dict[Path, StaticSite]] = {}  # every declaration of a site
+        self._sites: dict[SiteKey, StaticSite] = {}  # the one served: from the first file
+        self._changed: set[SiteKey] | None = None  # since the last `current()`; None: unknown
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -85,26 +89,55 @@ class FolderSource:
         return self.current()
 
     def current(self) -> SiteSet:
-        """The union of every file's sites; a site declared twice is kept from the first file."""
-        sites: dict[SiteKey, StaticSite] = {}
+        """The union of every file's sites; a site declared twice is kept from the first file.
+
+        The set says which sites changed since the previous call, so a build can look at
+        those alone.
+        """
         problems: list[Problem] = [self._folder_problem] if self._folder_problem else []
         invalid: dict[SiteKey, tuple[Problem, ...]] = {}
-        for path in sorted(self._files):
-            state = self._files[path]
-            problems.extend(state.problems)
-            invalid.update(state.invalid)
-            for key, site in state.sites.items():
-                first = sites.get(key)
-                if first is None:
-                    sites[key] = site
-                    continue
-                problem = Problem(
-                    site.origin,
-                    "metadata.name",
-                    f"site {key} is already declared in {first.origin}; this declaration is ignored",
-                )
-                problems.append(problem)  # the site served is the first one: it stays valid
-        return SiteSet(MappingProxyType(sites), tuple(problems), MappingProxyType(invalid))
+        for path in sorted(p for p, state in self._files.items() if state.problems):
+            problems.extend(self._files[path].problems)
+            invalid.update(self._files[path].invalid)
+        for key in sorted(k for k, where in self._declared.items() if len(where) > 1):
+            first, *others = sorted(self._declared[key])
+            for path in others:
+                problems.append(
+                    Problem(
+                        self._declared[key][path].origin,
+                        "metadata.name",
+                        f"site {key} is already declared in {self._declared[key][first].origin}; "
+                        "this declaration is ignored",
+                    )
+                )  # the site served is the first one: it stays valid
+        changed = None if self._changed is None else frozenset(self._changed)
+        self._changed = set()
+        return SiteSet(
+            MappingProxyType(dict(self._sites)), tuple(problems), MappingProxyType(invalid), changed
+        )
+
+    def _set_file(self, path: Path, state: _FileState | None) -> None:
+        """Record what a file now declares (None: it is gone) and update the union."""
+        old = self._files.pop(path, None)
+        if state is not None:
+            self._files[path] = state
+        touched = set(old.sites if old else ()) | set(state.sites if state else ())
+        for key in touched:
+            where = self._declared.setdefault(key, {})
+            if state is not None and key in state.sites:
+                where[path] = state.sites[key]
+            else:
+                where.pop(path, None)
+            served = where[min(where)] if where else None
+            if not where:
+                del self._declared[key]
+            if served is not self._sites.get(key):
+                if served is None:
+                    del self._sites[key]
+                else:
+                    self._sites[key] = served
+                if self._changed is not None:
+                    self._changed.add(key)
 
     def _scan(self) -> Iterable[Path]:
         return manifest_files(self.root)
@@ -121,10 +154,11 @@ class FolderSource:
         old = self._files.get(path)
         if old is not None and old.stamp == stamp:
             return
-        self._files[path] = self._read(path, stamp, old)
+        self._set_file(path, self._read(path, stamp, old))
 
     def _forget(self, path: Path) -> None:
-        state = self._files.pop(path, None)
+        state = self._files.get(path)
+        self._set_file(path, None)
         if state is not None and state.sites:
             log.info("%s was removed; its sites are removed: %s", self._name(path), _keys(state.sites))
 
@@ -210,7 +244,7 @@ class FolderSource:
                         # (while the consumer handled it) made no event, so compare every file.
                         watching = True
                         fresh = self.load()
-                        if batch or fresh != last:
+                        if batch or fresh.changed is None or fresh.changed or fresh.problems != last.problems:
                             yield fresh
                         continue
                     if not batch:  # a timeout: nothing changed
@@ -247,14 +281,14 @@ def read_manifests(paths: Iterable[Path]) -> SiteSet:
                 found = sorted(manifest_files(path))
             except OSError as exc:
                 problem = Problem(str(path), "", f"cannot be read: {_describe(exc)}")
-                source._files[path] = _FileState((0, 0, 0), problems=[problem])
+                source._set_file(path, _FileState((0, 0, 0), problems=[problem]))
                 continue
             for file in found:
                 source._refresh(file, any_name=True)
         elif path.exists():
             source._refresh(path, any_name=True)
         else:
-            source._files[path] = _FileState((0, 0, 0), problems=[Problem(str(path), "", "no such file")])
+            source._set_file(path, _FileState((0, 0, 0), problems=[Problem(str(path), "", "no such file")]))
     return source.current()
 
 

@@ -20,27 +20,12 @@ class SiteSet:
     sites: Mapping[SiteKey, StaticSite] = field(default_factory=lambda: MappingProxyType({}))
     problems: tuple[Problem, ...] = ()
     invalid: Mapping[SiteKey, tuple[Problem, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # The sites added, changed or removed since the source's previous set, when it knows.
+    changed: frozenset[SiteKey] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SiteChanges:
-    added: tuple[SiteKey, ...]
-    updated: tuple[SiteKey, ...]
-    removed: tuple[SiteKey, ...]
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.updated or self.removed)
-
-
-def changes(old: Mapping[SiteKey, StaticSite], new: Mapping[SiteKey, StaticSite]) -> SiteChanges:
-    """Which sites a new set adds, changes and removes (origin and generation aside)."""
-    added = tuple(sorted(k for k in new if k not in old))
-    removed = tuple(sorted(k for k in old if k not in new))
-    updated = tuple(
-        sorted(
-            k
-            for k, site in new.items()
-            if k in old and (old[k].domain, old[k].backend) != (site.domain, site.backend)
-        )
-    )
-    return SiteChanges(added, updated, removed)
+def merge_changes(
+    first: frozenset[SiteKey] | None, then: frozenset[SiteKey] | None
+) -> frozenset[SiteKey] | None:
+    """What changed across two consecutive sets (unknown if either does not know)."""
+    return None if first is None or then is None else first | then

@@ -1,7 +1,8 @@
 """Site status: what the source found, what the builder decided, told to the site's owner.
 
 In folder mode the owner reads the log, so a line is written each time a site's state
-changes, and never again while it stays the same.
+changes, and never again while it stays the same. The work of a report grows with what
+changed, not with the number of sites.
 """
 
 from __future__ import annotations
@@ -9,25 +10,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from snapshot.builder import Phase, SiteState
-from snapshot.model import SiteKey
+from snapshot.builder import BuildResult, Phase, SiteState
+from snapshot.model import Problem, SiteKey
 
 from .siteset import SiteSet
 
 log = logging.getLogger("staticsite_xds.status")
 
 
-def site_states(sites: SiteSet, built: Mapping[SiteKey, SiteState]) -> dict[SiteKey, SiteState]:
-    """Merge the source's verdicts (invalid declarations) with the builder's (conflicts)."""
-    states = dict(built)
-    for key, problems in sites.invalid.items():
-        detail = "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
-        where = problems[0].origin if problems else ""
-        serving = key in sites.sites and built.get(key, None) is not None
-        if serving and built[key].phase is Phase.PROVISIONED:
-            detail += " (the last good version is still served)"
-        states[key] = SiteState(key, Phase.INVALID, "InvalidSpec", f"{where}: {detail}" if where else detail)
-    return states
+def invalid_state(key: SiteKey, problems: tuple[Problem, ...], still_served: bool) -> SiteState:
+    """The state of a site whose declaration is invalid, naming where and which field."""
+    detail = "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
+    if still_served:
+        detail += " (the last good version is still served)"
+    where = problems[0].origin if problems else ""
+    return SiteState(key, Phase.INVALID, "InvalidSpec", f"{where}: {detail}" if where else detail)
+
+
+def state_of(key: SiteKey, sites: SiteSet, built: Mapping[SiteKey, SiteState]) -> SiteState | None:
+    """A site's state: the source's verdict (invalid) first, then the builder's."""
+    problems = sites.invalid.get(key)
+    state = built.get(key)
+    if problems is not None:
+        return invalid_state(key, problems, state is not None and state.phase is Phase.PROVISIONED)
+    return state
 
 
 class StatusLog:
@@ -35,14 +41,24 @@ class StatusLog:
 
     def __init__(self) -> None:
         self._last: dict[SiteKey, SiteState] = {}
+        self._invalid: frozenset[SiteKey] = frozenset()
 
-    def report(self, states: Mapping[SiteKey, SiteState]) -> None:
-        for key in sorted(states):
-            state = states[key]
+    def report(self, sites: SiteSet, result: BuildResult) -> None:
+        invalid = frozenset(sites.invalid)
+        keys = result.changed | invalid | self._invalid
+        self._invalid = invalid
+        for key in sorted(keys):
+            state = state_of(key, sites, result.sites)
+            if state is None:
+                if self._last.pop(key, None) is not None:
+                    log.info("site %s was removed", key)
+                continue
             if self._last.get(key) == state:
                 continue
+            self._last[key] = state
             level = logging.INFO if state.phase is Phase.PROVISIONED else logging.WARNING
             log.log(level, "site %s is %s (%s): %s", key, state.phase.value, state.reason, state.message)
-        for key in sorted(set(self._last) - set(states)):
-            log.info("site %s was removed", key)
-        self._last = dict(states)
+
+    def states(self) -> Mapping[SiteKey, SiteState]:
+        """The last state reported for every site."""
+        return self._last

@@ -7,76 +7,144 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from snapshot.builder import BuildOptions, InconsistentSnapshot, Phase, SnapshotBuilder
+from snapshot.builder import BuildOptions, BuildResult, InconsistentSnapshot, Phase, SnapshotBuilder
+from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE
 from snapshot.snapshot import Snapshot
-from watcher.siteset import SiteSet, changes
-from watcher.status import StatusLog, site_states
+from watcher.siteset import SiteSet, merge_changes
+from watcher.status import StatusLog
 
 from .ads import AdsServer
 
 log = logging.getLogger("staticsite_xds")
 
+DEFAULT_HOLD_OFF = 0.01  # seconds of quiet awaited before building
+DEFAULT_MAX_DELAY = 0.1  # never hold a change longer than this, however busy the source
+
 
 class ControlPlane:
-    """Turns every new site set into a snapshot and publishes it to the ADS server."""
+    """Turns every new site set into a snapshot and publishes it to the ADS server.
 
-    def __init__(self, options: BuildOptions, server: AdsServer | None = None) -> None:
+    Changes arriving in a burst are coalesced: a build waits for `hold_off` seconds without a
+    new change, but never more than `max_delay` after the first change it holds, and then
+    builds the latest set once.
+    """
+
+    def __init__(
+        self,
+        options: BuildOptions,
+        server: AdsServer | None = None,
+        *,
+        hold_off: float = DEFAULT_HOLD_OFF,
+        max_delay: float = DEFAULT_MAX_DELAY,
+    ) -> None:
+        if hold_off < 0 or max_delay < 0:
+            raise ValueError("hold-off and maximum delay must not be negative")
         self.builder = SnapshotBuilder(options)
         self.server = server or AdsServer()
         self.status = StatusLog()
-        self._sites = SiteSet()
+        self.hold_off = hold_off
+        self.max_delay = max(max_delay, hold_off)
+        self.sites = SiteSet()
         self.published: Snapshot | None = None
+        self.publishes = 0
         self.on_publish: list[Callable[[SiteSet, Snapshot], None]] = []
+        self._pending: SiteSet | None = None
+        self._pending_changes: frozenset[SiteKey] | None = None
+        self._arrived = asyncio.Event()
 
     def apply(self, sites: SiteSet) -> Snapshot | None:
-        """Build and publish a snapshot for `sites`; returns it, or None if it failed its check."""
-        diff = changes(self._sites.sites, sites.sites)
+        """Build and publish a snapshot for `sites` now; None if it failed its check."""
         started = time.perf_counter()
         try:
-            result = self.builder.build(sites.sites.values())
+            result = self.builder.build(sites.sites, sites.changed)
         except InconsistentSnapshot as exc:  # a builder bug: keep serving the last good snapshot
             log.error("the new snapshot failed its consistency check and was not published: %s", exc)
+            self.builder = SnapshotBuilder(self.builder.options)  # start the next build afresh
             return None
         took = (time.perf_counter() - started) * 1000
-        self._sites = sites
-        self.status.report(site_states(sites, result.sites))
+        self.sites = sites
+        self.status.report(sites, result)
         snapshot = result.snapshot
         if self.server.publish(snapshot):
-            log.info(
-                "published snapshot %s: %d sites, %d clusters "
-                "(built in %.1f ms; %d added, %d changed, %d removed)",
-                snapshot.version,
-                sum(1 for s in result.sites.values() if s.phase is Phase.PROVISIONED),
-                len(snapshot.of_type(CLUSTER_TYPE)),
-                took,
-                len(diff.added),
-                len(diff.updated),
-                len(diff.removed),
-            )
+            self.publishes += 1
+            self._log_publish(result, took)
         self.published = snapshot
         for callback in self.on_publish:
             callback(sites, snapshot)
         return snapshot
+
+    def _log_publish(self, result: BuildResult, took: float) -> None:
+        snapshot = result.snapshot
+        log.info(
+            "published snapshot %s: %d sites, %d clusters (built in %.1f ms; %d added, %d changed, %d removed)",
+            snapshot.version,
+            sum(1 for s in result.sites.values() if s.phase is Phase.PROVISIONED),
+            len(snapshot.of_type(CLUSTER_TYPE)),
+            took,
+            len(result.added),
+            len(result.updated),
+            len(result.removed),
+        )
 
     async def run(self, sites: AsyncIterator[SiteSet], address: str, stop: asyncio.Event) -> None:
         """Serve on `address` and follow `sites` until `stop` is set."""
         port = await self.server.start(address)
         host = address.rsplit(":", 1)[0]
         log.info("xDS (ADS, gRPC) listening on %s:%d", host, port)
-        consumer = asyncio.create_task(self._follow(sites))
-        stopper = asyncio.create_task(stop.wait())
+        follower = asyncio.create_task(self._follow(sites))
+        publisher = asyncio.create_task(self._publish_loop())
+        stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if consumer.done():
-                consumer.result()  # the source ended: raise what ended it, if anything
-            else:
-                consumer.cancel()
+            await asyncio.wait({follower, publisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (follower, publisher):
+                if task.done():
+                    task.result()  # raise what ended it, if anything
         finally:
+            for running in (follower, publisher, stopper):
+                running.cancel()
+            if self._pending is not None:
+                self.apply(self._take())
             log.info("stopping: closing xDS streams")
             await self.server.stop(grace=1.0)
 
     async def _follow(self, sites: AsyncIterator[SiteSet]) -> None:
         async for site_set in sites:
-            self.apply(site_set)
+            self.offer(site_set)
+        await asyncio.Event().wait()  # the source ended: keep serving what it gave
+
+    def offer(self, site_set: SiteSet) -> None:
+        """Hand the control plane a new site set; it is built after the hold-off."""
+        if self._pending is None:
+            self._pending_changes = site_set.changed
+        else:
+            self._pending_changes = merge_changes(self._pending_changes, site_set.changed)
+        self._pending = site_set
+        self._arrived.set()
+
+    def _take(self) -> SiteSet:
+        pending = self._pending
+        assert pending is not None
+        changes = self._pending_changes
+        self._pending = None
+        self._pending_changes = None
+        if changes != pending.changed:
+            pending = SiteSet(pending.sites, pending.problems, pending.invalid, changes)
+        return pending
+
+    async def _publish_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._arrived.wait()
+            deadline = loop.time() + self.max_delay
+            while True:
+                self._arrived.clear()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), timeout=min(self.hold_off, remaining))
+                except TimeoutError:
+                    break  # quiet for the hold-off
+            if self._pending is not None:
+                self.apply(self._take())

@@ -17,7 +17,7 @@ from snapshot.resources import DEFAULT_HOST_TEMPLATE
 from watcher.folder import FolderSource, read_manifests
 from watcher.siteset import SiteSet
 
-from .app import ControlPlane
+from .app import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY, ControlPlane
 
 log = logging.getLogger("staticsite_xds")
 
@@ -53,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--force-polling", action="store_true", help="poll the folder instead of using inotify"
+    )
+    serve.add_argument(
+        "--hold-off-ms",
+        type=float,
+        default=DEFAULT_HOLD_OFF * 1000,
+        help="wait this long without a new change before building (default %(default)g)",
+    )
+    serve.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=DEFAULT_MAX_DELAY * 1000,
+        help="never hold a change longer than this in a burst of changes (default %(default)g)",
     )
     build_flags(serve)
 
@@ -112,7 +124,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"staticsite-xds: --sites {args.sites}: not a folder", file=sys.stderr)
         return 2
     source = FolderSource(args.sites, force_polling=args.force_polling)
-    plane = ControlPlane(options)
+    try:
+        plane = ControlPlane(options, hold_off=args.hold_off_ms / 1000, max_delay=args.max_delay_ms / 1000)
+    except ValueError as exc:
+        print(f"staticsite-xds: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -125,7 +125,7 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int) -> int
 
 
 def _print_banner(sites: Path, xds_port: int, http_port: int, admin_port: int, plane: ControlPlane) -> None:
-    domains = sorted({s.domain for s in plane._sites.sites.values()})
+    domains = sorted({s.domain for s in plane.sites.sites.values()})
     gw = f"http://127.0.0.1:{http_port}"
     lines = [
         "",
