@@ -73,6 +73,8 @@ def cluster(backend: Backend, host_template: str) -> cluster_pb2.Cluster:
         type=cluster_pb2.Cluster.STRICT_DNS,
         connect_timeout=duration_pb2.Duration(seconds=2),
         dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
+        dns_refresh_rate=duration_pb2.Duration(seconds=30),
+        respect_dns_ttl=True,
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
             cluster_name=name,
             endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],

@@ -230,7 +230,7 @@ class FolderSource:
                 async for batch in watchfiles.awatch(
                     self.root,
                     stop_event=stop,
-                    step=20,
+                    step=5,
                     debounce=400,
                     rust_timeout=_WATCH_TIMEOUT_MS,
                     yield_on_timeout=True,
