@@ -71,7 +71,8 @@ class DeltaProtocol:
         assert isinstance(request, discovery_pb2.DeltaDiscoveryRequest)
         type_url = request.type_url
         st = self.types.setdefault(type_url, _TypeState())
-        if not st.started:
+        first = not st.started
+        if first:
             st.started = True
             if type_url in WILDCARD_TYPES and not request.resource_names_subscribe:
                 st.wildcard = True  # the legacy wildcard: a first request naming nothing
@@ -84,7 +85,8 @@ class DeltaProtocol:
                 st.synced = None
                 continue
             st.names.add(name)
-            st.known.pop(name, None)  # subscribing again means "send it again"
+            if not first:  # a first request's names come with the versions the client has
+                st.known.pop(name, None)  # subscribing again means "send it again"
             st.told_missing.discard(name)
             st.pending.add(name)
         for name in request.resource_names_unsubscribe:
