@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import gc
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ class _Plan:
     listeners: Mapping[str, str]  # listener name -> route name
 
 
+_LARGE_BUILD = 1000  # sites changed at once
+
+
 def _digest(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
@@ -129,15 +133,26 @@ class SnapshotBuilder:
         new: Mapping[SiteKey, StaticSite] = (
             sites if isinstance(sites, Mapping) else {site.key: site for site in sites}
         )
+        hint = None if changed is None else set(changed)
+        large = hint is None or len(hint) > _LARGE_BUILD
+        paused = large and gc.isenabled()
+        if paused:  # a large build makes many long-lived objects: the cyclic GC would rescan them
+            gc.disable()
+        try:
+            return self._build(new, hint)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _build(self, new: Mapping[SiteKey, StaticSite], hint: set[SiteKey] | None) -> BuildResult:
         old = self._sites
         touched: set[str] = set()
         added: list[SiteKey] = []
         updated: list[SiteKey] = []
-        if changed is None:
+        if hint is None:
             removed = sorted(old.keys() - new.keys())
             candidates: Iterable[SiteKey] = new.keys()
         else:
-            hint = set(changed)
             removed = sorted(k for k in hint if k in old and k not in new)
             candidates = [k for k in hint if k in new]
         for key in removed:

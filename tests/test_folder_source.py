@@ -483,3 +483,47 @@ def test_site_sets_name_the_sites_that_changed(root: Path) -> None:
     after = source.update([root / "a.yaml"])
     assert after.changed == {key("a")}
     assert after.sites[key("a")].domain == "zzz.example.test"
+
+
+async def test_atomic_writes_reread_only_the_manifest(root: Path) -> None:
+    """Editors and tools write a hidden temporary file and rename it over the manifest."""
+    for i in range(30):
+        write(root / f"s{i}.yaml", manifest(f"s{i}", f"s{i}.example.test", "web", 80))
+    source = FolderSource(root)
+    stop = asyncio.Event()
+    sites = source.watch(stop)
+    assert len((await asyncio.wait_for(sites.__anext__(), 5)).sites) == 30
+    rescans = 0
+    load = source.load
+
+    def counting_load() -> SiteSet:
+        nonlocal rescans
+        rescans += 1
+        return load()
+
+    source.load = counting_load  # type: ignore[method-assign]
+    try:
+        tmp = root / ".s1.yaml.tmp"
+        tmp.write_text(manifest("s1", "renamed.example.test", "web", 80))
+        os.replace(tmp, root / "s1.yaml")
+        # The first batch may be the watcher settling in (one load); wait for the change.
+        deadline = asyncio.get_running_loop().time() + 5
+        while True:
+            got = await asyncio.wait_for(sites.__anext__(), 5)
+            if got.sites[key("s1")].domain == "renamed.example.test":
+                break
+            assert asyncio.get_running_loop().time() < deadline
+        assert got.changed == {key("s1")}
+        assert rescans <= 1  # at most the watcher's settling load, never one per change
+        before = rescans
+        for i in range(3):
+            tmp = root / f".s2.yaml.{i}"
+            tmp.write_text(manifest("s2", f"v{i}.example.test", "web", 80))
+            os.replace(tmp, root / "s2.yaml")
+            got = await asyncio.wait_for(sites.__anext__(), 5)
+            while got.sites[key("s2")].domain != f"v{i}.example.test":
+                got = await asyncio.wait_for(sites.__anext__(), 5)
+        assert rescans == before
+    finally:
+        stop.set()
+        await sites.aclose()

@@ -213,6 +213,27 @@ class FolderSource:
             state.sites[site.key] = site
         return state
 
+    def _classify(self, paths: Iterable[Path]) -> tuple[set[Path], bool]:
+        """Split a batch of changed paths: manifest files to re-read, and whether to rescan.
+
+        Hidden files are the temporary files of editors and atomic writes (write, then
+        rename over the manifest): the rename shows as a change of the manifest itself, so
+        they are ignored, and so is anything inside a hidden folder, which is never read.
+        A link that changed (the `..data` link of a ConfigMap volume) or a visible folder can
+        change many files at once: that takes a rescan.
+        """
+        manifests: set[Path] = set()
+        for path in paths:
+            if is_manifest_path(path, self.root):
+                manifests.add(path)
+            elif path.is_symlink():
+                return manifests, True
+            elif _hidden(path, self.root):
+                continue
+            elif path.is_dir() or (not path.exists() and not path.suffix):
+                return manifests, True  # a folder, or perhaps a folder that was removed
+        return manifests, False
+
     def _name(self, path: Path) -> str:
         return str(path)
 
@@ -249,11 +270,11 @@ class FolderSource:
                         continue
                     if not batch:  # a timeout: nothing changed
                         continue
-                    paths = {Path(p) for _, p in batch}
-                    if all(is_manifest_path(p, self.root) for p in paths):
-                        yield self.update(paths)
-                    else:  # a folder, a link or a hidden path changed: compare every file
+                    manifests, rescan = self._classify(Path(p) for _, p in batch)
+                    if rescan:  # a folder or a link changed (a ConfigMap swap, say)
                         yield self.load()
+                    elif manifests:
+                        yield self.update(manifests)
                 return
             except (FileNotFoundError, RuntimeError, OSError) as exc:
                 if stop is not None and stop.is_set():
@@ -332,6 +353,13 @@ def _expand_lists(docs: list[Any]) -> list[Any]:
         else:
             out.append(doc)
     return out
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    try:
+        return any(part.startswith(".") for part in path.relative_to(root).parts)
+    except ValueError:
+        return True
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,556 @@
+"""Turns the tasks' results into the table (and its JSON): one row per figure, beside its target.
+
+A verdict is given against the target at the size the target is set for; at another size
+(the quick run's, say) it is shown in parentheses, as an indication only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import SCENARIOS
+
+NOT_RUN = "not run"
+NOT_MEASURED = "not measured"
+
+
+@dataclass
+class Outcome:
+    task: dict[str, Any]
+    result: dict[str, Any]
+
+
+@dataclass
+class Row:
+    figure: str
+    scenario: str
+    size: str
+    ours: str
+    target: str = "-"
+    nginx: str = "-"
+    envoy_files: str = "-"
+    ratio: str = "-"
+    verdict: str = "-"
+    met: bool | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+
+def fmt_ms(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def fmt_mb(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.0f} MB"
+
+
+def fmt_bytes(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value < 10_000:
+        return f"{value:,.0f} B"
+    if value < 10_000_000:
+        return f"{value / 1000:,.1f} kB"
+    return f"{value / 1_000_000:,.1f} MB"
+
+
+def stats_cell(fig: dict[str, Any]) -> str:
+    if not fig.get("n"):
+        text = "no sample"
+    else:
+        text = f"med {fmt_ms(fig['median'])} / p99 {fmt_ms(fig['p99'])} / max {fmt_ms(fig['max'])} ms"
+    if fig.get("timeouts"):
+        text += f" ({fig['timeouts']} timed out)"
+    if fig.get("planned") and fig.get("changes", 0) < fig["planned"]:
+        text += f" ({fig['changes']} of {fig['planned']} changes: time budget)"
+    return text
+
+
+def load_cell(fig: dict[str, Any]) -> str:
+    text = f"{fig['failed']:,} failed / {fig['sent']:,} sent ({fig['changes']} changes)"
+    if fig.get("change_timeouts"):
+        text += f", {fig['change_timeouts']} changes not served in time"
+    return text
+
+
+# -- verdicts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    label: str
+    value: float
+    limit: float
+    unit: str
+    at_most: bool = True
+
+    def missed_by(self) -> float:
+        return self.value - self.limit if self.at_most else self.limit - self.value
+
+
+def verdict(checks: Sequence[Check], at_target_size: bool, extra_miss: str = "") -> tuple[str, bool]:
+    missed = [c for c in checks if c.missed_by() > 0]
+    if missed:
+        worst = max(missed, key=lambda c: c.missed_by() / (c.limit or 1))
+        text = f"missed by {_amount(worst.missed_by(), worst.unit)}" + (
+            f" ({worst.label})" if len(checks) > 1 else ""
+        )
+    elif extra_miss:
+        text = f"missed: {extra_miss}"
+    else:
+        text = "met"
+    ok = not missed and not extra_miss
+    return (text if at_target_size else f"({text})"), ok
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit == "ms":
+        return f"{fmt_ms(value)} ms"
+    if unit == "x":
+        return f"{value:.1f}x"
+    if unit == "MB":
+        return f"{value:,.0f} MB"
+    return f"{value:,.0f}{(' ' + unit) if unit else ''}"
+
+
+# -- the index of results ------------------------------------------------------------------
+
+
+class Results:
+    def __init__(self, outcomes: Iterable[Outcome]) -> None:
+        self.outcomes = list(outcomes)
+
+    def figures(self, kind: str, figure: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for o in self.outcomes:
+            if o.task["kind"] == kind:
+                out.extend(f for f in o.result.get("figures", []) if f["figure"] == figure)
+        return out
+
+    def figure(self, kind: str, figure: str, size: int) -> dict[str, Any] | None:
+        return next((f for f in self.figures(kind, figure) if f["size"] == size), None)
+
+    def ran(self, kind: str, size: int | None = None) -> bool:
+        return any(
+            o.task["kind"] == kind and (size is None or o.task.get("size") == size) for o in self.outcomes
+        )
+
+    def why(self, kind: str, size: int | None = None) -> str:
+        """Why a figure of a task is missing: the task's reason, or that it did not run."""
+        for o in self.outcomes:
+            if o.task["kind"] == kind and (size is None or o.task.get("size") in (size, None)):
+                status = o.result.get("status")
+                if status == "error":
+                    return f"error: {o.result.get('reason', '?')}"
+                if status == "not measured":
+                    return f"{NOT_MEASURED}: {o.result.get('reason', '?')}"
+                return f"{NOT_MEASURED}: no figure"
+        return NOT_RUN
+
+
+def _cell(
+    results: Results, kind: str, figure: str, size: int, show: Any
+) -> tuple[str, dict[str, Any] | None]:
+    fig = results.figure(kind, figure, size)
+    if fig is not None:
+        return show(fig), fig
+    return (_short(results.why(kind, size)) if results.ran(kind) else NOT_RUN), None
+
+
+def _short(reason: str) -> str:
+    """In a table cell a reason is shortened; the full line is printed above the table."""
+    if len(reason) <= 40:
+        return reason
+    return "error (see above)" if reason.startswith("error") else f"{NOT_MEASURED} (see above)"
+
+
+def _status(reason: str) -> str:
+    return "error" if reason.startswith("error") else NOT_MEASURED
+
+
+# -- rows ----------------------------------------------------------------------------------
+
+CHANGE_AT, CHANGE_MEDIAN, CHANGE_P99 = 10_000, 200.0, 400.0
+RATIO_AT, RATIO_MIN = 20_000, 5.0
+SHARE_AT, SHARE_MAX = 10_000, 10.0
+FANOUT_AT, FANOUT_MAX = 500, 1000.0
+STUCK_GROWTH_MB = 32.0
+PLANE_AT, PLANE_MB = 10_000, 250.0
+ENVOY_AT, ENVOY_MB = 20_000, 600.0
+BURST_MAX = 10
+COLD_TARGETS = ((10_000, 300.0), (50_000, 1500.0))
+
+
+def build_rows(results: Results, selected: Sequence[str], sizes: Sequence[int]) -> list[Row]:
+    rows: list[Row] = []
+    for size in sizes:
+        rows.extend(_e2e_rows(results, selected, size))
+    if "cold" in selected:
+        rows.extend(_cold_rows(results))
+    if "share" in selected:
+        rows.extend(_share_rows(results))
+    if "fanout" in selected:
+        rows.extend(_fanout_rows(results))
+    if "memory" in selected:
+        rows.extend(_memory_rows(results))
+    if "burst" in selected:
+        rows.extend(_burst_rows(results))
+    return rows
+
+
+def _e2e_rows(results: Results, selected: Sequence[str], size: int) -> list[Row]:
+    rows: list[Row] = []
+    baselines = [k for k in ("nginx", "envoy-files") if k in selected]
+    if "change" in selected or baselines:
+        ours, ofig = (
+            _cell(results, "ours", "change", size, stats_cell) if "change" in selected else (NOT_RUN, None)
+        )
+        nginx, nfig = _cell(results, "nginx", "change", size, stats_cell)
+        files, ffig = _cell(results, "envoy-files", "change", size, stats_cell)
+        ratios = []
+        if ofig and ofig.get("n") and ofig["median"] > 0:
+            for name, bfig in (("nginx", nfig), ("files", ffig)):
+                if bfig and bfig.get("n"):
+                    ratios.append(f"{name}/ours {bfig['median'] / ofig['median']:.1f}x")
+        row = Row(
+            "one-site change, end to end",
+            "change" if "change" in selected else baselines[0],
+            str(size),
+            ours,
+            f"med <= {CHANGE_MEDIAN:.0f}, p99 <= {CHANGE_P99:.0f} ms (at {CHANGE_AT})",
+            nginx,
+            files,
+            ", ".join(ratios) or "-",
+            data={"ours": ofig, "nginx": nfig, "envoy_files": ffig},
+        )
+        if ofig and ofig.get("n"):
+            checks = [
+                Check("median", ofig["median"], CHANGE_MEDIAN, "ms"),
+                Check("p99", ofig["p99"], CHANGE_P99, "ms"),
+            ]
+            timed_out = f"{ofig['timeouts']} changes timed out" if ofig.get("timeouts") else ""
+            row.verdict, row.met = verdict(checks, size == CHANGE_AT, timed_out)
+        elif ofig is not None:
+            row.verdict, row.met = "missed: no change was served in time", False
+        elif "change" in selected:
+            row.verdict = _status(results.why("ours", size))
+        rows.append(row)
+        if "change" in selected and "nginx" in selected:
+            ratio_row = Row(
+                "speed-up over nginx (medians)",
+                "nginx",
+                str(size),
+                f"med {fmt_ms(ofig['median'])} ms" if ofig and ofig.get("n") else ours,
+                f"nginx/ours >= {RATIO_MIN:.0f}x (at {RATIO_AT})",
+                f"med {fmt_ms(nfig['median'])} ms" if nfig and nfig.get("n") else nginx,
+                "-",
+            )
+            if ofig and nfig and ofig.get("n") and nfig.get("n") and ofig["median"] > 0:
+                ratio = nfig["median"] / ofig["median"]
+                ratio_row.ratio = f"{ratio:.1f}x"
+                ratio_row.data = {"ratio": ratio}
+                ratio_row.verdict, ratio_row.met = verdict(
+                    [Check("ratio", ratio, RATIO_MIN, "x", at_most=False)], size == RATIO_AT
+                )
+            else:
+                ratio_row.verdict = NOT_MEASURED
+            rows.append(ratio_row)
+    if "load" in selected or baselines:
+        ours, ofig = (
+            _cell(results, "ours", "load", size, load_cell) if "load" in selected else (NOT_RUN, None)
+        )
+        nginx, nfig = _cell(results, "nginx", "load", size, load_cell)
+        files, ffig = _cell(results, "envoy-files", "load", size, load_cell)
+        row = Row(
+            "failed requests under keep-alive load",
+            "load" if "load" in selected else baselines[0],
+            str(size),
+            ours,
+            "0 failed",
+            nginx,
+            files,
+            data={"ours": ofig, "nginx": nfig, "envoy_files": ffig},
+        )
+        if ofig is not None:
+            row.verdict, row.met = verdict([Check("failed", ofig["failed"], 0, "")], True)
+        elif "load" in selected:
+            row.verdict = _status(results.why("ours", size))
+        rows.append(row)
+    if "change" in selected or baselines:
+        ofig = results.figure("ours", "change", size)
+        nfig = results.figure("nginx", "change", size)
+        ffig = results.figure("envoy-files", "change", size)
+        rows.append(
+            Row(
+                "RSS after the changes",
+                "change" if "change" in selected else baselines[0],
+                str(size),
+                f"control plane {fmt_mb(ofig['rss_control_plane_mb'])}, Envoy {fmt_mb(ofig['rss_envoy_mb'])}"
+                if ofig
+                else (NOT_RUN if "change" not in selected else NOT_MEASURED),
+                nginx=f"{fmt_mb(nfig['rss_nginx_mb'])} (master + workers)" if nfig else "-",
+                envoy_files=f"Envoy {fmt_mb(ffig['rss_envoy_mb'])}" if ffig else "-",
+                data={
+                    "ours": {k: ofig[k] for k in ("rss_control_plane_mb", "rss_envoy_mb")} if ofig else None,
+                    "nginx": nfig["rss_nginx_mb"] if nfig else None,
+                    "envoy_files": ffig["rss_envoy_mb"] if ffig else None,
+                },
+            )
+        )
+    return rows
+
+
+def _missing(figure: str, scenario: str, size: str, reason: str, target: str) -> Row:
+    return Row(figure, scenario, size, _short(reason), target, verdict=_status(reason))
+
+
+def _cold_rows(results: Results) -> list[Row]:
+    figs = results.figures("cold", "cold")
+    if not figs:
+        return [_missing("cold build, fresh builder", "cold", "-", results.why("cold"), "-")]
+    rows = []
+    for fig in figs:
+        at, limit = next(((s, lim) for s, lim in COLD_TARGETS if fig["size"] <= s), COLD_TARGETS[-1])
+        row = Row(
+            "cold build, fresh builder",
+            "cold",
+            str(fig["size"]),
+            f"best {fmt_ms(fig['best'])} / med {fmt_ms(fig['median'])} ms",
+            f"med <= {fmt_ms(limit)} ms (at {at})",
+            data=fig,
+        )
+        row.verdict, row.met = verdict([Check("median", fig["median"], limit, "ms")], fig["size"] == at)
+        rows.append(row)
+    return rows
+
+
+def _share_rows(results: Results) -> list[Row]:
+    rows = []
+    target = f"med <= {SHARE_MAX:.0f} ms (at {SHARE_AT})"
+    figs = results.figures("share", "share")
+    if not figs:
+        return [
+            _missing("own share of a change", "share", "-", results.why("share"), target),
+            _missing("bytes sent for a one-site change", "share", "-", results.why("share"), "-"),
+        ]
+    for fig in figs:
+        row = Row(
+            f"own share of a change ({fig['protocol']})",
+            "share",
+            str(fig["size"]),
+            stats_cell(fig),
+            target,
+            data=fig,
+        )
+        if fig.get("n"):
+            row.verdict, row.met = verdict(
+                [Check("median", fig["median"], SHARE_MAX, "ms")], fig["size"] == SHARE_AT
+            )
+        else:
+            row.verdict = NOT_MEASURED
+        rows.append(row)
+    for fig in results.figures("share", "share-bytes"):
+        sotw, delta = fig.get("sotw_bytes"), fig.get("delta_bytes")
+        delta_text = fmt_bytes(delta) if delta is not None else NOT_MEASURED
+        rows.append(
+            Row(
+                "bytes sent for a one-site change",
+                "share",
+                str(fig["size"]),
+                f"sotw {fmt_bytes(sotw)}, delta {delta_text}",
+                ratio=f"sotw/delta {sotw / delta:,.0f}x" if sotw and delta else "-",
+                data=fig,
+            )
+        )
+    return rows
+
+
+def _fanout_rows(results: Results) -> list[Row]:
+    target = f"<= {FANOUT_MAX:,.0f} ms (at {FANOUT_AT} streams)"
+    figs = results.figures("fanout", "fanout")
+    stuck = results.figures("fanout", "fanout-stuck")
+    if not figs and not stuck:
+        return [_missing("all streams ACK a change", "fanout", "-", results.why("fanout"), target)]
+    rows = []
+    for fig in figs + stuck:
+        name = f"all streams ACK a change ({fig['protocol']}, {fig['sites']} sites)"
+        if fig["figure"] == "fanout-stuck":
+            name = f"same + 1 stuck sotw stream ({fig['protocol']}, {fig['changes']} changes)"
+        row = Row(
+            name,
+            "fanout",
+            f"{fig['size']} streams",
+            stats_cell(fig),
+            target,
+            data=fig,
+        )
+        if fig.get("n"):
+            timed_out = f"{fig['timeouts']} changes not ACKed by all" if fig.get("timeouts") else ""
+            row.verdict, row.met = verdict(
+                [Check("max", fig["max"], FANOUT_MAX, "ms")], fig["size"] == FANOUT_AT, timed_out
+            )
+        else:
+            row.verdict = NOT_MEASURED
+        rows.append(row)
+    for fig in stuck:
+        before, after = fig.get("rss_before_mb"), fig.get("rss_after_mb")
+        row = Row(
+            f"server RSS with a stuck stream, {fig['changes']} changes",
+            "fanout",
+            f"{fig['size']} streams",
+            f"{fmt_mb(before)} -> {fmt_mb(after)}"
+            + (f" ({after - before:+.0f} MB)" if before and after else "")
+            + f"; stuck stream held back: {'yes' if fig.get('stuck_stream_behind') else 'NO'}",
+            f"growth <= {STUCK_GROWTH_MB:.0f} MB",
+            data=fig,
+        )
+        if before is not None and after is not None:
+            row.verdict, row.met = verdict([Check("growth", after - before, STUCK_GROWTH_MB, "MB")], True)
+        rows.append(row)
+    return rows
+
+
+def _memory_rows(results: Results) -> list[Row]:
+    rows = []
+    plane = results.figures("memory", "memory-plane")
+    envoy = results.figures("memory", "memory-envoy")
+    if not plane and not envoy:
+        why = results.why("memory")
+        return [
+            _missing("control plane RSS", "memory", "-", why, f"<= {PLANE_MB:.0f} MB"),
+            _missing("Envoy RSS", "memory", "-", why, f"<= {ENVOY_MB:.0f} MB"),
+        ]
+    for fig in plane:
+        row = Row(
+            f"control plane RSS, Envoy + {fig['streams'] - 1} streams",
+            "memory",
+            str(fig["size"]),
+            fmt_mb(fig["mb"]),
+            f"<= {PLANE_MB:.0f} MB (at {PLANE_AT}, 100 streams)",
+            data=fig,
+        )
+        if fig["mb"] is not None:
+            row.verdict, row.met = verdict([Check("RSS", fig["mb"], PLANE_MB, "MB")], fig["size"] == PLANE_AT)
+        rows.append(row)
+    for fig in envoy:
+        row = Row(
+            f"Envoy RSS ({fig.get('api_type', '?')})",
+            "memory",
+            str(fig["size"]),
+            fmt_mb(fig["mb"]),
+            f"<= {ENVOY_MB:.0f} MB (at {ENVOY_AT})",
+            data=fig,
+        )
+        if fig["mb"] is not None:
+            row.verdict, row.met = verdict([Check("RSS", fig["mb"], ENVOY_MB, "MB")], fig["size"] == ENVOY_AT)
+        rows.append(row)
+    return rows
+
+
+def _burst_rows(results: Results) -> list[Row]:
+    figs = results.figures("burst", "burst")
+    target = f"<= {BURST_MAX} snapshots, final = fresh build"
+    if not figs:
+        return [_missing("snapshots published for a burst", "burst", "-", results.why("burst"), target)]
+    rows = []
+    for fig in figs:
+        row = Row(
+            f"snapshots published for {fig['changes']} changes in {fig['burst_s']:.2f} s",
+            "burst",
+            str(fig["size"]),
+            f"{fig['snapshots']} (final = fresh build: {'yes' if fig['final_equal'] else 'NO'})",
+            target,
+            data=fig,
+        )
+        row.verdict, row.met = verdict(
+            [Check("snapshots", fig["snapshots"], BURST_MAX, "")],
+            True,
+            "" if fig["final_equal"] else "the final snapshot differs from a fresh build",
+        )
+        rows.append(row)
+    return rows
+
+
+# -- scenarios, for the JSON ---------------------------------------------------------------
+
+SOURCES = {
+    "change": ("ours", ("change",)),
+    "load": ("ours", ("load",)),
+    "nginx": ("nginx", ("change", "load")),
+    "envoy-files": ("envoy-files", ("change", "load")),
+    "cold": ("cold", ("cold",)),
+    "share": ("share", ("share", "share-bytes")),
+    "fanout": ("fanout", ("fanout", "fanout-stuck")),
+    "memory": ("memory", ("memory-plane", "memory-envoy")),
+    "burst": ("burst", ("burst",)),
+}
+
+
+def scenario_entries(results: Results, selected: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in SCENARIOS:
+        if name not in selected:
+            continue
+        kind, figure_names = SOURCES[name]
+        figures = [f for fig_name in figure_names for f in results.figures(kind, fig_name)]
+        reasons, errors = [], []
+        for o in results.outcomes:
+            if o.task["kind"] != kind:
+                continue
+            status = o.result.get("status")
+            where = f"{name}" + (f" @{o.task['size']}" if o.task.get("size") else "")
+            if status == "error":
+                errors.append(f"{where}: {o.result.get('reason')}")
+            elif status == "not measured":
+                reasons.append(f"{where}: {o.result.get('reason')}")
+        if errors:
+            status = "error"
+        elif figures:
+            status = "measured"
+        else:
+            status = "not measured"
+            if not reasons:
+                reasons.append(f"{name}: {NOT_RUN}")
+        out[name] = {"status": status, "figures": figures, "reasons": reasons + errors}
+    return out
+
+
+# -- the table -----------------------------------------------------------------------------
+
+COLUMNS = (
+    ("figure", "figure"),
+    ("size", "size"),
+    ("ours", "ours"),
+    ("target", "target"),
+    ("nginx", "nginx"),
+    ("envoy_files", "envoy-files"),
+    ("ratio", "ratio"),
+    ("verdict", "verdict"),
+)
+
+
+def render_table(rows: Sequence[Row]) -> str:
+    cells = [[str(getattr(r, attr)) for attr, _ in COLUMNS] for r in rows]
+    header = [title for _, title in COLUMNS]
+    widths = [
+        max(len(header[c]), *(len(row[c]) for row in cells)) if cells else len(header[c])
+        for c in range(len(header))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    out = [line(header), "-+-".join("-" * w for w in widths)]
+    out.extend(line(row) for row in cells)
+    if any(r.verdict.startswith("(") for r in rows):
+        out.append("")
+        out.append("(verdict in parentheses): measured at another size than the target's; indicative only")
+    return "\n".join(out)
+
+
+def rows_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
