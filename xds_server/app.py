@@ -19,7 +19,7 @@ from .ads import AdsServer
 log = logging.getLogger("staticsite_xds")
 
 DEFAULT_HOLD_OFF = 0.005  # seconds of quiet awaited before building
-DEFAULT_MAX_DELAY = 0.1  # never hold a change longer than this, however busy the source
+DEFAULT_MAX_DELAY = 0.12  # never hold a change longer than this, however busy the source
 
 
 class ControlPlane:
