@@ -60,6 +60,7 @@ class BuildResult:
     added: tuple[SiteKey, ...] = ()
     updated: tuple[SiteKey, ...] = ()
     removed: tuple[SiteKey, ...] = ()
+    served: int = 0  # sites provisioned: one per domain served
 
 
 class InconsistentSnapshot(RuntimeError):
@@ -208,6 +209,7 @@ class SnapshotBuilder:
             tuple(added),
             tuple(updated),
             tuple(removed),
+            len(self._owners),
         )
 
     # -- claims and decisions ----------------------------------------------------------------

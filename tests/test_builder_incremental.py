@@ -89,3 +89,15 @@ def test_unchanged_build_changes_nothing() -> None:
     for type_url in TYPE_ORDER:
         assert again.snapshot.of_type(type_url) is first.snapshot.of_type(type_url)
     assert again.changed == frozenset()
+
+
+def test_served_counts_the_provisioned_sites() -> None:
+    from snapshot.builder import Phase
+
+    a, b = (
+        StaticSite(KEYS[0], "x.test", Backend("a", "web", 80)),
+        StaticSite(KEYS[1], "x.test", Backend("a", "web", 80)),
+    )
+    c = StaticSite(KEYS[2], "y.test", Backend("a", "web", 80))
+    result = SnapshotBuilder().build([a, b, c])
+    assert result.served == sum(1 for s in result.sites.values() if s.phase is Phase.PROVISIONED) == 2

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from snapshot.builder import BuildOptions, BuildResult, InconsistentSnapshot, Phase, SnapshotBuilder
+from snapshot.builder import BuildOptions, BuildResult, InconsistentSnapshot, SnapshotBuilder
 from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE
 from snapshot.snapshot import Snapshot
@@ -79,7 +79,7 @@ class ControlPlane:
         log.info(
             "published snapshot %s: %d sites, %d clusters (built in %.1f ms; %d added, %d changed, %d removed)",
             snapshot.version,
-            sum(1 for s in result.sites.values() if s.phase is Phase.PROVISIONED),
+            result.served,
             len(snapshot.of_type(CLUSTER_TYPE)),
             took,
             len(result.added),
