@@ -25,6 +25,7 @@ from socketserver import StreamRequestHandler
 from typing import Any, TypeVar
 
 from snapshot.model import API_VERSION, StaticSite, parse_site
+from xds_server.local_control_plane import ControlPlaneProcess
 
 T = TypeVar("T")
 
@@ -279,65 +280,14 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-class ServeProcess:
-    """`python -m xds_server.cli serve` on a folder, as a real process on free loopback ports."""
+class ServeProcess(ControlPlaneProcess):
+    """`serve` as the benchmarks run it: quiet log, a free ADS port, RSS on demand."""
 
     def __init__(self, sites: Path, workdir: Path, http_port: int, extra: Sequence[str] = ()) -> None:
-        self.sites = sites
-        self.http_port = http_port
-        self.xds_port = free_port()
-        self.extra = list(extra)
-        self.log_path = workdir / "control-plane.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 60) -> ServeProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "xds_server.cli",
-            "--log-level",
-            "warning",
-            "serve",
-            "--sites",
-            str(self.sites),
-            "--xds-address",
-            f"127.0.0.1:{self.xds_port}",
-            "--http-port",
-            str(self.http_port),
-            "--listen-address",
-            "127.0.0.1",
-            "--backend-host-template",
-            "127.0.0.1",
-            *self.extra,
-        ]
-        with self.log_path.open("ab") as logfile:
-            self.process = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-
-        def up() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the control plane exited with {self.process.returncode}: {tail(self.log_path)}"
-                )
-            return port_open(self.xds_port)
-
-        wait_for(up, timeout, "the control plane to listen")
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        super().__init__(sites, workdir, free_port(), http_port, log_level="warning", extra=extra)
 
     def rss_mb(self) -> float | None:
         return rss_mb(self.pid) if self.process is not None else None
-
-    def stop(self) -> None:
-        stop_process(self.process)
 
 
 class Backends:

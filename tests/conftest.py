@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +14,7 @@ from typing import TypeVar
 import pytest
 
 from snapshot.model import API_VERSION
+from xds_server.local_control_plane import ControlPlaneProcess
 from xds_server.local_envoy import LocalEnvoy, local_bootstrap
 from xds_server.sample_backend import SampleBackend
 
@@ -72,61 +70,6 @@ def try_get(port: int, host: str, path: str = "/") -> Response | None:
         return http_get(port, host, path, timeout=2.0)
     except OSError:
         return None
-
-
-class ControlPlaneProcess:
-    """`staticsite-xds serve` as a real process, its log captured to a file."""
-
-    def __init__(self, sites: Path, workdir: Path, xds_port: int, http_port: int) -> None:
-        self.sites = sites
-        self.xds_port = xds_port
-        self.http_port = http_port
-        self.log_path = workdir / "control-plane.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ControlPlaneProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "xds_server.cli",
-            "--log-level",
-            "debug",
-            "serve",
-            "--sites",
-            str(self.sites),
-            "--xds-address",
-            f"127.0.0.1:{self.xds_port}",
-            "--http-port",
-            str(self.http_port),
-            "--listen-address",
-            "127.0.0.1",
-            "--backend-host-template",
-            "127.0.0.1",
-        ]
-        with self.log_path.open("ab") as logfile:
-            self.process = subprocess.Popen(
-                cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        wait_until(lambda: "listening on" in self.log(), timeout=20, what="the control plane to listen")
-        return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 @dataclass
