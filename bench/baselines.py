@@ -18,10 +18,10 @@ from typing import Any
 from snapshot.builder import BuildOptions, SnapshotBuilder
 from snapshot.model import StaticSite
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, UNKNOWN_DOMAIN_HOST
+from xds_server.local_control_plane import port_open
 from xds_server.local_envoy import LocalEnvoy
 
 from .harness import (
-    port_open,
     site_domain,
     stop_process,
     tail,

@@ -52,14 +52,6 @@ def free_port() -> int:
         return port
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
     """Poll `check` until it returns something truthy; TimeoutError after `timeout` seconds."""
     deadline = time.monotonic() + timeout

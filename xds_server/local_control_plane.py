@@ -67,7 +67,7 @@ class ControlPlaneProcess:
                 raise RuntimeError(
                     f"the control plane exited with {self.process.returncode}: {self.log()[-2000:]}"
                 )
-            if _port_open(self.xds_port):
+            if port_open(self.xds_port):
                 return self
             time.sleep(0.02)
         self.stop()
@@ -101,7 +101,8 @@ class ControlPlaneProcess:
         return self.process.returncode
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
+    """True when something accepts connections on 127.0.0.1:port."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
