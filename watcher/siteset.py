@@ -22,6 +22,8 @@ class SiteSet:
     invalid: Mapping[SiteKey, tuple[Problem, ...]] = field(default_factory=lambda: MappingProxyType({}))
     # The sites added, changed or removed since the source's previous set, when it knows.
     changed: frozenset[SiteKey] | None = None
+    # The metadata.generation each site's current declaration has, when the source has one.
+    generations: Mapping[SiteKey, int] | None = None
 
 
 def merge_changes(

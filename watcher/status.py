@@ -8,7 +8,7 @@ changed, not with the number of sites.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from snapshot.builder import BuildResult, Phase, SiteState
 from snapshot.model import Problem, SiteKey
@@ -16,6 +16,10 @@ from snapshot.model import Problem, SiteKey
 from .siteset import SiteSet
 
 log = logging.getLogger("staticsite_xds.status")
+
+# Told after each report: the site set, every site's state, and the sites whose state or
+# declaration may have changed (None: any of them).
+StatusListener = Callable[[SiteSet, Mapping[SiteKey, SiteState], frozenset[SiteKey] | None], None]
 
 
 def invalid_state(key: SiteKey, problems: tuple[Problem, ...], still_served: bool) -> SiteState:
@@ -37,11 +41,12 @@ def state_of(key: SiteKey, sites: SiteSet, built: Mapping[SiteKey, SiteState]) -
 
 
 class StatusLog:
-    """Writes one log line per site state transition."""
+    """Writes one log line per site state transition, and tells its listeners."""
 
     def __init__(self) -> None:
         self._last: dict[SiteKey, SiteState] = {}
         self._invalid: frozenset[SiteKey] = frozenset()
+        self.listeners: list[StatusListener] = []
 
     def report(self, sites: SiteSet, result: BuildResult) -> None:
         invalid = frozenset(sites.invalid)
@@ -58,6 +63,10 @@ class StatusLog:
             self._last[key] = state
             level = logging.INFO if state.phase is Phase.PROVISIONED else logging.WARNING
             log.log(level, "site %s is %s (%s): %s", key, state.phase.value, state.reason, state.message)
+        if self.listeners:
+            touched = None if sites.changed is None else frozenset(keys | sites.changed)
+            for listener in self.listeners:
+                listener(sites, self._last, touched)
 
     def states(self) -> Mapping[SiteKey, SiteState]:
         """The last state reported for every site."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import Any
 
 from snapshot.builder import BuildOptions, BuildResult, InconsistentSnapshot, SnapshotBuilder
 from snapshot.model import SiteKey
@@ -87,31 +89,54 @@ class ControlPlane:
             len(result.removed),
         )
 
-    async def run(self, sites: AsyncIterator[SiteSet], address: str, stop: asyncio.Event) -> None:
-        """Serve on `address` and follow `sites` until `stop` is set."""
+    @property
+    def ready(self) -> bool:
+        """A complete snapshot has been published."""
+        return self.published is not None
+
+    async def run(
+        self,
+        sites: AsyncIterator[SiteSet],
+        address: str,
+        stop: asyncio.Event,
+        companions: Iterable[Coroutine[Any, Any, None]] = (),
+    ) -> None:
+        """Serve on `address` and follow `sites` until `stop` is set.
+
+        `companions` run alongside (status writers, health endpoints); they end with `stop`,
+        and one that fails stops the whole.
+        """
         port = await self.server.start(address)
         host = address.rsplit(":", 1)[0]
         log.info("xDS (ADS, gRPC) listening on %s:%d", host, port)
-        follower = asyncio.create_task(self._follow(sites))
+        follower = asyncio.create_task(self._follow(sites, stop))
         publisher = asyncio.create_task(self._publish_loop())
         stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
+        helpers = [asyncio.create_task(coro) for coro in companions]
         try:
-            await asyncio.wait({follower, publisher, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (follower, publisher):
+            await asyncio.wait({follower, publisher, stopper, *helpers}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (follower, publisher, *helpers):
                 if task.done():
                     task.result()  # raise what ended it, if anything
         finally:
-            for running in (follower, publisher, stopper):
+            stop.set()  # the source and the companions end with it: let them clean up
+            await asyncio.wait([follower, *helpers], timeout=12)
+            for running in (follower, publisher, stopper, *helpers):
                 running.cancel()
             if self._pending is not None:
                 self.apply(self._take())
             log.info("stopping: closing xDS streams")
             await self.server.stop(grace=1.0)
 
-    async def _follow(self, sites: AsyncIterator[SiteSet]) -> None:
-        async for site_set in sites:
-            self.offer(site_set)
-        await asyncio.Event().wait()  # the source ended: keep serving what it gave
+    async def _follow(self, sites: AsyncIterator[SiteSet], stop: asyncio.Event) -> None:
+        try:
+            async for site_set in sites:
+                self.offer(site_set)
+        finally:
+            close = getattr(sites, "aclose", None)  # a generator's clean-up runs now, not at exit
+            if close is not None:
+                await close()
+        await stop.wait()  # the source ended: keep serving what it gave
 
     def offer(self, site_set: SiteSet) -> None:
         """Hand the control plane a new site set; it is built after the hold-off."""
@@ -129,7 +154,7 @@ class ControlPlane:
         self._pending = None
         self._pending_changes = None
         if changes != pending.changed:
-            pending = SiteSet(pending.sites, pending.problems, pending.invalid, changes)
+            pending = dataclasses.replace(pending, changed=changes)
         return pending
 
     async def _publish_loop(self) -> None:

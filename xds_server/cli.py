@@ -15,6 +15,7 @@ from snapshot.builder import BuildOptions, Phase, SiteState, SnapshotBuilder
 from snapshot.model import API_VERSION, SiteKey
 from snapshot.resources import DEFAULT_HOST_TEMPLATE
 from watcher.folder import FolderSource, read_manifests
+from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.siteset import SiteSet
 
 from .app import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY, ControlPlane
@@ -44,8 +45,45 @@ def _parser() -> argparse.ArgumentParser:
             f"(default {DEFAULT_HOST_TEMPLATE}; 127.0.0.1 for local runs)",
         )
 
-    serve = sub.add_parser("serve", help="watch a folder of StaticSite manifests and serve them over ADS")
-    serve.add_argument("--sites", required=True, type=Path, help="folder of StaticSite YAML manifests")
+    serve = sub.add_parser(
+        "serve", help="watch StaticSites (a folder of manifests, or Kubernetes) and serve them over ADS"
+    )
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sites", type=Path, help="folder of StaticSite YAML manifests")
+    source.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="watch StaticSite objects in a cluster (in a pod: its service account; else the kubeconfig)",
+    )
+    serve.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="with --kubernetes: watch only this namespace (repeat for several; default: all)",
+    )
+    serve.add_argument(
+        "--lease-name",
+        default=DEFAULT_LEASE_NAME,
+        help="with --kubernetes: the Lease that elects the replica writing status (%(default)s)",
+    )
+    serve.add_argument(
+        "--lease-namespace",
+        default=None,
+        help="with --kubernetes: the Lease's namespace (default: $POD_NAMESPACE, else "
+        f"{DEFAULT_LEASE_NAMESPACE})",
+    )
+    serve.add_argument(
+        "--identity",
+        default=None,
+        help="with --kubernetes: this replica's name in the Lease and in Events (default: $POD_NAME)",
+    )
+    serve.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /healthz, /readyz and /metrics over HTTP here (default: off)",
+    )
     serve.add_argument(
         "--xds-address",
         default=DEFAULT_XDS_ADDRESS,
@@ -93,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    if args.log_level != "debug":  # kopf narrates every event at INFO
+        logging.getLogger("kopf").setLevel(logging.WARNING)
     if args.command in ("serve", "render"):
         try:
             _options(args)
@@ -120,22 +160,58 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 def _serve(args: argparse.Namespace) -> int:
     options = _options(args)
-    if not args.sites.is_dir():
+    if args.namespace and not args.kubernetes:
+        print("staticsite-xds: --namespace needs --kubernetes", file=sys.stderr)
+        return 2
+    if args.sites is not None and not args.sites.is_dir():
         print(f"staticsite-xds: --sites {args.sites}: not a folder", file=sys.stderr)
         return 2
-    source = FolderSource(args.sites, force_polling=args.force_polling)
     try:
+        if args.metrics_address is not None:
+            from .health import split_address
+
+            split_address(args.metrics_address)
         plane = ControlPlane(options, hold_off=args.hold_off_ms / 1000, max_delay=args.max_delay_ms / 1000)
     except ValueError as exc:
         print(f"staticsite-xds: {exc}", file=sys.stderr)
         return 2
+    kube = None
+    if args.kubernetes:
+        from watcher.k8s_api import ApiError, KubeApi
+
+        from .k8s_mode import KubernetesMode, default_identity
+
+        identity = args.identity or default_identity()
+        try:
+            api = KubeApi.from_environment(user_agent=f"staticsite-xds/{identity}")
+        except ApiError as exc:
+            print(f"staticsite-xds: {exc}", file=sys.stderr)
+            return 2
+        kube = KubernetesMode.attach(
+            plane,
+            api,
+            namespaces=args.namespace,
+            identity=identity,
+            lease_namespace=args.lease_namespace,
+            lease_name=args.lease_name,
+        )
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await plane.run(source.watch(stop), args.xds_address, stop)
+        companions = []
+        if args.metrics_address is not None:
+            from .health import HealthServer
+
+            companions.append(HealthServer(lambda: plane.ready).serve(args.metrics_address, stop))
+        if kube is not None:
+            sites = kube.sites(stop)
+            companions.extend(kube.companions(stop))
+        else:
+            sites = FolderSource(args.sites, force_polling=args.force_polling).watch(stop)
+        await plane.run(sites, args.xds_address, stop, companions)
 
     try:
         asyncio.run(run())

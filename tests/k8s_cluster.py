@@ -1,0 +1,230 @@
+"""A Kubernetes API for tests: kmock's emulator over real HTTP, and a control plane watching it.
+
+The emulator stores objects as given and merges patches, nothing more; so the client here
+plays the API server's part for the metadata it would set (uid, generation, resourceVersion,
+creationTimestamp). Everything the control plane does goes over HTTP to the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import kopf
+
+from snapshot.builder import BuildOptions
+from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
+from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
+from watcher.k8s import SITES
+from watcher.k8s_api import EVENTS, LEASES, SERVICES, KubeApi
+from xds_server.ads import AdsServer
+from xds_server.app import ControlPlane
+from xds_server.k8s_mode import KubernetesMode
+
+T = TypeVar("T")
+
+SITES_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
+LEASE_NAMESPACE = "staticsite-xds"
+_revisions = itertools.count(1000)
+
+
+def declare_resources(kmock: Any) -> None:
+    """What discovery must show: our CRD's resource, plus what kopf looks up at start."""
+    info = kmock.ResourceInfo
+    every = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    kmock.resources[SITES_RESOURCE] = info(kind=KIND, namespaced=True, subresources={"status"}, verbs=every)
+    kmock.resources["v1/services"] = info(kind="Service", namespaced=True, verbs=every)
+    kmock.resources["v1/events"] = info(kind="Event", namespaced=True, verbs=every)
+    kmock.resources["coordination.k8s.io/v1/leases"] = info(kind="Lease", namespaced=True, verbs=every)
+    kmock.resources["v1/namespaces"] = info(kind="Namespace", namespaced=False, verbs=every)
+    kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
+        kind="CustomResourceDefinition", namespaced=False, verbs=every
+    )
+
+
+def fast_settings(watch_timeout: float | None = None) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.watching.reconnect_backoff = 0.05
+    settings.networking.error_backoffs = [0.1, 0.2, 0.5]
+    settings.queueing.idle_timeout = 0.5
+    settings.queueing.exit_timeout = 0.5
+    if watch_timeout is not None:  # the watch request is cut after this long: kopf reconnects
+        settings.watching.client_timeout = watch_timeout
+    return settings
+
+
+async def eventually(check: Callable[[], T], within: float = 10.0, what: str = "") -> T:
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {within}s waiting for {what or check}; last value {last!r}")
+
+
+async def eventually_async(check: Callable[[], Awaitable[T]], within: float = 10.0, what: str = "") -> T:
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {within}s waiting for {what or check}; last value {last!r}")
+
+
+def site_body(
+    namespace: str, name: str, domain: str, service: str = "web", port: int = 80, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"domain": domain, "backend": {"serviceName": service, "servicePort": port}, **spec},
+    }
+
+
+class Cluster:
+    """The test's own client of the emulator, setting what a real API server would."""
+
+    def __init__(self, kmock: Any) -> None:
+        self.kmock = kmock
+        self.url = str(kmock.url).rstrip("/")
+        self.api = KubeApi.for_server(self.url, user_agent="test-client")
+
+    def _stamp(self, body: dict[str, Any], *, new: bool) -> dict[str, Any]:
+        meta = body.setdefault("metadata", {})
+        meta["resourceVersion"] = str(next(_revisions))
+        if new:
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("generation", 1)
+            meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        return body
+
+    async def create_site(self, namespace: str, name: str, domain: str, **kw: Any) -> dict[str, Any]:
+        body = self._stamp(site_body(namespace, name, domain, **kw), new=True)
+        return await self.api.create(SITES, namespace, body)
+
+    async def update_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        current = await self.api.get(SITES, namespace, name)
+        assert current is not None
+        generation = int(current["metadata"].get("generation") or 1) + 1
+        patch = self._stamp({"metadata": {"generation": generation}, "spec": spec}, new=False)
+        return await self.api.call(
+            "PATCH", SITES.path(namespace, name), patch, content_type="application/merge-patch+json"
+        )
+
+    async def delete_site(self, namespace: str, name: str) -> None:
+        await self.api.call("DELETE", SITES.path(namespace, name))
+
+    async def create_service(self, namespace: str, name: str, ports: Iterable[int] = (80,)) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": [{"port": p, "protocol": "TCP"} for p in ports]},
+        }
+        await self.api.create(SERVICES, namespace, self._stamp(body, new=True))
+
+    async def delete_service(self, namespace: str, name: str) -> None:
+        await self.api.call("DELETE", SERVICES.path(namespace, name))
+
+    async def site(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.api.get(SITES, namespace, name)
+
+    async def status(self, namespace: str, name: str) -> dict[str, Any]:
+        body = await self.site(namespace, name)
+        return dict((body or {}).get("status") or {})
+
+    async def events(self, namespace: str, name: str | None = None) -> list[dict[str, Any]]:
+        items = await self.api.list_objects(EVENTS, namespace)
+        found = [e for e in items if name is None or (e.get("involvedObject") or {}).get("name") == name]
+        return sorted(found, key=lambda e: e["metadata"]["name"])
+
+    async def lease(self) -> dict[str, Any] | None:
+        return await self.api.get(LEASES, LEASE_NAMESPACE, "staticsite-xds-leader")
+
+    def requests(self, method: str, path_part: str = "") -> list[Any]:
+        """The requests the emulator received with this method (and path fragment)."""
+        return [r for r in self.kmock if str(r.method).upper().endswith(method) and path_part in str(r.url)]
+
+    # Seeding the store directly makes no watch event: as if it happened while no one watched.
+    def put_silently(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        self.kmock.objects[SITES_RESOURCE, meta["namespace"], meta["name"]] = self._stamp(body, new=True)
+
+    def delete_silently(self, namespace: str, name: str) -> None:
+        self.kmock.objects[SITES_RESOURCE, namespace, name].delete()
+
+
+@dataclass
+class Replica:
+    """One control-plane replica, in this process, watching the emulator."""
+
+    plane: ControlPlane
+    mode: KubernetesMode
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    identity: str
+    published: list[Any] = field(default_factory=list)
+
+    @property
+    def sites(self) -> dict[SiteKey, Any]:
+        return dict(self.plane.sites.sites)
+
+    def clusters(self) -> set[str]:
+        snapshot = self.plane.published
+        return set(snapshot.of_type(CLUSTER_TYPE).resources) if snapshot is not None else set()
+
+    def domains(self) -> list[str]:
+        """Every domain in the published routes (repeated if served twice)."""
+        snapshot = self.plane.published
+        if snapshot is None:
+            return []
+        from envoy.config.route.v3 import route_pb2
+
+        found: list[str] = []
+        for resource in snapshot.of_type(ROUTE_TYPE).resources.values():
+            config = route_pb2.RouteConfiguration.FromString(resource.body)
+            for vhost in config.virtual_hosts:
+                found.extend(d for d in vhost.domains if d != "*")
+        return found
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 20)
+
+
+async def start_replica(
+    cluster: Cluster,
+    identity: str = "replica-a",
+    *,
+    namespaces: Iterable[str] = (),
+    resync: float = 300.0,
+    watch_timeout: float | None = None,
+    lease: tuple[float, float, float] = (3.0, 2.0, 0.2),
+) -> Replica:
+    plane = ControlPlane(BuildOptions(), AdsServer(), hold_off=0.002, max_delay=0.02)
+    api = KubeApi.for_server(cluster.url, user_agent=f"staticsite-xds/{identity}")
+    mode = KubernetesMode.attach(
+        plane,
+        api,
+        namespaces=list(namespaces),
+        identity=identity,
+        lease_namespace=LEASE_NAMESPACE,
+        resync=resync,
+        settings=fast_settings(watch_timeout),
+        lease_timings=lease,
+    )
+    stop = asyncio.Event()
+    published: list[Any] = []
+    plane.on_publish.append(lambda sites, snapshot: published.append((sites, snapshot)))
+    task = asyncio.create_task(plane.run(mode.sites(stop), "127.0.0.1:0", stop, mode.companions(stop)))
+    return Replica(plane, mode, stop, task, identity, published)

@@ -1,0 +1,447 @@
+"""The Kubernetes source: StaticSite objects (and the Services they name), watched with kopf.
+
+It yields the same `SiteSet`s as the folder source, so the builder and the server never know
+where sites came from. The rules it keeps:
+
+- Nothing is yielded until the initial listing of every StaticSite is complete: our own
+  LIST, made before kopf starts, is the first set. An Envoy never sees a half-empty config.
+- kopf only watches: its handlers react to events and never patch users' objects, so kopf
+  leaves no annotations or finalizers behind (a control plane that reads specs has nothing
+  to clean up on delete).
+- A watch stream that drops and resumes may miss a deletion (kopf relists, but an object
+  deleted in the gap is simply absent from the new list). Our own LIST heals that: it runs
+  shortly after kopf relists and periodically, and removes what the API no longer has,
+  without losing or duplicating anything that arrived meanwhile.
+- An object whose spec is invalid keeps serving its last good version; its problems are
+  reported. Objects are parsed by the one model parser, `snapshot.model.parse_site`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import kopf
+
+from snapshot.model import GROUP, PLURAL, VERSION, InvalidSite, Problem, SiteKey, StaticSite, parse_site
+
+from .k8s_api import SERVICES, ApiError, Kind, KubeApi
+from .siteset import SiteSet
+
+log = logging.getLogger("staticsite_xds.kubernetes")
+
+SITES = Kind(GROUP, VERSION, PLURAL)
+
+DEFAULT_RESYNC = 300.0  # seconds between our own full listings
+RELIST_SETTLE = 1.0  # after kopf relists, wait this long for its listing to end, then check it
+_RETRY = (1.0, 2.0, 5.0, 10.0)  # seconds between attempts of the initial listing
+
+ObjectKey = tuple[str, str]  # namespace, name
+
+
+class _NoSignalsNote(logging.Filter):
+    """kopf runs in a thread of its own on purpose: its note that signals are ours is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("OS signals are ignored")
+
+
+logging.getLogger("kopf._core.reactor.running").addFilter(_NoSignalsNote())
+Listener = Callable[[set[SiteKey]], None]
+
+
+def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = body.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def object_key(body: Mapping[str, Any]) -> ObjectKey:
+    meta = _meta(body)
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _revision(body: Mapping[str, Any]) -> int | None:
+    """The resourceVersion as a number, when it is one (it is, on every real API server)."""
+    value = _meta(body).get("resourceVersion")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _uid(body: Mapping[str, Any]) -> str | None:
+    value = _meta(body).get("uid")
+    return str(value) if value else None
+
+
+@dataclass(slots=True)
+class _Entry:
+    body: dict[str, Any]
+    seen: float  # when the event or listing that brought this version arrived (monotonic)
+
+
+class ObjectCache:
+    """The objects of one kind as last seen: from kopf's events and from our own listings.
+
+    Events may arrive late and out of order across objects (kopf handles each object in its
+    own task), so an older version never replaces a newer one, and a deletion only removes
+    the incarnation (uid) it is about.
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[ObjectKey, _Entry] = {}
+        self._tombstones: dict[ObjectKey, tuple[str | None, float]] = {}
+
+    def get(self, key: ObjectKey) -> dict[str, Any] | None:
+        entry = self.objects.get(key)
+        return entry.body if entry is not None else None
+
+    def event(self, kind: str | None, body: dict[str, Any], now: float) -> ObjectKey | None:
+        """Apply one event (kind None: an object of a listing); the key if something changed."""
+        key = object_key(body)
+        old = self.objects.get(key)
+        if kind == "DELETED":
+            if old is None or (_uid(old.body) and _uid(body) and _uid(old.body) != _uid(body)):
+                return None  # gone already, or a deletion of an earlier incarnation
+            del self.objects[key]
+            self._tombstones[key] = (_uid(body), now)
+            return key
+        if old is not None:
+            if _older(body, old.body):
+                return None
+            if old.body == body:
+                old.seen = now
+                return None
+        self._tombstones.pop(key, None)
+        self.objects[key] = _Entry(body, now)
+        return key
+
+    def reconcile(self, items: Iterable[dict[str, Any]], started: float, now: float) -> set[ObjectKey]:
+        """Make the cache agree with a complete listing that was requested at `started`.
+
+        What arrived by event after `started` is newer than the listing and is kept; an
+        object the listing lacks and that was last seen before it is gone.
+        """
+        changed: set[ObjectKey] = set()
+        listed: set[ObjectKey] = set()
+        for body in items:
+            key = object_key(body)
+            listed.add(key)
+            tomb = self._tombstones.get(key)
+            if tomb is not None and tomb[1] >= started and (tomb[0] is None or tomb[0] == _uid(body)):
+                continue  # deleted after the listing was taken
+            if self.event(None, body, now) is not None:
+                changed.add(key)
+        for key in [k for k, entry in self.objects.items() if k not in listed and entry.seen < started]:
+            del self.objects[key]
+            changed.add(key)
+        self._tombstones = {k: t for k, t in self._tombstones.items() if t[1] >= started}
+        return changed
+
+
+def _older(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    a, b = _revision(new), _revision(old)
+    return a is not None and b is not None and a < b
+
+
+class KubernetesSource:
+    """Watches StaticSites and Services (all namespaces, or the ones given) and yields site sets."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        namespaces: Sequence[str] = (),
+        *,
+        resync: float = DEFAULT_RESYNC,
+        settings: kopf.OperatorSettings | None = None,
+    ) -> None:
+        self.api = api
+        self.namespaces = tuple(dict.fromkeys(namespaces))
+        self.resync = resync
+        self.settings = settings or kopf.OperatorSettings()
+        self.sites = ObjectCache()
+        self.services = ObjectCache()
+        self.ready = asyncio.Event()  # the initial listings are complete
+        self.on_objects: list[Listener] = []  # StaticSite objects changed (their status too)
+        self.on_services: list[Listener] = []  # the backend Service of these sites changed
+        self.listings = 0  # our own complete listings so far
+        self._sites: dict[SiteKey, StaticSite] = {}
+        self._invalid: dict[SiteKey, tuple[Problem, ...]] = {}
+        self._generations: dict[SiteKey, int] = {}
+        self._by_backend: dict[ObjectKey, set[SiteKey]] = {}
+        self._changed: set[SiteKey] = set()
+        self._dirty = asyncio.Event()
+        self._relisted = asyncio.Event()
+        self._kopf_stop = threading.Event()
+
+    # -- what others read ------------------------------------------------------------------
+
+    def object(self, key: SiteKey) -> dict[str, Any] | None:
+        """The StaticSite object as last seen."""
+        return self.sites.get((key.namespace, key.name))
+
+    def service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.services.get((namespace, name))
+
+    def current(self, changed: frozenset[SiteKey] | None = None) -> SiteSet:
+        problems = tuple(p for key in sorted(self._invalid) for p in self._invalid[key])
+        return SiteSet(
+            sites=MappingProxyType(dict(self._sites)),
+            problems=problems,
+            invalid=MappingProxyType(dict(self._invalid)),
+            changed=changed,
+            generations=MappingProxyType(dict(self._generations)),
+        )
+
+    # -- the watch -------------------------------------------------------------------------
+
+    async def watch(self, stop: asyncio.Event) -> AsyncIterator[SiteSet]:
+        """The complete set once the initial listing is done, then a new set after changes.
+
+        kopf installs its own SIGINT/SIGTERM handlers; when it stops on a signal, `stop` is
+        set so that the whole process stops with it.
+        """
+        if not await self._initial_listing(stop):
+            return
+        operator = asyncio.create_task(self._operator(stop), name="kopf operator")
+        resync = asyncio.create_task(self._resync_loop(stop), name="resync")
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            yield self.current(None)
+            self.ready.set()
+            while True:
+                dirty = asyncio.create_task(self._dirty.wait())
+                done, _ = await asyncio.wait({dirty, stopped, operator}, return_when=asyncio.FIRST_COMPLETED)
+                dirty.cancel()
+                if stopped in done:
+                    return
+                if operator in done:
+                    operator.result()  # raise what ended it
+                    return
+                self._dirty.clear()
+                changed, self._changed = self._changed, set()
+                if changed:
+                    yield self.current(frozenset(changed))
+        finally:
+            self._kopf_stop.set()
+            resync.cancel()
+            stopped.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(operator, timeout=10)
+
+    async def _initial_listing(self, stop: asyncio.Event) -> bool:
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self.relist()
+                log.info(
+                    "initial listing complete: %d StaticSites, %d Services (%s)",
+                    len(self.sites.objects),
+                    len(self.services.objects),
+                    ", ".join(self.namespaces) if self.namespaces else "all namespaces",
+                )
+                return True
+            except ApiError as exc:
+                delay = _RETRY[min(attempt, len(_RETRY) - 1)]
+                log.error("cannot list StaticSites yet, retrying in %gs: %s", delay, _explain(exc))
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        return False
+
+    async def relist(self) -> None:
+        """List every StaticSite and Service ourselves and make the caches agree."""
+        started = time.monotonic()
+        sites = await self._list(SITES)
+        services = await self._list(SERVICES)
+        now = time.monotonic()
+        self._sites_changed(self.sites.reconcile(sites, started, now))
+        self._services_changed(self.services.reconcile(services, started, now))
+        self.listings += 1
+
+    async def _list(self, kind: Kind) -> list[dict[str, Any]]:
+        if not self.namespaces:
+            return await self.api.list_objects(kind)
+        items: list[dict[str, Any]] = []
+        for namespace in self.namespaces:
+            items.extend(await self.api.list_objects(kind, namespace))
+        return items
+
+    async def _resync_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._relisted.wait(), timeout=self.resync)
+            if self._relisted.is_set():
+                await asyncio.sleep(RELIST_SETTLE)  # let kopf's listing arrive first
+                self._relisted.clear()
+            try:
+                await self.relist()
+            except ApiError as exc:
+                log.warning("resync listing failed (the watch goes on): %s", _explain(exc))
+
+    # -- kopf ------------------------------------------------------------------------------
+
+    def registry(self, loop: asyncio.AbstractEventLoop) -> kopf.OperatorRegistry:
+        """Handlers that only read: no patches, so kopf writes nothing to users' objects.
+
+        They run in kopf's thread and hand each event to `loop`, where everything else runs.
+        """
+        registry = kopf.OperatorRegistry()
+        api = self.api
+
+        @kopf.on.login(registry=registry)
+        async def login(**_: Any) -> kopf.ConnectionInfo:
+            return await asyncio.to_thread(api.connection_info)
+
+        @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+        async def site_event(event: Mapping[str, Any], **_: Any) -> None:
+            loop.call_soon_threadsafe(self._event, self.sites, event, self._sites_changed)
+
+        @kopf.on.event("v1", "services", registry=registry)
+        async def service_event(event: Mapping[str, Any], **_: Any) -> None:
+            loop.call_soon_threadsafe(self._event, self.services, event, self._services_changed)
+
+        return registry
+
+    def _event(
+        self, cache: ObjectCache, event: Mapping[str, Any], then: Callable[[set[ObjectKey]], None]
+    ) -> None:
+        body = event.get("object")
+        if not isinstance(body, dict):
+            return
+        kind = event.get("type")
+        if kind is None and self.ready.is_set():
+            self._relisted.set()  # kopf is relisting after a watch gap: check with a listing of ours
+        key = cache.event(kind, body, time.monotonic())
+        if key is not None:
+            then({key})
+
+    async def _operator(self, stop: asyncio.Event) -> None:
+        """Run kopf in a thread with its own event loop until `_kopf_stop` is set.
+
+        kopf treats every task of its loop as its own: on exit it waits for them and cancels
+        them. In a loop of its own, it cannot touch the xDS server's streams or our clean-up;
+        and off the main thread it leaves the process's signal handling to us.
+        """
+        settings = self.settings
+        settings.scanning.disabled = True  # needs no RBAC on CRDs and namespaces
+        settings.posting.enabled = False  # our Events are written by the status writer only
+        settings.process.ultimate_exiting_timeout = None
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        registry = self.registry(loop)
+
+        def settle(error: BaseException | None) -> None:
+            if ended.done():
+                return
+            if error is None:
+                ended.set_result(None)
+            else:
+                ended.set_exception(error)
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                asyncio.run(
+                    kopf.operator(
+                        registry=registry,
+                        settings=settings,
+                        standalone=True,
+                        clusterwide=not self.namespaces,
+                        namespaces=self.namespaces,
+                        stop_flag=self._kopf_stop,
+                    )
+                )
+            except BaseException as exc:  # handed to the event loop that awaits it
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                loop.call_soon_threadsafe(settle, error)
+
+        thread = threading.Thread(target=run, name="kopf", daemon=True)
+        thread.start()
+        try:
+            await asyncio.shield(ended)
+        finally:
+            self._kopf_stop.set()
+        if not stop.is_set():
+            log.error("the Kubernetes watch stopped; stopping")
+            stop.set()
+
+    # -- turning objects into sites --------------------------------------------------------
+
+    def _sites_changed(self, keys: set[ObjectKey]) -> None:
+        changed: set[SiteKey] = set()
+        for namespace, name in keys:
+            key = SiteKey(namespace, name)
+            if self._parse(key, self.sites.get((namespace, name))):
+                changed.add(key)
+        if changed:
+            self._changed |= changed
+            self._dirty.set()
+        touched = {SiteKey(ns, name) for ns, name in keys}
+        for listener in self.on_objects:
+            listener(touched)
+
+    def _parse(self, key: SiteKey, body: dict[str, Any] | None) -> bool:
+        """Update the site of one object; True if the site set changed."""
+        if body is None:
+            self._generations.pop(key, None)
+            gone = self._sites.pop(key, None)
+            self._unindex(gone)
+            return gone is not None or self._invalid.pop(key, None) is not None
+        generation = _meta(body).get("generation")
+        self._generations[key] = generation if isinstance(generation, int) else 0
+        try:
+            site = parse_site(body, origin=f"StaticSite {key}")
+        except InvalidSite as exc:
+            problems = tuple(exc.problems)
+            if self._invalid.get(key) == problems:
+                return False
+            self._invalid[key] = problems
+            return True
+        was_invalid = self._invalid.pop(key, None) is not None
+        old = self._sites.get(key)
+        if old == site:
+            return was_invalid
+        self._unindex(old)
+        self._sites[key] = site
+        backend = (site.backend.namespace, site.backend.service_name)
+        self._by_backend.setdefault(backend, set()).add(key)
+        return True
+
+    def _unindex(self, site: StaticSite | None) -> None:
+        if site is None:
+            return
+        backend = (site.backend.namespace, site.backend.service_name)
+        users = self._by_backend.get(backend)
+        if users is not None:
+            users.discard(site.key)
+            if not users:
+                del self._by_backend[backend]
+
+    def _services_changed(self, keys: set[ObjectKey]) -> None:
+        affected: set[SiteKey] = set()
+        for key in keys:
+            affected |= self._by_backend.get(key, set())
+        if affected:
+            for listener in self.on_services:
+                listener(affected)
+
+    def users_of(self, namespace: str, service: str) -> set[SiteKey]:
+        """The sites whose backend is this Service."""
+        return set(self._by_backend.get((namespace, service), ()))
+
+
+def _explain(exc: ApiError) -> str:
+    if exc.status == 404:
+        return f"{exc} (is the StaticSite CRD installed? kubectl apply -f crds/staticsite.yaml)"
+    if exc.status in (401, 403):
+        return f"{exc} (check the service account's RBAC: see deploy/rbac.yaml)"
+    return str(exc)

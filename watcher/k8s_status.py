@@ -1,0 +1,268 @@
+"""Status written back to StaticSite objects, and an Event on each transition.
+
+The status says what the control plane last did with the site: a one-word `phase` and a
+`Ready` condition in the Kubernetes convention (status, reason, message,
+lastTransitionTime, observedGeneration). It is compared with what the object already shows
+and written only when they differ, so a status write (which comes back as an event) never
+loops, and a replica that takes over leadership writes only what its predecessor left
+different. Only the leader writes; `is_leader` is asked before every write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from snapshot.builder import Phase, SiteState
+from snapshot.model import API_VERSION, KIND, Backend, SiteKey
+
+from .k8s import SITES, KubernetesSource
+from .k8s_api import ApiError, KubeApi
+from .siteset import SiteSet
+
+log = logging.getLogger("staticsite_xds.kubernetes.status")
+
+COMPONENT = "staticsite-xds"
+CONDITION = "Ready"
+MAX_MESSAGE = 1024  # characters of a message kept in status and Events
+RETRY_DELAY = 2.0  # seconds before a failed write is tried again
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one site's status should say."""
+
+    phase: str
+    ready: bool
+    reason: str
+    message: str
+    generation: int | None
+
+
+def backend_verdict(service: Mapping[str, Any] | None, site_domain: str, backend: Backend) -> Verdict | None:
+    """A served site whose backend Service is missing, or lacks the port, is not ready."""
+    where = f"Service {backend.namespace}/{backend.service_name}"
+    if service is None:
+        return Verdict(
+            Phase.INVALID.value,
+            False,
+            "BackendNotFound",
+            f"{where} does not exist; the gateways answer 503 for {site_domain} until it does",
+            None,
+        )
+    spec = service.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        return None  # resolved by DNS to another name: any port may be right
+    ports = [p.get("port") for p in spec.get("ports") or [] if isinstance(p, Mapping)]
+    if backend.service_port not in ports:
+        listed = ", ".join(str(p) for p in ports) or "none"
+        return Verdict(
+            Phase.INVALID.value,
+            False,
+            "BackendPortNotFound",
+            f"{where} has no port {backend.service_port} (its ports: {listed}); "
+            f"the gateways answer 503 for {site_domain} until it has",
+            None,
+        )
+    return None
+
+
+class StatusWriter:
+    """Keeps each StaticSite's status equal to the control plane's verdict on it."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        source: KubernetesSource,
+        *,
+        is_leader: Callable[[], bool] = lambda: True,
+        identity: str = COMPONENT,
+        concurrency: int = 8,
+    ) -> None:
+        self.api = api
+        self.source = source
+        self.is_leader = is_leader
+        self.identity = identity
+        self.concurrency = concurrency
+        self.writes = 0  # status patches made
+        self.events = 0  # Events created
+        self._sites = SiteSet()
+        self._states: Mapping[SiteKey, SiteState] = {}
+        self._dirty: set[SiteKey] = set()
+        self._wake = asyncio.Event()
+        source.on_objects.append(self.mark)
+        source.on_services.append(self.mark)
+
+    # -- what tells it to look -------------------------------------------------------------
+
+    def report(
+        self, sites: SiteSet, states: Mapping[SiteKey, SiteState], touched: frozenset[SiteKey] | None
+    ) -> None:
+        """A status listener: the control plane's latest verdicts (see `StatusLog`)."""
+        self._sites = sites
+        self._states = states
+        self.mark(touched if touched is not None else set(states) | set(sites.invalid))
+
+    def mark(self, keys: Iterable[SiteKey]) -> None:
+        self._dirty.update(keys)
+        self._wake.set()
+
+    def mark_all(self) -> None:
+        self.mark(set(self._states) | set(self._sites.invalid))
+
+    def leadership(self, leader: bool) -> None:
+        """A leader-election callback: a new leader checks every site."""
+        if leader:
+            self.mark_all()
+
+    # -- the verdict -----------------------------------------------------------------------
+
+    def verdict(self, key: SiteKey) -> Verdict | None:
+        state = self._states.get(key)
+        if state is None:
+            return None
+        generation = (self._sites.generations or {}).get(key)
+        site = self._sites.sites.get(key)
+        if state.phase is Phase.PROVISIONED and site is not None:
+            backend = site.backend
+            service = self.source.service(backend.namespace, backend.service_name)
+            found = backend_verdict(service, site.domain, backend)
+            if found is not None:
+                return Verdict(found.phase, found.ready, found.reason, found.message, generation)
+        return Verdict(
+            state.phase.value,
+            state.phase is Phase.PROVISIONED,
+            state.reason,
+            state.message[:MAX_MESSAGE],
+            generation,
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.source.ready.wait()
+        while not stop.is_set():
+            woke = asyncio.create_task(self._wake.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({woke, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            woke.cancel()
+            stopped.cancel()
+            if stop.is_set():
+                return
+            self._wake.clear()
+            keys, self._dirty = self._dirty, set()
+            if not self.is_leader():
+                continue  # a new leader checks every site anyway
+            failed = await self.sync(sorted(keys))
+            if failed:
+                await asyncio.sleep(RETRY_DELAY)
+                self.mark(failed)
+
+    async def sync(self, keys: Iterable[SiteKey]) -> set[SiteKey]:
+        """Write the status of these sites where it differs; the keys whose write failed."""
+        failed: set[SiteKey] = set()
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(key: SiteKey) -> None:
+            async with gate:
+                if not self.is_leader():
+                    return
+                try:
+                    await self._sync_one(key)
+                except ApiError as exc:
+                    if exc.status != 404:  # 404: the object is gone
+                        log.warning("cannot write the status of StaticSite %s: %s", key, exc)
+                        failed.add(key)
+
+        await asyncio.gather(*(one(key) for key in keys))
+        return failed
+
+    async def _sync_one(self, key: SiteKey) -> None:
+        body = self.source.object(key)
+        verdict = self.verdict(key)
+        if body is None or verdict is None:
+            return
+        current = body.get("status") if isinstance(body.get("status"), Mapping) else {}
+        assert isinstance(current, Mapping)
+        old = _ready_condition(current)
+        if _shows(current, old, verdict):
+            return
+        status_word = "True" if verdict.ready else "False"
+        since = old.get("lastTransitionTime") if old and old.get("status") == status_word else None
+        condition: dict[str, Any] = {
+            "type": CONDITION,
+            "status": status_word,
+            "reason": verdict.reason,
+            "message": verdict.message,
+            "lastTransitionTime": since or _stamp(),
+        }
+        status: dict[str, Any] = {"phase": verdict.phase, "conditions": [condition]}
+        if verdict.generation:
+            condition["observedGeneration"] = verdict.generation
+            status["observedGeneration"] = verdict.generation
+        await self.api.patch_status(SITES, key.namespace, key.name, status)
+        self.writes += 1
+        told = (current.get("phase"), old.get("reason") if old else None, old.get("message") if old else None)
+        if told != (verdict.phase, verdict.reason, verdict.message):
+            await self._event(key, body, verdict)
+
+    async def _event(self, key: SiteKey, body: Mapping[str, Any], verdict: Verdict) -> None:
+        meta = body.get("metadata") or {}
+        stamp = _stamp()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{key.name[:200]}.{time.time_ns():x}", "namespace": key.namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "namespace": key.namespace,
+                "name": key.name,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": "Normal" if verdict.ready else "Warning",
+            "reason": verdict.reason,
+            "message": verdict.message,
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.identity,
+        }
+        try:
+            await self.api.create_event(key.namespace, event)
+            self.events += 1
+        except ApiError as exc:  # an Event is history, not state: never retried
+            log.warning("cannot record an Event for StaticSite %s: %s", key, exc)
+
+
+def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == CONDITION:
+            return condition
+    return {}
+
+
+def _shows(status: Mapping[str, Any], condition: Mapping[str, Any], verdict: Verdict) -> bool:
+    """Whether the object's status already says what the verdict says."""
+    if not condition:
+        return False
+    return (
+        status.get("phase") == verdict.phase
+        and condition.get("status") == ("True" if verdict.ready else "False")
+        and condition.get("reason") == verdict.reason
+        and condition.get("message") == verdict.message
+        and (verdict.generation is None or condition.get("observedGeneration") == verdict.generation)
+        and (verdict.generation is None or status.get("observedGeneration") == verdict.generation)
+    )
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

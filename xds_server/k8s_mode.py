@@ -1,0 +1,77 @@
+"""Kubernetes mode: the StaticSite watch, the leader Lease and the status writer, wired to a plane.
+
+Every replica watches and serves xDS; the one that holds the Lease writes status and Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from watcher.k8s import DEFAULT_RESYNC, KubernetesSource
+from watcher.k8s_api import KubeApi
+from watcher.k8s_status import StatusWriter
+from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE, LeaderElector
+from watcher.siteset import SiteSet
+
+from .app import ControlPlane
+
+
+def default_identity() -> str:
+    """The pod's name in a cluster (from the downward API), else the host name and pid."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def default_lease_namespace() -> str:
+    return os.environ.get("POD_NAMESPACE") or DEFAULT_LEASE_NAMESPACE
+
+
+@dataclass
+class KubernetesMode:
+    source: KubernetesSource
+    elector: LeaderElector
+    writer: StatusWriter
+
+    @classmethod
+    def attach(
+        cls,
+        plane: ControlPlane,
+        api: KubeApi,
+        *,
+        namespaces: Sequence[str] = (),
+        identity: str | None = None,
+        lease_namespace: str | None = None,
+        lease_name: str = DEFAULT_LEASE_NAME,
+        resync: float = DEFAULT_RESYNC,
+        settings: kopf.OperatorSettings | None = None,
+        lease_timings: tuple[float, float, float] = (15.0, 10.0, 2.0),
+    ) -> KubernetesMode:
+        """Create the parts and connect them to `plane`'s status reports."""
+        identity = identity or default_identity()
+        source = KubernetesSource(api, namespaces, resync=resync, settings=settings)
+        duration, deadline, period = lease_timings
+        elector = LeaderElector(
+            api,
+            lease_namespace or default_lease_namespace(),
+            identity,
+            name=lease_name,
+            lease_duration=duration,
+            renew_deadline=deadline,
+            retry_period=period,
+        )
+        writer = StatusWriter(api, source, is_leader=lambda: elector.is_leader, identity=identity)
+        elector.on_change.append(writer.leadership)
+        plane.status.listeners.append(writer.report)
+        return cls(source, elector, writer)
+
+    def sites(self, stop: asyncio.Event) -> AsyncIterator[SiteSet]:
+        return self.source.watch(stop)
+
+    def companions(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return [self.elector.run(stop), self.writer.run(stop)]
