@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import kopf
@@ -20,6 +22,7 @@ import kopf
 from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
+from snapshot.snapshot import Snapshot
 from watcher.k8s import SITES
 from watcher.k8s_api import EVENTS, LEASES, SERVICES, KubeApi
 from xds_server.ads import AdsServer
@@ -78,6 +81,20 @@ async def eventually_async(check: Callable[[], Awaitable[T]], within: float = 10
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {within}s waiting for {what or check}; last value {last!r}")
+
+
+def route_domains(snapshot: Snapshot | None) -> list[str]:
+    """Every domain in a snapshot's routes (repeated if served twice)."""
+    if snapshot is None:
+        return []
+    from envoy.config.route.v3 import route_pb2
+
+    found: list[str] = []
+    for resource in snapshot.of_type(ROUTE_TYPE).resources.values():
+        config = route_pb2.RouteConfiguration.FromString(resource.body)
+        for vhost in config.virtual_hosts:
+            found.extend(d for d in vhost.domains if d != "*")
+    return found
 
 
 def site_body(
@@ -163,6 +180,46 @@ class Cluster:
     def delete_silently(self, namespace: str, name: str) -> None:
         self.kmock.objects[SITES_RESOURCE, namespace, name].delete()
 
+    def update_silently(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """Merge `spec` into a stored StaticSite (same uid, next generation), with no watch event."""
+        stored = self.kmock.objects[SITES_RESOURCE, namespace, name]
+        generation = int(stored["metadata"].get("generation") or 1) + 1
+        stored.patch(self._stamp({"metadata": {"generation": generation}, "spec": spec}, new=False))
+
+    def stored_sites(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The StaticSites the emulator holds now, by (namespace, name); read from memory, not HTTP."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for (resource, namespace, name), obj in self.kmock.objects.items():
+            site = (resource.group, resource.version, resource.plural) == (GROUP, VERSION, PLURAL)
+            if site and not obj.deleted:
+                found[namespace, name] = obj.raw
+        return found
+
+    def site_history(self) -> list[dict[str, Any]]:
+        """Every version the emulator ever stored of every StaticSite, deleted ones included."""
+        versions: list[dict[str, Any]] = []
+        for (resource, _, _), obj in self.kmock.objects.items():
+            if (resource.group, resource.version, resource.plural) == (GROUP, VERSION, PLURAL):
+                versions.extend(v.raw for v in obj.history if v is not None)
+        return versions
+
+    def requests_by(self, user_agent: str) -> list[Any]:
+        """The requests whose User-Agent starts with this."""
+        return [r for r in self.kmock if str(r.headers.get("User-Agent", "")).startswith(user_agent)]
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig whose current context is this emulator, with no credentials."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "anonymous", "user": {}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "anonymous"}}],
+            "current-context": "emulator",
+        }
+        path.write_text(json.dumps(config))  # JSON is YAML
+        return path
+
 
 @dataclass
 class Replica:
@@ -185,17 +242,7 @@ class Replica:
 
     def domains(self) -> list[str]:
         """Every domain in the published routes (repeated if served twice)."""
-        snapshot = self.plane.published
-        if snapshot is None:
-            return []
-        from envoy.config.route.v3 import route_pb2
-
-        found: list[str] = []
-        for resource in snapshot.of_type(ROUTE_TYPE).resources.values():
-            config = route_pb2.RouteConfiguration.FromString(resource.body)
-            for vhost in config.virtual_hosts:
-                found.extend(d for d in vhost.domains if d != "*")
-        return found
+        return route_domains(self.plane.published)
 
     async def close(self) -> None:
         self.stop.set()

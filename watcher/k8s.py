@@ -395,7 +395,8 @@ class KubernetesSource:
             self._generations.pop(key, None)
             gone = self._sites.pop(key, None)
             self._unindex(gone)
-            return gone is not None or self._invalid.pop(key, None) is not None
+            was_invalid = self._invalid.pop(key, None) is not None  # its problems go with it
+            return gone is not None or was_invalid
         generation = _meta(body).get("generation")
         self._generations[key] = generation if isinstance(generation, int) else 0
         try:

@@ -79,9 +79,10 @@ class KubeApi:
         except kubernetes.config.ConfigException:
             try:
                 kubernetes.config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except (kubernetes.config.ConfigException, OSError) as exc:
+            except Exception as exc:  # a malformed file raises YAML, type or key errors, not only these
+                detail = " ".join(str(exc).split())  # YAML errors span lines: keep the message to one
                 raise ApiError(
-                    0, f"no Kubernetes credentials: not in a pod, and no kubeconfig ({exc})"
+                    0, f"no Kubernetes credentials: not in a pod, and no usable kubeconfig ({detail})"
                 ) from exc
         return cls(configuration, user_agent)
 

@@ -3,14 +3,16 @@
 The status says what the control plane last did with the site: a one-word `phase` and a
 `Ready` condition in the Kubernetes convention (status, reason, message,
 lastTransitionTime, observedGeneration). It is compared with what the object already shows
-and written only when they differ, so a status write (which comes back as an event) never
-loops, and a replica that takes over leadership writes only what its predecessor left
-different. Only the leader writes; `is_leader` is asked before every write.
+(counting our own writes that the watch has not brought back yet) and written only when they
+differ, so a status write (which comes back as an event) never loops, and a replica that
+takes over leadership writes only what its predecessor left different. Only the leader
+writes; `is_leader` is asked before every write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -72,6 +74,15 @@ def backend_verdict(service: Mapping[str, Any] | None, site_domain: str, backend
     return None
 
 
+@dataclass(slots=True)
+class _Unseen:
+    """The statuses written to one object whose watch events have not come back yet."""
+
+    uid: Any  # the object's metadata.uid: a new object of the same name starts afresh
+    before: Mapping[str, Any]  # the status it showed before them
+    written: list[dict[str, Any]]  # in the order written
+
+
 class StatusWriter:
     """Keeps each StaticSite's status equal to the control plane's verdict on it."""
 
@@ -94,6 +105,7 @@ class StatusWriter:
         self._sites = SiteSet()
         self._states: Mapping[SiteKey, SiteState] = {}
         self._dirty: set[SiteKey] = set()
+        self._unseen: dict[SiteKey, _Unseen] = {}  # see `_as_written`
         self._wake = asyncio.Event()
         source.on_objects.append(self.mark)
         source.on_services.append(self.mark)
@@ -118,6 +130,7 @@ class StatusWriter:
     def leadership(self, leader: bool) -> None:
         """A leader-election callback: a new leader checks every site."""
         if leader:
+            self._unseen.clear()  # what we wrote before may have been overwritten since
             self.mark_all()
 
     # -- the verdict -----------------------------------------------------------------------
@@ -160,7 +173,8 @@ class StatusWriter:
                 continue  # a new leader checks every site anyway
             failed = await self.sync(sorted(keys))
             if failed:
-                await asyncio.sleep(RETRY_DELAY)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=RETRY_DELAY)
                 self.mark(failed)
 
     async def sync(self, keys: Iterable[SiteKey]) -> set[SiteKey]:
@@ -186,9 +200,12 @@ class StatusWriter:
         body = self.source.object(key)
         verdict = self.verdict(key)
         if body is None or verdict is None:
+            self._unseen.pop(key, None)
             return
-        current = body.get("status") if isinstance(body.get("status"), Mapping) else {}
-        assert isinstance(current, Mapping)
+        seen = body.get("status") if isinstance(body.get("status"), Mapping) else {}
+        assert isinstance(seen, Mapping)
+        uid = (body.get("metadata") or {}).get("uid")
+        current = self._as_written(key, uid, seen)
         old = _ready_condition(current)
         if _shows(current, old, verdict):
             return
@@ -201,15 +218,41 @@ class StatusWriter:
             "message": verdict.message,
             "lastTransitionTime": since or _stamp(),
         }
-        status: dict[str, Any] = {"phase": verdict.phase, "conditions": [condition]}
+        others = [
+            c
+            for c in current.get("conditions") or []
+            if isinstance(c, Mapping) and c.get("type") != CONDITION
+        ]
+        status: dict[str, Any] = {"phase": verdict.phase, "conditions": [*others, condition]}
         if verdict.generation:
             condition["observedGeneration"] = verdict.generation
             status["observedGeneration"] = verdict.generation
         await self.api.patch_status(SITES, key.namespace, key.name, status)
         self.writes += 1
+        self._unseen.setdefault(key, _Unseen(uid, seen, [])).written.append(status)
         told = (current.get("phase"), old.get("reason") if old else None, old.get("message") if old else None)
         if told != (verdict.phase, verdict.reason, verdict.message):
             await self._event(key, body, verdict)
+
+    def _as_written(self, key: SiteKey, uid: Any, seen: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The status the object has, counting our writes that the watch has not brought back.
+
+        A write comes back as a watch event a little after it succeeded. Compared with the
+        older status the object showed before, a verdict that another event brings meanwhile
+        (a Service appearing) would be written again, and its Event posted twice, when that
+        echo arrives.
+        """
+        unseen = self._unseen.get(key)
+        if unseen is None:
+            return seen
+        last = unseen.written[-1]
+        if unseen.uid != uid or _carries(seen, last):  # another object, or the watch caught up
+            del self._unseen[key]
+            return seen
+        if seen == unseen.before or any(_carries(seen, w) for w in unseen.written):
+            return last  # what the watch shows is older than our last write
+        del self._unseen[key]  # someone else wrote since: compare with theirs
+        return seen
 
     async def _event(self, key: SiteKey, body: Mapping[str, Any], verdict: Verdict) -> None:
         meta = body.get("metadata") or {}
@@ -248,6 +291,11 @@ def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
         if isinstance(condition, Mapping) and condition.get("type") == CONDITION:
             return condition
     return {}
+
+
+def _carries(status: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
+    """Whether a status is what this write made it (a merge patch keeps keys it did not name)."""
+    return all(status.get(field) == value for field, value in written.items())
 
 
 def _shows(status: Mapping[str, Any], condition: Mapping[str, Any], verdict: Verdict) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -93,8 +94,14 @@ class LeaderElector:
             leader = await self._attempt(now)
             self._complained = False
         except ApiError as exc:
-            if not self._complained or exc.status not in (0, 409):
-                log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+            # Once per outage, not every round: the API may be down for a while.
+            log.log(
+                logging.DEBUG if self._complained else logging.WARNING,
+                "lease %s/%s: %s",
+                self.namespace,
+                self.name,
+                exc,
+            )
             self._complained = True
             leader = self._leader and now - self._renewed < self.renew_deadline
         self._set(leader)
@@ -147,7 +154,9 @@ class LeaderElector:
             "metadata": metadata,
             "spec": {
                 "holderIdentity": self.identity,
-                "leaseDurationSeconds": round(self.lease_duration),
+                # Whole seconds, never fewer than ours: rounded down, another replica could
+                # take over while we still lead (until our renew deadline).
+                "leaseDurationSeconds": math.ceil(self.lease_duration),
                 "acquireTime": acquired or stamp,
                 "renewTime": stamp,
                 "leaseTransitions": transitions,
