@@ -174,7 +174,7 @@ class KubernetesSource:
         self.listings = 0  # our own complete listings so far
         self._sites: dict[SiteKey, StaticSite] = {}
         self._invalid: dict[SiteKey, tuple[Problem, ...]] = {}
-        self._generations: dict[SiteKey, int] = {}
+        self._invalid_generations: dict[SiteKey, int] = {}
         self._by_backend: dict[ObjectKey, set[SiteKey]] = {}
         self._changed: set[SiteKey] = set()
         self._dirty = asyncio.Event()
@@ -197,7 +197,7 @@ class KubernetesSource:
             problems=problems,
             invalid=MappingProxyType(dict(self._invalid)),
             changed=changed,
-            generations=MappingProxyType(dict(self._generations)),
+            invalid_generations=MappingProxyType(dict(self._invalid_generations)),
         )
 
     # -- the watch -------------------------------------------------------------------------
@@ -392,21 +392,23 @@ class KubernetesSource:
     def _parse(self, key: SiteKey, body: dict[str, Any] | None) -> bool:
         """Update the site of one object; True if the site set changed."""
         if body is None:
-            self._generations.pop(key, None)
+            self._invalid_generations.pop(key, None)
             gone = self._sites.pop(key, None)
             self._unindex(gone)
             was_invalid = self._invalid.pop(key, None) is not None  # its problems go with it
             return gone is not None or was_invalid
-        generation = _meta(body).get("generation")
-        self._generations[key] = generation if isinstance(generation, int) else 0
         try:
             site = parse_site(body, origin=f"StaticSite {key}")
         except InvalidSite as exc:
             problems = tuple(exc.problems)
-            if self._invalid.get(key) == problems:
+            generation = _meta(body).get("generation")
+            generation = generation if isinstance(generation, int) else 0
+            if self._invalid.get(key) == problems and self._invalid_generations.get(key) == generation:
                 return False
             self._invalid[key] = problems
+            self._invalid_generations[key] = generation
             return True
+        self._invalid_generations.pop(key, None)
         was_invalid = self._invalid.pop(key, None) is not None
         old = self._sites.get(key)
         if old == site:

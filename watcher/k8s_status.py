@@ -139,7 +139,7 @@ class StatusWriter:
         state = self._states.get(key)
         if state is None:
             return None
-        generation = (self._sites.generations or {}).get(key)
+        generation = self._sites.generation(key)
         site = self._sites.sites.get(key)
         if state.phase is Phase.PROVISIONED and site is not None:
             backend = site.backend

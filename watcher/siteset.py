@@ -22,8 +22,16 @@ class SiteSet:
     invalid: Mapping[SiteKey, tuple[Problem, ...]] = field(default_factory=lambda: MappingProxyType({}))
     # The sites added, changed or removed since the source's previous set, when it knows.
     changed: frozenset[SiteKey] | None = None
-    # The metadata.generation each site's current declaration has, when the source has one.
-    generations: Mapping[SiteKey, int] | None = None
+    # The metadata.generation of each invalid declaration, when the source has one (a valid
+    # site's is its own `generation`).
+    invalid_generations: Mapping[SiteKey, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def generation(self, key: SiteKey) -> int | None:
+        """The generation the site's current declaration has, if known."""
+        if key in self.invalid:
+            return self.invalid_generations.get(key)
+        site = self.sites.get(key)
+        return site.generation if site is not None else None
 
 
 def merge_changes(
