@@ -5,13 +5,13 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from waiting import wait_until
 
 from snapshot.model import API_VERSION
 from xds_server.local_control_plane import ControlPlaneProcess
@@ -26,18 +26,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
-    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
 
 
 def manifest(name: str, domain: str, service: str, port: int, namespace: str = "default") -> str:

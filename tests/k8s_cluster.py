@@ -12,12 +12,13 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import kopf
+from waiting import eventually
 
 from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
@@ -61,26 +62,7 @@ def fast_settings(watch_timeout: float | None = None) -> kopf.OperatorSettings:
     return settings
 
 
-async def eventually(check: Callable[[], T], within: float = 10.0, what: str = "") -> T:
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {within}s waiting for {what or check}; last value {last!r}")
-
-
-async def eventually_async(check: Callable[[], Awaitable[T]], within: float = 10.0, what: str = "") -> T:
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {within}s waiting for {what or check}; last value {last!r}")
+eventually_async = eventually  # the one helper takes coroutine checks too
 
 
 def route_domains(snapshot: Snapshot | None) -> list[str]:

@@ -13,10 +13,9 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +23,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
+from waiting import eventually
 
 from snapshot import SnapshotBuilder, parse_site
 from snapshot.builder import BuildOptions
@@ -88,19 +88,6 @@ def route_clusters(response: Response) -> set[str]:
         for vhost in rc.virtual_hosts:
             out.update(r.route.cluster for r in vhost.routes if r.route.cluster)
     return out
-
-
-async def eventually(check: Callable[[], Any], within: float = READ_TIMEOUT, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy, or fail after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or check}")
-        await asyncio.sleep(0.01)
 
 
 # -- the client ------------------------------------------------------------------------------
