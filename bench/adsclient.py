@@ -28,6 +28,15 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
 Listener = Callable[["AdsClient", str], None]
 
 
+async def requests_from(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    """The requests of one stream, in the order they are queued; None ends the stream."""
+    while True:
+        request = await queue.get()
+        if request is None:
+            return
+        yield request
+
+
 class AdsClient:
     """One ADS stream on a channel of its own (as each Envoy has its own connection)."""
 
@@ -66,7 +75,7 @@ class AdsClient:
             request_serializer=self._request_class().SerializeToString,
             response_deserializer=self._response_class().FromString,
         )
-        self._call = call(self._request_stream())
+        self._call = call(requests_from(self._requests))
         first = True
         for type_url, names in SUBSCRIPTIONS.items():
             self._requests.put_nowait(self._subscribe(type_url, names, first))
@@ -85,13 +94,6 @@ class AdsClient:
         if with_node:
             request.node.CopyFrom(self.node)
         return request
-
-    async def _request_stream(self) -> AsyncIterator[Any]:
-        while True:
-            request = await self._requests.get()
-            if request is None:
-                return
-            yield request
 
     async def _read(self) -> None:
         try:

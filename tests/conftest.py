@@ -8,7 +8,6 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from waiting import wait_until
@@ -17,8 +16,6 @@ from snapshot.model import API_VERSION
 from xds_server.local_control_plane import ControlPlaneProcess
 from xds_server.local_envoy import LocalEnvoy, local_bootstrap
 from xds_server.sample_backend import SampleBackend
-
-T = TypeVar("T")
 
 
 def free_port() -> int:

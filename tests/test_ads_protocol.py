@@ -13,9 +13,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 from waiting import eventually
 
+from bench.adsclient import requests_from
 from snapshot import SnapshotBuilder, parse_site
 from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, StaticSite
@@ -93,27 +95,24 @@ def route_clusters(response: Response) -> set[str]:
 # -- the client ------------------------------------------------------------------------------
 
 
-class AdsClient:
-    """One ADS stream, driven the way Envoy drives it (state of the world)."""
+class StreamClient:
+    """What both test clients share: one ADS stream on a channel of its own, requests sent in
+    the order they are queued, responses kept in order as read (or what ended the stream).
 
-    def __init__(self, port: int, node_id: str = "envoy-1", cluster: str = "edge") -> None:
+    `_apply` is where a client checks a response and takes it in; `_describe` names one.
+    """
+
+    response_class: Any = Response
+
+    def __init__(self, port: int, node_id: str, cluster: str, open_stream: Callable[[Any], Any]) -> None:
         self.node = base_pb2.Node(id=node_id, cluster=cluster)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
-        self._responses: asyncio.Queue[Response | BaseException] = asyncio.Queue()
+        self._requests: asyncio.Queue[Any] = asyncio.Queue()
+        self._responses: asyncio.Queue[Any] = asyncio.Queue()
         self._sent_node = False
-        self.subscriptions: dict[str, list[str]] = {}
-        self.accepted: dict[str, str] = {}  # type -> last version ACKed
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        self.call = stub.StreamAggregatedResources(self._request_iterator())
+        self.call = open_stream(stub)(requests_from(self._requests))
         self._reader = asyncio.create_task(self._read())
-
-    async def _request_iterator(self) -> AsyncIterator[Request]:
-        while True:
-            request = await self._requests.get()
-            if request is None:
-                return
-            yield request
 
     async def _read(self) -> None:
         try:
@@ -124,6 +123,78 @@ class AdsClient:
             await self._responses.put(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+
+    def _queue(self, request: Any, error: str | None, node: bool | None) -> None:
+        """Send a request; the node goes with the first request unless `node` says otherwise."""
+        if node if node is not None else not self._sent_node:
+            request.node.CopyFrom(self.node)
+            self._sent_node = True
+        if error is not None:
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        self._requests.put_nowait(request)
+
+    def _apply(self, response: Any) -> None:
+        pass
+
+    def _describe(self, response: Any) -> str:
+        return str(response.type_url)
+
+    async def recv(self, within: float = READ_TIMEOUT) -> Any:
+        """The next response (taken in), or fail if none arrives within `within` seconds."""
+        try:
+            item = await asyncio.wait_for(self._responses.get(), within)
+        except TimeoutError:
+            raise AssertionError(f"no response within {within}s") from None
+        if isinstance(item, BaseException):
+            raise AssertionError(f"stream failed: {item!r}")
+        self._apply(item)
+        return item
+
+    async def recv_n(self, count: int, within: float = READ_TIMEOUT) -> list[Any]:
+        return [await self.recv(within) for _ in range(count)]
+
+    async def expect_quiet(self, wait: float = QUIET) -> None:
+        """Assert that no response arrives within `wait` seconds."""
+        try:
+            item = await asyncio.wait_for(self._responses.get(), wait)
+        except TimeoutError:
+            return
+        if isinstance(item, self.response_class):
+            raise AssertionError(f"unexpected response: {self._describe(item)}")
+        raise AssertionError(f"stream failed: {item!r}")
+
+    async def ack_until_quiet(self, quiet: float = QUIET) -> list[Any]:
+        """ACK every response until none arrives for `quiet` seconds; return them."""
+        got = []
+        while True:
+            try:
+                item = await asyncio.wait_for(self._responses.get(), quiet)
+            except TimeoutError:
+                return got
+            if not isinstance(item, self.response_class):
+                raise AssertionError(f"stream failed: {item!r}")
+            self._apply(item)
+            got.append(item)
+            self.ack(item)
+
+    def ack(self, response: Any) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        self._requests.put_nowait(None)
+        self.call.cancel()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        await self.channel.close()
+
+
+class AdsClient(StreamClient):
+    """One ADS stream, driven the way Envoy drives it (state of the world)."""
+
+    def __init__(self, port: int, node_id: str = "envoy-1", cluster: str = "edge") -> None:
+        self.subscriptions: dict[str, list[str]] = {}
+        self.accepted: dict[str, str] = {}  # type -> last version ACKed
+        super().__init__(port, node_id, cluster, lambda stub: stub.StreamAggregatedResources)
 
     def send(
         self,
@@ -145,54 +216,16 @@ class AdsClient:
             version_info=version,
             response_nonce=nonce,
         )
-        if node if node is not None else not self._sent_node:
-            request.node.CopyFrom(self.node)
-            self._sent_node = True
-        if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        self._requests.put_nowait(request)
+        self._queue(request, error, node)
 
     def subscribe(self, type_url: str, resource_names: Sequence[str] = ()) -> None:
         self.send(type_url, resource_names, version=self.accepted.get(type_url, ""))
 
-    async def recv(self, within: float = READ_TIMEOUT) -> Response:
-        """The next response, or fail if none arrives within `within` seconds."""
-        try:
-            item = await asyncio.wait_for(self._responses.get(), within)
-        except TimeoutError:
-            raise AssertionError(f"no response within {within}s") from None
-        if isinstance(item, BaseException):
-            raise AssertionError(f"stream failed: {item!r}")
-        return item
-
-    async def recv_n(self, count: int, within: float = READ_TIMEOUT) -> list[Response]:
-        return [await self.recv(within) for _ in range(count)]
-
-    async def expect_quiet(self, wait: float = QUIET) -> None:
-        """Assert that no response arrives within `wait` seconds."""
-        try:
-            item = await asyncio.wait_for(self._responses.get(), wait)
-        except TimeoutError:
-            return
-        if isinstance(item, Response):
-            raise AssertionError(
-                f"unexpected response: {item.type_url} version {item.version_info} "
-                f"nonce {item.nonce} resources {names(item)}"
-            )
-        raise AssertionError(f"stream failed: {item!r}")
-
-    async def ack_until_quiet(self, quiet: float = QUIET) -> list[Response]:
-        """ACK every response until none arrives for `quiet` seconds; return them."""
-        got = []
-        while True:
-            try:
-                item = await asyncio.wait_for(self._responses.get(), quiet)
-            except TimeoutError:
-                return got
-            if not isinstance(item, Response):
-                raise AssertionError(f"stream failed: {item!r}")
-            got.append(item)
-            self.ack(item)
+    def _describe(self, response: Any) -> str:
+        return (
+            f"{response.type_url} version {response.version_info} "
+            f"nonce {response.nonce} resources {names(response)}"
+        )
 
     def ack(self, response: Response) -> None:
         self.accepted[response.type_url] = response.version_info
@@ -206,13 +239,6 @@ class AdsClient:
             nonce=response.nonce,
             error=message,
         )
-
-    async def close(self) -> None:
-        self._requests.put_nowait(None)
-        self.call.cancel()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-        await self.channel.close()
 
 
 @dataclass

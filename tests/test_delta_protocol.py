@@ -17,13 +17,20 @@ import copy
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
-from test_ads_protocol import CLUSTER_A, CLUSTER_B, SITE_A, SITE_B, AdsClient, build, eventually, site
+from envoy.service.discovery.v3 import discovery_pb2
+from test_ads_protocol import (
+    CLUSTER_A,
+    CLUSTER_B,
+    SITE_A,
+    SITE_B,
+    AdsClient,
+    StreamClient,
+    build,
+    eventually,
+    site,
+)
 from test_ads_protocol import names as sotw_names
 from test_ads_protocol import route_clusters as sotw_route_clusters
 
@@ -137,39 +144,17 @@ def describe(response: DeltaResponse) -> str:
 # -- the client ------------------------------------------------------------------------------
 
 
-class DeltaClient:
+class DeltaClient(StreamClient):
     """One delta ADS stream, driven the way Envoy drives it, with Envoy's view of what it holds."""
 
+    response_class = DeltaResponse
+
     def __init__(self, port: int, node_id: str, cluster: str = "edge") -> None:
-        self.node = base_pb2.Node(id=node_id, cluster=cluster)
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self._requests: asyncio.Queue[DeltaRequest | None] = asyncio.Queue()
-        self._responses: asyncio.Queue[DeltaResponse | BaseException] = asyncio.Queue()
-        self._sent_node = False
         self.view: dict[str, dict[str, str]] = {}  # type -> name -> version: what the client holds
         self.wanted: dict[str, set[str] | None] = {}  # type -> names subscribed (None: wildcard)
         self.nonces: list[str] = []
         self.acks_sent = 0
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        self.call = stub.DeltaAggregatedResources(self._request_iterator())
-        self._reader = asyncio.create_task(self._read())
-
-    async def _request_iterator(self) -> AsyncIterator[DeltaRequest]:
-        while True:
-            request = await self._requests.get()
-            if request is None:
-                return
-            yield request
-
-    async def _read(self) -> None:
-        try:
-            async for response in self.call:
-                await self._responses.put(response)
-            await self._responses.put(EOFError("the server ended the stream"))
-        except BaseException as exc:  # handed to whoever reads next
-            await self._responses.put(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        super().__init__(port, node_id, cluster, lambda stub: stub.DeltaAggregatedResources)
 
     def send(
         self,
@@ -203,12 +188,7 @@ class DeltaClient:
             initial_resource_versions=dict(initial or {}),
             response_nonce=nonce,
         )
-        if node if node is not None else not self._sent_node:
-            request.node.CopyFrom(self.node)
-            self._sent_node = True
-        if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        self._requests.put_nowait(request)
+        self._queue(request, error, node)
 
     def subscribe(self, type_url: str, *names: str, initial: Mapping[str, str] | None = None) -> None:
         self.send(type_url, names, initial=initial)
@@ -249,56 +229,14 @@ class DeltaClient:
         for name in gone:
             view.pop(name, None)
 
-    async def recv(self, within: float = READ_TIMEOUT) -> DeltaResponse:
-        """The next response (applied to the view), or fail if none arrives within `within` s."""
-        try:
-            item = await asyncio.wait_for(self._responses.get(), within)
-        except TimeoutError:
-            raise AssertionError(f"no response within {within}s") from None
-        if isinstance(item, BaseException):
-            raise AssertionError(f"stream failed: {item!r}")
-        self._apply(item)
-        return item
-
-    async def recv_n(self, count: int, within: float = READ_TIMEOUT) -> list[DeltaResponse]:
-        return [await self.recv(within) for _ in range(count)]
-
-    async def expect_quiet(self, wait: float = QUIET) -> None:
-        """Assert that no response arrives within `wait` seconds."""
-        try:
-            item = await asyncio.wait_for(self._responses.get(), wait)
-        except TimeoutError:
-            return
-        if isinstance(item, DeltaResponse):
-            raise AssertionError(f"unexpected response: {describe(item)}")
-        raise AssertionError(f"stream failed: {item!r}")
-
-    async def ack_until_quiet(self, quiet: float = QUIET) -> list[DeltaResponse]:
-        """ACK every response until none arrives for `quiet` seconds; return them."""
-        got = []
-        while True:
-            try:
-                item = await asyncio.wait_for(self._responses.get(), quiet)
-            except TimeoutError:
-                return got
-            if not isinstance(item, DeltaResponse):
-                raise AssertionError(f"stream failed: {item!r}")
-            self._apply(item)
-            got.append(item)
-            self.ack(item)
+    def _describe(self, response: DeltaResponse) -> str:
+        return describe(response)
 
     def assert_holds(self, snapshot: Snapshot) -> None:
         """The client's view of every type it subscribed to is exactly that of `snapshot`."""
         for type_url, wanted in self.wanted.items():
             if type_url in TYPE_ORDER:
                 assert self.view.get(type_url, {}) == expected(snapshot, type_url, wanted), type_url
-
-    async def close(self) -> None:
-        self._requests.put_nowait(None)
-        self.call.cancel()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-        await self.channel.close()
 
 
 @dataclass
