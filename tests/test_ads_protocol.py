@@ -8,6 +8,7 @@ read has a deadline, and "nothing is sent" is checked with a short bounded wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -283,22 +284,30 @@ class Harness:
         await eventually(done, what=f"ACKs of {want} from {client.node.id}")
 
 
-@pytest.fixture
-async def ads() -> AsyncIterator[Harness]:
-    acks: list[tuple[int, str, str]] = []
-    nacks: list[tuple[int, Nack]] = []
+@contextlib.asynccontextmanager
+async def serving(harness_class: Any, key: Callable[[StreamInfo], Any]) -> AsyncIterator[Any]:
+    """An ADS server on a free port whose ACKs and NACKs are recorded by `key` of the stream,
+    in a harness of `harness_class`; its clients are closed, then the server stopped."""
+    acks: list[tuple[Any, str, str]] = []
+    nacks: list[tuple[Any, Nack]] = []
     server = AdsServer(
-        on_ack=lambda info, type_url, version: acks.append((info.id, type_url, version)),
-        on_nack=lambda info, nack: nacks.append((info.id, nack)),
+        on_ack=lambda info, type_url, version: acks.append((key(info), type_url, version)),
+        on_nack=lambda info, nack: nacks.append((key(info), nack)),
     )
     port = await server.start("127.0.0.1:0")
-    harness = Harness(server, port, acks, nacks)
+    harness = harness_class(server, port, acks, nacks)
     try:
         yield harness
     finally:
         for client in harness.clients:
             await client.close()
         await server.stop(0.5)
+
+
+@pytest.fixture
+async def ads() -> AsyncIterator[Harness]:
+    async with serving(Harness, lambda info: info.id) as harness:
+        yield harness
 
 
 SITE_A = site("a", "a.example.test", "svc-a")

@@ -29,6 +29,7 @@ from test_ads_protocol import (
     StreamClient,
     build,
     eventually,
+    serving,
     site,
 )
 from test_ads_protocol import names as sotw_names
@@ -291,20 +292,8 @@ class Harness:
 
 @pytest.fixture
 async def ads() -> AsyncIterator[Harness]:
-    acks: list[tuple[str, str, str]] = []
-    nacks: list[tuple[str, Nack]] = []
-    server = AdsServer(
-        on_ack=lambda info, type_url, version: acks.append((info.node_id, type_url, version)),
-        on_nack=lambda info, nack: nacks.append((info.node_id, nack)),
-    )
-    port = await server.start("127.0.0.1:0")
-    harness = Harness(server, port, acks, nacks)
-    try:
+    async with serving(Harness, lambda info: info.node_id) as harness:
         yield harness
-    finally:
-        for client in harness.clients:
-            await client.close()
-        await server.stop(0.5)
 
 
 # -- 1. wildcard -----------------------------------------------------------------------------
