@@ -424,30 +424,21 @@ def _memory_rows(results: Results) -> list[Row]:
             _missing("control plane RSS", "memory", "-", why, f"<= {PLANE_MB:.0f} MB"),
             _missing("Envoy RSS", "memory", "-", why, f"<= {ENVOY_MB:.0f} MB"),
         ]
+
+    def rss_row(fig: dict[str, Any], label: str, limit: float, at: int, where: str) -> Row:
+        row = Row(
+            label, "memory", str(fig["size"]), fmt_mb(fig["mb"]), f"<= {limit:.0f} MB ({where})", data=fig
+        )
+        if fig["mb"] is not None:
+            row.verdict, row.met = verdict([Check("RSS", fig["mb"], limit, "MB")], fig["size"] == at)
+        return row
+
     for fig in plane:
-        row = Row(
-            f"control plane RSS, Envoy + {fig['streams'] - 1} streams",
-            "memory",
-            str(fig["size"]),
-            fmt_mb(fig["mb"]),
-            f"<= {PLANE_MB:.0f} MB (at {PLANE_AT}, 100 streams)",
-            data=fig,
-        )
-        if fig["mb"] is not None:
-            row.verdict, row.met = verdict([Check("RSS", fig["mb"], PLANE_MB, "MB")], fig["size"] == PLANE_AT)
-        rows.append(row)
+        label = f"control plane RSS, Envoy + {fig['streams'] - 1} streams"
+        rows.append(rss_row(fig, label, PLANE_MB, PLANE_AT, f"at {PLANE_AT}, 100 streams"))
     for fig in envoy:
-        row = Row(
-            f"Envoy RSS ({fig.get('api_type', '?')})",
-            "memory",
-            str(fig["size"]),
-            fmt_mb(fig["mb"]),
-            f"<= {ENVOY_MB:.0f} MB (at {ENVOY_AT})",
-            data=fig,
-        )
-        if fig["mb"] is not None:
-            row.verdict, row.met = verdict([Check("RSS", fig["mb"], ENVOY_MB, "MB")], fig["size"] == ENVOY_AT)
-        rows.append(row)
+        label = f"Envoy RSS ({fig.get('api_type', '?')})"
+        rows.append(rss_row(fig, label, ENVOY_MB, ENVOY_AT, f"at {ENVOY_AT}"))
     return rows
 
 

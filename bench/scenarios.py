@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -226,27 +227,53 @@ def _options(http_port: int) -> BuildOptions:
 # -- ours ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Ours:
+    """Our control plane serving a folder of sites to a real Envoy, with sample backends."""
+
+    backends: Backends
+    sites_dir: Path
+    http_port: int
+    plane: ServeProcess
+    envoy: LocalEnvoy
+    api_type: str
+
+
+def start_ours(stack: ExitStack, workdir: Path, size: int, backend_count: int) -> Ours:
+    """Start it with `size` sites; return once Envoy serves the last of them."""
+    backends = Backends(backend_count)
+    stack.callback(backends.stop)
+    sites_dir = workdir / "sites"
+    write_sites(sites_dir, {i: backends.port_for(i) for i in range(size)})
+    http_port, admin_port = free_port(), free_port()
+    plane = ServeProcess(sites_dir, workdir, http_port)
+    stack.callback(plane.stop)
+    plane.start()
+    bootstrap = local_bootstrap(plane.xds_port, admin_port)
+    envoy = LocalEnvoy(bootstrap, workdir / "envoy")
+    stack.callback(envoy.stop)
+    envoy.start(timeout=60)
+    wait_served(http_port, site_domain(size - 1), startup_timeout(size), "Envoy fed by our control plane")
+    api_type = str(bootstrap["dynamic_resources"]["ads_config"].get("api_type", "?"))
+    return Ours(backends, sites_dir, http_port, plane, envoy, api_type)
+
+
 def run_ours(size: int, quick: bool, workdir: Path, do_change: bool, do_load: bool) -> Result:
     changes, load_changes = counts(quick)
     figures: list[dict[str, Any]] = []
     notes: list[str] = []
     with ExitStack() as stack:
-        backends = Backends(BACKENDS)
-        stack.callback(backends.stop)
-        sites_dir = workdir / "sites"
-        write_sites(sites_dir, {i: backends.port_for(i) for i in range(size)})
-        http_port, admin_port = free_port(), free_port()
-        plane = ServeProcess(sites_dir, workdir, http_port)
-        stack.callback(plane.stop)
         log(f"ours @{size}: starting the control plane and Envoy")
         started = time.perf_counter()
-        plane.start()
-        bootstrap = local_bootstrap(plane.xds_port, admin_port)
-        api_type = bootstrap["dynamic_resources"]["ads_config"].get("api_type", "?")
-        envoy = LocalEnvoy(bootstrap, workdir / "envoy")
-        stack.callback(envoy.stop)
-        envoy.start(timeout=60)
-        wait_served(http_port, site_domain(size - 1), startup_timeout(size), "Envoy fed by our control plane")
+        ours = start_ours(stack, workdir, size, BACKENDS)
+        backends, sites_dir, http_port, plane, envoy = (
+            ours.backends,
+            ours.sites_dir,
+            ours.http_port,
+            ours.plane,
+            ours.envoy,
+        )
+        api_type = ours.api_type
         notes.append(
             f"ours @{size}: Envoy with envoy/bootstrap-local.yaml ({api_type}); all {size} sites served "
             f"{time.perf_counter() - started:.1f} s after start"
@@ -410,21 +437,14 @@ def run_memory(quick: bool, workdir: Path) -> Result:
     figures: list[dict[str, Any]] = []
     notes: list[str] = []
     with ExitStack() as stack:
-        backends = Backends(2)
-        stack.callback(backends.stop)
-        sites_dir = workdir / "sites"
-        write_sites(sites_dir, {i: backends.port_for(i) for i in range(n_plane)})
-        http_port, admin_port = free_port(), free_port()
-        plane = ServeProcess(sites_dir, workdir, http_port)
-        stack.callback(plane.stop)
         log(f"memory: control plane with {n_plane} sites, Envoy and {streams} more ADS streams")
-        plane.start()
-        bootstrap = local_bootstrap(plane.xds_port, admin_port)
-        envoy = LocalEnvoy(bootstrap, workdir / "envoy")
-        stack.callback(envoy.stop)
-        envoy.start(timeout=60)
-        wait_served(
-            http_port, site_domain(n_plane - 1), startup_timeout(n_plane), "Envoy fed by our control plane"
+        ours = start_ours(stack, workdir, n_plane, 2)
+        backends, sites_dir, http_port, plane, envoy = (
+            ours.backends,
+            ours.sites_dir,
+            ours.http_port,
+            ours.plane,
+            ours.envoy,
         )
         client = start_stream_client(plane.xds_port, streams, "memory")
         stack.callback(close_client, client)
@@ -453,7 +473,7 @@ def run_memory(quick: bool, workdir: Path) -> Result:
                 "size": n_envoy,
                 "mb": rss_mb(envoy_pid),
                 "plane_mb": plane.rss_mb(),
-                "api_type": bootstrap["dynamic_resources"]["ads_config"].get("api_type", "?"),
+                "api_type": ours.api_type,
             }
         )
         notes.append(
