@@ -437,10 +437,6 @@ class KubernetesSource:
             for listener in self.on_services:
                 listener(affected)
 
-    def users_of(self, namespace: str, service: str) -> set[SiteKey]:
-        """The sites whose backend is this Service."""
-        return set(self._by_backend.get((namespace, service), ()))
-
 
 def _explain(exc: ApiError) -> str:
     if exc.status == 404:

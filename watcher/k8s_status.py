@@ -46,32 +46,29 @@ class Verdict:
     generation: int | None
 
 
-def backend_verdict(service: Mapping[str, Any] | None, site_domain: str, backend: Backend) -> Verdict | None:
-    """A served site whose backend Service is missing, or lacks the port, is not ready."""
+def backend_problem(
+    service: Mapping[str, Any] | None, domain: str, backend: Backend
+) -> tuple[str, str] | None:
+    """Why a served site's backend cannot answer (reason, message): the Service is missing or
+    lacks the port. An ExternalName Service resolves to another name: any port may be right."""
     where = f"Service {backend.namespace}/{backend.service_name}"
     if service is None:
-        return Verdict(
-            Phase.INVALID.value,
-            False,
+        return (
             "BackendNotFound",
-            f"{where} does not exist; the gateways answer 503 for {site_domain} until it does",
-            None,
+            f"{where} does not exist; the gateways answer 503 for {domain} until it does",
         )
     spec = service.get("spec") or {}
     if spec.get("type") == "ExternalName":
-        return None  # resolved by DNS to another name: any port may be right
+        return None
     ports = [p.get("port") for p in spec.get("ports") or [] if isinstance(p, Mapping)]
-    if backend.service_port not in ports:
-        listed = ", ".join(str(p) for p in ports) or "none"
-        return Verdict(
-            Phase.INVALID.value,
-            False,
-            "BackendPortNotFound",
-            f"{where} has no port {backend.service_port} (its ports: {listed}); "
-            f"the gateways answer 503 for {site_domain} until it has",
-            None,
-        )
-    return None
+    if backend.service_port in ports:
+        return None
+    listed = ", ".join(str(p) for p in ports) or "none"
+    return (
+        "BackendPortNotFound",
+        f"{where} has no port {backend.service_port} (its ports: {listed}); "
+        f"the gateways answer 503 for {domain} until it has",
+    )
 
 
 @dataclass(slots=True)
@@ -144,9 +141,9 @@ class StatusWriter:
         if state.phase is Phase.PROVISIONED and site is not None:
             backend = site.backend
             service = self.source.service(backend.namespace, backend.service_name)
-            found = backend_verdict(service, site.domain, backend)
-            if found is not None:
-                return Verdict(found.phase, found.ready, found.reason, found.message, generation)
+            problem = backend_problem(service, site.domain, backend)
+            if problem is not None:
+                return Verdict(Phase.INVALID.value, False, *problem, generation)
         return Verdict(
             state.phase.value,
             state.phase is Phase.PROVISIONED,
