@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -194,8 +194,18 @@ class AdsServer:
             ADS_SERVICE, {"StreamAggregatedResources": sotw, "DeltaAggregatedResources": delta}
         )
 
-    async def start(self, address: str) -> int:
-        """Listen on `address` (host:port, port 0 for any); return the bound port."""
+    async def start(
+        self,
+        address: str,
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        services: Sequence[Callable[[grpc.aio.Server], None]] = (),
+    ) -> int:
+        """Listen on `address` (host:port, port 0 for any); return the bound port.
+
+        `credentials` serve the port over TLS instead of plain text; each of `services` adds
+        another gRPC service to the same port (health, inspection).
+        """
         server = grpc.aio.server(
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
@@ -206,7 +216,12 @@ class AdsServer:
             ]
         )
         server.add_generic_rpc_handlers([self.rpc_handler()])
-        port = int(server.add_insecure_port(address))
+        for add_service in services:
+            add_service(server)
+        if credentials is None:
+            port = int(server.add_insecure_port(address))
+        else:
+            port = int(server.add_secure_port(address, credentials))
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()

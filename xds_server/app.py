@@ -9,6 +9,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
+import grpc
+
 from snapshot.builder import BuildOptions, BuildResult, InconsistentSnapshot, SnapshotBuilder
 from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE
@@ -51,6 +53,11 @@ class ControlPlane:
         self.published: Snapshot | None = None
         self.publishes = 0
         self.on_publish: list[Callable[[SiteSet, Snapshot], None]] = []
+        # Told after every build that passed its check: the result and how long it took (s).
+        self.on_build: list[Callable[[BuildResult, float], None]] = []
+        # How the xDS port is served: TLS credentials (None: plain text) and more services.
+        self.xds_credentials: grpc.ServerCredentials | None = None
+        self.xds_services: list[Callable[[grpc.aio.Server], None]] = []
         self._pending: SiteSet | None = None
         self._pending_changes: frozenset[SiteKey] | None = None
         self._arrived = asyncio.Event()
@@ -65,6 +72,8 @@ class ControlPlane:
             self.builder = SnapshotBuilder(self.builder.options)  # start the next build afresh
             return None
         took = (time.perf_counter() - started) * 1000
+        for observe in self.on_build:
+            observe(result, took / 1000)
         self.sites = sites
         self.status.report(sites, result)
         snapshot = result.snapshot
@@ -106,7 +115,7 @@ class ControlPlane:
         `companions` run alongside (status writers, health endpoints); they end with `stop`,
         and one that fails stops the whole.
         """
-        port = await self.server.start(address)
+        port = await self.server.start(address, credentials=self.xds_credentials, services=self.xds_services)
         host = address.rsplit(":", 1)[0]
         log.info("xDS (ADS, gRPC) listening on %s:%d", host, port)
         follower = asyncio.create_task(self._follow(sites, stop))
