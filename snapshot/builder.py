@@ -11,7 +11,7 @@ import bisect
 import enum
 import gc
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -79,6 +79,11 @@ class _Plan:
 _LARGE_BUILD = 1000  # sites changed at once
 
 
+def same_resources(a: StaticSite, b: StaticSite) -> bool:
+    """Whether two declarations of a site give the gateways the same resources and standing."""
+    return (a.domain, a.backend, a.creation_timestamp) == (b.domain, b.backend, b.creation_timestamp)
+
+
 def _digest(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
@@ -99,6 +104,9 @@ class SnapshotBuilder:
 
     def __init__(self, options: BuildOptions | None = None) -> None:
         self.options = options or BuildOptions()
+        # Tests only: rewrites the bytes of a site's virtual host or a backend's cluster, to
+        # produce what Envoy refuses though the model accepts it.
+        self.resource_hook: Callable[[StaticSite | Backend, bytes], bytes] | None = None
         self._sites: Mapping[SiteKey, StaticSite] = {}
         self._claims: dict[str, dict[SiteKey, StaticSite]] = {}  # domain -> every claimant
         self._owners: dict[str, StaticSite] = {}  # domain -> the site that serves it
@@ -165,11 +173,7 @@ class SnapshotBuilder:
             if prev is site:
                 continue
             if prev is not None:
-                if (prev.domain, prev.backend, prev.creation_timestamp) == (
-                    site.domain,
-                    site.backend,
-                    site.creation_timestamp,
-                ):
+                if same_resources(prev, site):
                     self._replace_claim(prev, site)
                     continue
                 touched.add(self._unclaim(prev))
@@ -268,6 +272,8 @@ class SnapshotBuilder:
         backends.add(owner.backend)
         self._owners[domain] = owner
         vhost = rs.serialized.virtual_host(str(owner.key), domain, rs.cluster_name(owner.backend))
+        if self.resource_hook is not None:
+            vhost = self.resource_hook(owner, vhost)
         framed = wire.field_bytes(2, vhost)  # RouteConfiguration.virtual_hosts is field 2
         before = self._vhosts.get(domain)
         if before != framed:
@@ -301,6 +307,8 @@ class SnapshotBuilder:
 
     def _new_cluster(self, backend: Backend) -> Resource:
         body = rs.serialized.cluster(backend, self.options.backend_host_template)
+        if self.resource_hook is not None:
+            body = self.resource_hook(backend, body)
         return Resource.of(rs.CLUSTER_TYPE, rs.cluster_name(backend), body)
 
     def _route_configuration(self) -> Resource:

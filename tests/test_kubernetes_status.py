@@ -24,6 +24,7 @@ from conftest import free_port
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
 from k8s_cluster import (
     LEASE_NAMESPACE,
     Cluster,
@@ -36,7 +37,7 @@ from k8s_cluster import (
     start_replica,
 )
 
-from snapshot.builder import BuildOptions, Phase, SiteState
+from snapshot.builder import BuildOptions, Phase
 from snapshot.model import API_VERSION, KIND, SiteKey
 from snapshot.resources import CLUSTER_TYPE
 from watcher.k8s import SITES
@@ -431,27 +432,54 @@ async def test_external_name_service_passes_whatever_the_port(cluster: Cluster, 
     await status_when(cluster, "docs", "main", "Provisioned", "Accepted")
 
 
-async def test_rejected_verdict_carries_envoys_message(cluster: Cluster, replica: Replica) -> None:
+async def test_a_site_envoy_rejects_is_traced_and_its_status_carries_envoys_message(
+    cluster: Cluster, replica: Replica
+) -> None:
     await cluster.create_service("docs", "web")
+    await cluster.create_service("docs", "api")
     await cluster.create_site("docs", "main", "docs.example.com")
     await status_when(cluster, "docs", "main", "Provisioned", "Accepted")
 
-    # Tracing a NACK back to a site is not wired yet: hand the writer the verdict it would get.
-    key = SiteKey("docs", "main")
-    envoy_says = "Proto constraint validation failed (RouteConfigurationValidationError.VirtualHosts[0]): "
-    envoy_says += "x" * (2 * MAX_MESSAGE)
-    writer = replica.mode.writer
-    states = dict(replica.plane.status.states())
-    states[key] = SiteState(key, Phase.REJECTED, "EnvoyRejected", envoy_says)
-    writer.report(replica.plane.sites, states, frozenset({key}))
+    # A gateway takes the clusters and accepts them; then a second site arrives and the
+    # gateway refuses the clusters that carry it, naming the cluster as Envoy does.
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{replica.plane.xds_port}")
+    try:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        call = stub.StreamAggregatedResources()
+        node = base_pb2.Node(id="gateway-7", cluster="gateways")
+        await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER_TYPE, node=node))
+        first = await asyncio.wait_for(call.read(), 5)
+        await call.write(
+            discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER_TYPE, version_info=first.version_info, response_nonce=first.nonce
+            )
+        )
+        await cluster.create_site("docs", "api", "api.example.com", service="api")
+        second = await asyncio.wait_for(call.read(), 5)
+        await status_when(cluster, "docs", "api", "Provisioned", "Accepted")
+        envoy_says = "Error adding/updating cluster(s) docs/api/80: " + "x" * (2 * MAX_MESSAGE)
+        await call.write(
+            discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER_TYPE,
+                version_info=first.version_info,
+                response_nonce=second.nonce,
+                error_detail=status_pb2.Status(code=3, message=envoy_says),
+            )
+        )
+        status = await status_when(cluster, "docs", "api", "Rejected", "EnvoyRejected")
+        third = await asyncio.wait_for(call.read(), 5)  # the snapshot without the refused site
+        call.cancel()
+    finally:
+        await channel.close()
 
-    status = await status_when(cluster, "docs", "main", "Rejected", "EnvoyRejected")
     ready = ready_condition(status)
-    assert ready["message"] == envoy_says[:MAX_MESSAGE]
-    events = await events_when(
-        cluster, "docs", "main", [("Normal", "Accepted"), ("Warning", "EnvoyRejected")]
-    )
-    assert events[-1]["message"] == envoy_says[:MAX_MESSAGE]
+    assert ready["message"].startswith("Envoy gateway-7 rejected its Cluster: Error adding/updating")
+    assert len(ready["message"]) == MAX_MESSAGE
+    assert {cluster_pb2.Cluster.FromString(r.value).name for r in third.resources} == {"docs/web/80"}
+    events = await events_when(cluster, "docs", "api", [("Normal", "Accepted"), ("Warning", "EnvoyRejected")])
+    assert events[-1]["message"] == ready["message"]
+    main = await cluster.status("docs", "main")
+    assert main["phase"] == "Provisioned"  # the other site is untouched
 
 
 # -- written only when it changes -----------------------------------------------------------

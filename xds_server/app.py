@@ -12,13 +12,14 @@ from typing import Any
 import grpc
 
 from snapshot.builder import BuildOptions, BuildResult, InconsistentSnapshot, SnapshotBuilder
+from snapshot.containment import Containment
 from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE
 from snapshot.snapshot import Snapshot
 from watcher.siteset import SiteSet, merge_changes
 from watcher.status import StatusLog
 
-from .ads import AdsServer
+from .ads import AdsServer, Nack, StreamInfo
 
 log = logging.getLogger("staticsite_xds")
 
@@ -58,32 +59,62 @@ class ControlPlane:
         # How the xDS port is served: TLS credentials (None: plain text) and more services.
         self.xds_credentials: grpc.ServerCredentials | None = None
         self.xds_services: list[Callable[[grpc.aio.Server], None]] = []
+        self.xds_port = 0  # the port the xDS server listens on, once it does
         self._pending: SiteSet | None = None
         self._pending_changes: frozenset[SiteKey] | None = None
         self._arrived = asyncio.Event()
+        # Envoy's rejections: traced to sites, which the next builds leave out.
+        self.containment = Containment()
+        self.server.hooks.on_ack.append(self._acked)
+        self.server.hooks.on_nack.append(self._nacked)
+        self.server.hooks.on_close.append(lambda info: self.containment.stream_closed(info.id))
 
     def apply(self, sites: SiteSet) -> Snapshot | None:
         """Build and publish a snapshot for `sites` now; None if it failed its check."""
         started = time.perf_counter()
+        built, changed = self.containment.effective(sites.sites, sites.changed)
         try:
-            result = self.builder.build(sites.sites, sites.changed)
+            result = self.builder.build(built, changed)
         except InconsistentSnapshot as exc:  # a builder bug: keep serving the last good snapshot
             log.error("the new snapshot failed its consistency check and was not published: %s", exc)
+            hook = self.builder.resource_hook
             self.builder = SnapshotBuilder(self.builder.options)  # start the next build afresh
+            self.builder.resource_hook = hook
             return None
         took = (time.perf_counter() - started) * 1000
         for observe in self.on_build:
             observe(result, took / 1000)
         self.sites = sites
-        self.status.report(sites, result)
+        self.status.report(sites, result, self.containment.states(), self.containment.take_state_changes())
         snapshot = result.snapshot
-        if self.server.publish(snapshot):
+        new = self.server.publish(snapshot)
+        if new:
             self.publishes += 1
             self._log_publish(result, took)
+        if self.containment.built(snapshot, built, changed, result.sites, result.changed, new=new):
+            self._reconsider()
         self.published = snapshot
         for callback in self.on_publish:
             callback(sites, snapshot)
         return snapshot
+
+    def _acked(self, info: StreamInfo, type_url: str, version: str) -> None:
+        held = {t: st.acked_version for t, st in info.types.items() if st.sent_version}
+        if self.containment.acked(info.id, held):
+            self._reconsider()
+
+    def _nacked(self, info: StreamInfo, nack: Nack) -> None:
+        if self.containment.nacked(info.node_id, nack.type_url, nack.version, nack.message):
+            self._reconsider()
+
+    def _reconsider(self) -> None:
+        """Build the current sites again (what the containment holds back has changed)."""
+        if self.published is None:
+            return
+        if self._pending is None:
+            self.offer(dataclasses.replace(self.sites, changed=frozenset()))
+        else:
+            self._arrived.set()
 
     def _log_publish(self, result: BuildResult, took: float) -> None:
         snapshot = result.snapshot
@@ -115,7 +146,9 @@ class ControlPlane:
         `companions` run alongside (status writers, health endpoints); they end with `stop`,
         and one that fails stops the whole.
         """
-        port = await self.server.start(address, credentials=self.xds_credentials, services=self.xds_services)
+        port = self.xds_port = await self.server.start(
+            address, credentials=self.xds_credentials, services=self.xds_services
+        )
         host = address.rsplit(":", 1)[0]
         log.info("xDS (ADS, gRPC) listening on %s:%d", host, port)
         follower = asyncio.create_task(self._follow(sites, stop))
