@@ -81,6 +81,7 @@ class StreamInfo:
 AckHandler = Callable[[StreamInfo, str, str], None]
 NackHandler = Callable[[StreamInfo, Nack], None]
 SendHandler = Callable[[StreamInfo, str, str, int], None]  # stream, type, version, bytes
+CloseHandler = Callable[[StreamInfo], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,34 +94,42 @@ class Outgoing:
 
 
 class Hooks:
-    """How a stream's protocol reports upward: ACKs, NACKs and sends, each isolated."""
+    """How a stream's protocol reports upward: ACKs, NACKs, sends and closes, each isolated.
+
+    Each is a list of listeners, told in the order they were appended; append to add one.
+    """
 
     def __init__(
         self, on_ack: AckHandler | None, on_nack: NackHandler | None, on_send: SendHandler | None
     ) -> None:
-        self.on_ack = on_ack
-        self.on_nack = on_nack
-        self.on_send = on_send
+        self.on_ack: list[AckHandler] = [on_ack] if on_ack is not None else []
+        self.on_nack: list[NackHandler] = [on_nack] if on_nack is not None else []
+        self.on_send: list[SendHandler] = [on_send] if on_send is not None else []
+        self.on_close: list[CloseHandler] = []
 
     def ack(self, info: StreamInfo, type_url: str, version: str) -> None:
         status = info.types.setdefault(type_url, TypeStatus())
         status.acked_version = version
         status.acked_at = time.time()
         status.nack = None
-        if self.on_ack is not None:
-            _notify(self.on_ack, info, type_url, version)
+        for listener in self.on_ack:
+            _notify(listener, info, type_url, version)
 
     def nack(self, info: StreamInfo, type_url: str, version: str, text: str) -> None:
         nack = Nack(type_url, version, text, time.time())
         info.types.setdefault(type_url, TypeStatus()).nack = nack
         log.warning("%s rejected %s version %s: %s", info.describe(), short(type_url), version, text)
-        if self.on_nack is not None:
-            _notify(self.on_nack, info, nack)
+        for listener in self.on_nack:
+            _notify(listener, info, nack)
 
     def sent(self, info: StreamInfo, out: Outgoing) -> None:
         info.types.setdefault(out.type_url, TypeStatus()).sent_version = out.version
-        if self.on_send is not None:
-            _notify(self.on_send, info, out.type_url, out.version, len(out.payload))
+        for listener in self.on_send:
+            _notify(listener, info, out.type_url, out.version, len(out.payload))
+
+    def closed(self, info: StreamInfo) -> None:
+        for listener in self.on_close:
+            _notify(listener, info)
 
 
 class StreamProtocol(Protocol):
@@ -278,6 +287,7 @@ class AdsServer:
             reader.cancel()
             self._streams.pop(info.id, None)
             log.info("%s closed", info.describe())
+            self.hooks.closed(info)
 
     async def _read(self, stream: _Stream, requests: AsyncIterator[message.Message]) -> None:
         info = stream.info

@@ -4,16 +4,29 @@
 - `/readyz`: 200 once the first complete snapshot is published (in Kubernetes mode, only
   after the initial listing of every StaticSite), 503 before.
 - `/metrics`: the Prometheus registry of the process.
+- `/debug/envoys`: every connected Envoy as JSON (see `inspect.py`), when an inspection is given.
+
+`GrpcHealth` is the standard gRPC health service (`grpc.health.v1.Health`) on the xDS port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import grpc
 import prometheus_client
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from .ads import ADS_SERVICE
+
+if TYPE_CHECKING:
+    from .app import ControlPlane
 
 log = logging.getLogger("staticsite_xds.health")
 
@@ -28,10 +41,14 @@ def split_address(address: str) -> tuple[str, int]:
 
 class HealthServer:
     def __init__(
-        self, ready: Callable[[], bool], registry: prometheus_client.CollectorRegistry | None = None
+        self,
+        ready: Callable[[], bool],
+        registry: prometheus_client.CollectorRegistry | None = None,
+        inspect: Callable[[], object] | None = None,
     ):
         self.ready = ready
         self.registry = registry or prometheus_client.REGISTRY
+        self.inspect = inspect  # JSON-able data for /debug/envoys
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -40,6 +57,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        if self.inspect is not None:
+            app.router.add_get("/debug/envoys", self._envoys)
         return app
 
     async def start(self, address: str) -> int:
@@ -51,7 +70,8 @@ class HealthServer:
         server = site._server  # the bound port, when 0 was asked for
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("health and metrics on http://%s:%d (/healthz, /readyz, /metrics)", host, self.port)
+        paths = "/healthz, /readyz, /metrics" + (", /debug/envoys" if self.inspect is not None else "")
+        log.info("health and metrics on http://%s:%d (%s)", host, self.port, paths)
         return self.port
 
     async def stop(self) -> None:
@@ -77,3 +97,67 @@ class HealthServer:
     async def _metrics(self, _: web.Request) -> web.Response:
         body = prometheus_client.generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    async def _envoys(self, _: web.Request) -> web.Response:
+        assert self.inspect is not None
+        return web.json_response(self.inspect(), dumps=_json_text)
+
+
+def _json_text(data: object) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcHealth:
+    """The standard gRPC health service on the xDS port.
+
+    The overall service ("") and the ADS service answer NOT_SERVING until the first complete
+    snapshot is published, SERVING after, and NOT_SERVING again once the process is stopping
+    (`serve` ends with the stop event, before the xDS port closes).
+    """
+
+    SERVICES = ("", ADS_SERVICE)
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self.ready = ready
+        self.servicer = health_aio.HealthServicer()
+        self.serving = False
+        self._updates: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def attach(cls, plane: ControlPlane) -> GrpcHealth:
+        health = cls(lambda: plane.ready)
+        plane.xds_services.append(health.register)
+        plane.on_publish.append(lambda _sites, _snapshot: health.published())
+        return health
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the service to `server` (called as the xDS port starts, in its event loop)."""
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+        self.serving = self.ready()
+        self._set(_SERVING if self.serving else _NOT_SERVING)
+
+    def published(self) -> None:
+        if not self.serving:
+            self.serving = True
+            self._set(_SERVING)
+
+    def _set(self, status: int) -> None:
+        # Setting a status is a coroutine (it wakes the watchers); ordered by the event loop.
+        task = asyncio.get_running_loop().create_task(self._set_all(status))
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
+
+    async def _set_all(self, status: int) -> None:
+        for service in self.SERVICES:
+            await self.servicer.set(service, status)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then answer NOT_SERVING for good."""
+        try:
+            await stop.wait()
+        finally:
+            await self.servicer.enter_graceful_shutdown()

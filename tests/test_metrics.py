@@ -1,0 +1,405 @@
+"""The Prometheus metrics: values read from a fresh registry while real streams talk to a
+control plane on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import prometheus_client
+import pytest
+from test_ads_protocol import QUIET, AdsClient, StreamClient, names, site
+from test_delta_protocol import DeltaClient
+from waiting import eventually
+
+from snapshot.builder import BuildOptions
+from snapshot.model import Problem, SiteKey, StaticSite
+from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from snapshot.snapshot import Snapshot
+from watcher.siteset import SiteSet
+from xds_server.ads import StreamInfo, TypeStatus
+from xds_server.app import ControlPlane
+from xds_server.metrics import OVERFLOW_GROUP, GatewayGroups, Metrics, Propagation
+
+SITE_A = site("a", "a.example.test", "svc-a")
+SITE_B = site("b", "b.example.test", "svc-b")
+SITE_A_MOVED = site("a", "a.example.test", "svc-a2")  # site a, served by another backend
+TYPES = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+
+def site_set(*sites: StaticSite, invalid: Iterable[SiteKey] = ()) -> SiteSet:
+    problems = {key: (Problem(f"{key}.yaml", "spec.domain", "is not a DNS name"),) for key in invalid}
+    return SiteSet(MappingProxyType({s.key: s for s in sites}), invalid=MappingProxyType(problems))
+
+
+@dataclass
+class Plane:
+    """A control plane with metrics in a registry of its own, serving on a free loopback port."""
+
+    plane: ControlPlane
+    metrics: Metrics
+    registry: prometheus_client.CollectorRegistry
+    port: int
+    clients: list[StreamClient] = field(default_factory=list)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    def count(self, name: str, **labels: str) -> float:
+        return self.value(name, **labels) or 0.0
+
+    def series(self, name: str) -> list[dict[str, str]]:
+        """The label sets of every sample of `name` now."""
+        return [
+            dict(s.labels) for metric in self.registry.collect() for s in metric.samples if s.name == name
+        ]
+
+    def publish(self, *sites: StaticSite) -> Snapshot:
+        snapshot = self.plane.apply(site_set(*sites))
+        assert snapshot is not None
+        return snapshot
+
+    def sotw(self, node_id: str, group: str = "edge") -> AdsClient:
+        client = AdsClient(self.port, node_id, group)
+        self.clients.append(client)
+        return client
+
+    def delta(self, node_id: str, group: str = "edge") -> DeltaClient:
+        client = DeltaClient(self.port, node_id, group)
+        self.clients.append(client)
+        return client
+
+    def stream(self, node_id: str) -> StreamInfo:
+        [info] = [s for s in self.plane.server.streams() if s.node_id == node_id]
+        return info
+
+    async def settle(self, client: AdsClient | DeltaClient) -> None:
+        """Subscribe to clusters, listeners and routes; ACK until the client holds the snapshot."""
+        if isinstance(client, AdsClient):
+            for type_url in TYPES:
+                client.subscribe(type_url, ["http"] if type_url == ROUTE_TYPE else [])
+        else:
+            for type_url in TYPES:
+                client.subscribe(type_url, *(["http"] if type_url == ROUTE_TYPE else []))
+        await self.converge(client)
+
+    async def converge(self, client: AdsClient | DeltaClient) -> None:
+        """ACK what comes until the server sees the client hold the current snapshot."""
+        node = client.node.id
+        snapshot = self.plane.server.snapshot
+        assert snapshot is not None
+
+        def holds() -> bool:
+            found = [s for s in self.plane.server.streams() if s.node_id == node]
+            return bool(found) and all(
+                st.acked_version == snapshot.of_type(t).version for t, st in found[0].types.items()
+            )
+
+        for _ in range(10):  # a few rounds: a held-back cluster set takes two
+            await client.ack_until_quiet(QUIET / 3)
+            if holds():
+                return
+        await eventually(holds, what=f"{node} to hold snapshot {snapshot.version}")
+
+
+@pytest.fixture
+async def cp() -> AsyncIterator[Plane]:
+    plane = ControlPlane(BuildOptions(backend_host_template="127.0.0.1"))
+    registry = prometheus_client.CollectorRegistry()
+    metrics = Metrics.attach(plane, registry)
+    port = await plane.server.start("127.0.0.1:0", services=plane.xds_services)
+    harness = Plane(plane, metrics, registry, port)
+    try:
+        yield harness
+    finally:
+        for client in harness.clients:
+            await client.close()
+        await plane.server.stop(0.5)
+
+
+# -- the snapshot ----------------------------------------------------------------------------
+
+
+async def test_generation_and_version_follow_each_publish_per_gateway_group(cp: Plane) -> None:
+    first = cp.publish(SITE_A)
+    assert cp.count("staticsite_xds_snapshot_publishes_total") == 1
+    assert cp.series("staticsite_xds_snapshot_generation") == []  # no gateway group seen yet
+
+    eu, us = cp.sotw("gw-eu", "edge-eu"), cp.delta("gw-us", "edge-us")
+    await cp.settle(eu)
+    await cp.settle(us)
+    for group in ("edge-eu", "edge-us"):
+        assert cp.value("staticsite_xds_snapshot_generation", gateway_group=group) == 1
+        assert cp.value("staticsite_xds_snapshot_info", gateway_group=group, version=first.version) == 1
+
+    second = cp.publish(SITE_A, SITE_B)
+    cp.publish(SITE_A, SITE_B)  # the same content again is no new generation
+    assert cp.count("staticsite_xds_snapshot_publishes_total") == 2
+    for group in ("edge-eu", "edge-us"):
+        assert cp.value("staticsite_xds_snapshot_generation", gateway_group=group) == 2
+        assert cp.value("staticsite_xds_snapshot_info", gateway_group=group, version=second.version) == 1
+    assert {s["version"] for s in cp.series("staticsite_xds_snapshot_info")} == {second.version}
+
+
+async def test_gateway_groups_are_bounded_and_overflow_into_other(cp: Plane) -> None:
+    groups = GatewayGroups(limit=2)
+    assert [groups.label(g) for g in ("a", "b", "c", "a", "d")] == ["a", "b", OVERFLOW_GROUP, "a", "other"]
+    assert groups.labels() == ["a", "b", OVERFLOW_GROUP]
+
+    cp.metrics.groups = GatewayGroups(limit=1)
+    cp.publish(SITE_A)
+    for i, group in enumerate(("first", "second", "third")):
+        await cp.settle(cp.sotw(f"gw-{i}", group))
+    assert {s["gateway_group"] for s in cp.series("staticsite_xds_snapshot_generation")} == {
+        "first",
+        OVERFLOW_GROUP,
+    }
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="first", variant="sotw") == 1
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group=OVERFLOW_GROUP, variant="sotw") == 2
+
+
+async def test_sites_by_state_are_counted_at_scrape_time(cp: Plane) -> None:
+    states = ("provisioned", "invalid", "conflict", "rejected")
+    cp.publish()
+    assert {s: cp.value("staticsite_xds_sites", state=s) for s in states} == dict.fromkeys(states, 0)
+
+    rival = site("rival", "a.example.test", "svc-r", namespace="zz")  # a's domain: it loses
+    broken = site("broken", "broken.example.test", "svc-x")
+    cp.plane.apply(site_set(SITE_A, SITE_B, rival, broken, invalid=[broken.key]))
+    got = {s: cp.value("staticsite_xds_sites", state=s) for s in states}
+    assert got == {"provisioned": 2, "invalid": 1, "conflict": 1, "rejected": 0}
+
+    cp.publish(SITE_A)
+    got = {s: cp.value("staticsite_xds_sites", state=s) for s in states}
+    assert got == {"provisioned": 1, "invalid": 0, "conflict": 0, "rejected": 0}
+
+
+async def test_each_build_is_timed(cp: Plane) -> None:
+    cp.publish(SITE_A)
+    cp.publish(SITE_A, SITE_B)
+    cp.publish(SITE_A, SITE_B)  # built again, though nothing is published
+    assert cp.value("staticsite_xds_snapshot_build_duration_seconds_count") == 3
+    assert 0 < cp.count("staticsite_xds_snapshot_build_duration_seconds_sum") < 3
+    assert cp.value("staticsite_xds_snapshot_build_duration_seconds_bucket", le="10.0") == 3
+
+
+# -- responses, ACKs and NACKs ---------------------------------------------------------------
+
+
+async def test_responses_acks_and_nacks_are_counted_by_type(cp: Plane) -> None:
+    cp.publish(SITE_A)
+    client = cp.sotw("gw-1")
+    client.subscribe(CLUSTER_TYPE)
+    client.subscribe(LISTENER_TYPE)
+    cds, lds = await client.recv_n(2)
+    assert cp.count("staticsite_xds_responses_sent_total", type="Cluster") == 1
+    assert cp.count("staticsite_xds_responses_sent_total", type="Listener") == 1
+    assert cp.count("staticsite_xds_responses_sent_total", type="RouteConfiguration") == 0
+    assert cp.count("staticsite_xds_response_bytes_total", type="Cluster") == cds.ByteSize()
+    assert cp.count("staticsite_xds_response_bytes_total", type="Listener") == lds.ByteSize()
+
+    client.ack(cds)
+    client.nack(lds, "listener rejected")
+    await eventually(lambda: cp.count("staticsite_xds_nacks_total", type="Listener") == 1)
+    assert cp.count("staticsite_xds_acks_total", type="Cluster") == 1
+    assert cp.count("staticsite_xds_acks_total", type="Listener") == 0
+    assert cp.count("staticsite_xds_nacks_total", type="Cluster") == 0
+
+    cp.publish(SITE_A, SITE_B)
+    got = await client.ack_until_quiet()
+    clusters = sum(1 for r in got if r.type_url == CLUSTER_TYPE)
+    assert clusters >= 1
+    await eventually(lambda: cp.count("staticsite_xds_acks_total", type="Cluster") == 1 + clusters)
+    assert cp.count("staticsite_xds_responses_sent_total", type="Cluster") == 1 + clusters
+    assert cp.count("staticsite_xds_nacks_total", type="Listener") == 1
+
+
+async def test_several_listeners_share_a_hook(cp: Plane) -> None:
+    """Another listener on the same hooks sees the same events, and the metrics still count."""
+    seen: list[str] = []
+    cp.plane.server.hooks.on_ack.append(lambda info, type_url, version: seen.append(type_url))
+    cp.plane.server.hooks.on_nack.append(lambda info, nack: seen.append("nack"))
+    cp.publish(SITE_A)
+    client = cp.sotw("gw-1")
+    client.subscribe(CLUSTER_TYPE)
+    client.nack(await client.recv(), "no")
+    await eventually(lambda: seen == ["nack"])
+    assert cp.count("staticsite_xds_nacks_total", type="Cluster") == 1
+
+
+# -- per Envoy -------------------------------------------------------------------------------
+
+
+async def test_each_connected_envoy_shows_the_version_it_acked_until_it_goes(cp: Plane) -> None:
+    snapshot = cp.publish(SITE_A)
+    sotw, delta = cp.sotw("gw-1", "edge"), cp.delta("gw-2", "edge")
+    await cp.settle(sotw)
+    await cp.settle(delta)
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="edge", variant="sotw") == 1
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="edge", variant="delta") == 1
+    want = {
+        (node, short, snapshot.of_type(t).version)
+        for node in ("gw-1", "gw-2")
+        for short, t in (
+            ("Cluster", CLUSTER_TYPE),
+            ("Listener", LISTENER_TYPE),
+            ("RouteConfiguration", ROUTE_TYPE),
+        )
+    }
+    series = cp.series("staticsite_xds_envoy_acked_version_info")
+    assert {(s["node_id"], s["type"], s["version"]) for s in series} == want
+    assert {s["gateway_group"] for s in series} == {"edge"}
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 0
+
+    late = cp.sotw("gw-3", "edge")  # sent clusters, ACKed nothing: no version to show
+    late.subscribe(CLUSTER_TYPE)
+    await late.recv()
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="edge", variant="sotw") == 2
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 1
+    assert {s["node_id"] for s in cp.series("staticsite_xds_envoy_acked_version_info")} == {"gw-1", "gw-2"}
+
+    await sotw.close()
+    cp.clients.remove(sotw)
+    await eventually(lambda: len(cp.plane.server.streams()) == 2)
+    assert {s["node_id"] for s in cp.series("staticsite_xds_envoy_acked_version_info")} == {"gw-2"}
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="edge", variant="sotw") == 1
+
+
+async def test_envoys_behind_counts_those_that_have_not_acked_the_current_snapshot(cp: Plane) -> None:
+    cp.publish(SITE_A)
+    fast, slow = cp.sotw("gw-fast"), cp.delta("gw-slow")
+    await cp.settle(fast)
+    await cp.settle(slow)
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 0
+
+    cp.publish(SITE_A, SITE_B)
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 2
+    await cp.converge(fast)
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 1
+    await cp.converge(slow)
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 0
+
+
+# -- propagation -----------------------------------------------------------------------------
+
+
+def propagations(cp: Plane) -> float:
+    return cp.count("staticsite_xds_propagation_duration_seconds_count")
+
+
+async def test_propagation_is_observed_once_every_connected_envoy_has_acked(cp: Plane) -> None:
+    cp.publish(SITE_A)
+    first, second = cp.sotw("gw-1"), cp.delta("gw-2")
+    await cp.settle(first)  # a publish before any stream subscribed waits for nobody
+    await cp.settle(second)
+    assert propagations(cp) == 0
+
+    cp.publish(SITE_A, SITE_B)
+    assert cp.metrics.propagation.pending == 2
+    await cp.converge(first)
+    assert propagations(cp) == 0  # the delta stream has not ACKed yet
+    assert cp.metrics.propagation.pending == 1
+
+    await cp.converge(second)
+    assert propagations(cp) == 1
+    assert 0 < cp.count("staticsite_xds_propagation_duration_seconds_sum") < 10
+
+
+async def test_a_stream_that_closes_is_not_waited_for(cp: Plane) -> None:
+    cp.publish(SITE_A)
+    staying, leaving = cp.delta("gw-staying"), cp.sotw("gw-leaving")
+    await cp.settle(staying)
+    await cp.settle(leaving)
+
+    cp.publish(SITE_A, SITE_B)
+    await cp.converge(staying)
+    assert propagations(cp) == 0
+    await leaving.close()
+    cp.clients.remove(leaving)
+    await eventually(lambda: propagations(cp) == 1, what="the propagation to be observed")
+    assert cp.count("staticsite_xds_propagations_superseded_total") == 0
+
+
+async def test_a_newer_publish_supersedes_an_unfinished_one(cp: Plane) -> None:
+    cp.publish(SITE_A)
+    client = cp.sotw("gw-1")
+    await cp.settle(client)
+
+    cp.publish(SITE_A, SITE_B)
+    await client.recv_n(2)  # clusters and routes, not ACKed
+    cp.publish(SITE_A, SITE_B)  # the same content again supersedes nothing
+    assert cp.count("staticsite_xds_propagations_superseded_total") == 0
+    assert cp.metrics.propagation.pending == 1
+    cp.publish(SITE_B)
+    assert cp.count("staticsite_xds_propagations_superseded_total") == 1
+    await cp.converge(client)
+    assert propagations(cp) == 1
+    assert cp.count("staticsite_xds_propagations_superseded_total") == 1
+
+
+async def test_a_held_back_cluster_set_is_not_the_snapshot(cp: Plane) -> None:
+    """State of the world keeps a cluster the routes still use (version `v+tag`); the stream
+    has the snapshot only once it ACKs the clusters' real version."""
+    cp.publish(SITE_A)
+    client = cp.sotw("gw-1")
+    await cp.settle(client)
+
+    snapshot = cp.publish(SITE_A_MOVED)
+    cds, rds = await client.recv_n(2)
+    assert cds.type_url == CLUSTER_TYPE
+    assert rds.type_url == ROUTE_TYPE
+    assert len(names(cds)) == 2  # the old cluster is held back
+    assert cds.version_info.startswith(snapshot.of_type(CLUSTER_TYPE).version + "+")
+    client.ack(cds)
+    client.ack(rds)
+    final = await client.recv()
+    assert final.type_url == CLUSTER_TYPE
+    assert final.version_info == snapshot.of_type(CLUSTER_TYPE).version
+    info = cp.stream("gw-1")
+    assert info.acked_version(CLUSTER_TYPE) == cds.version_info
+    assert info.acked_version(ROUTE_TYPE) == rds.version_info
+    assert propagations(cp) == 0
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 1
+
+    client.ack(final)
+    await eventually(lambda: propagations(cp) == 1)
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 0
+
+
+def test_an_ack_costs_no_scan_of_the_streams() -> None:
+    """The streams are listed once per publish; an ACK looks at its own stream only."""
+    snapshot = _snapshot_of(SITE_A)
+    streams = [_holding(i, snapshot, behind=True) for i in range(1, 4)]
+    listed: list[int] = []
+    observed: list[float] = []
+
+    def listing() -> list[StreamInfo]:
+        listed.append(1)
+        return streams
+
+    clock = iter([1.0, 1.5]).__next__
+    propagation = Propagation(listing, observed.append, lambda: None, clock=clock)
+    propagation.published(snapshot)
+    assert (len(listed), propagation.pending) == (1, 3)
+    for info in streams:
+        for type_url, status in info.types.items():
+            status.acked_version = snapshot.of_type(type_url).version
+            propagation.acked(info, type_url, status.acked_version)
+    assert len(listed) == 1
+    assert observed == [0.5]
+
+
+def _snapshot_of(*sites: StaticSite) -> Snapshot:
+    plane = ControlPlane(BuildOptions())
+    snapshot = plane.apply(site_set(*sites))
+    assert snapshot is not None
+    return snapshot
+
+
+def _holding(stream_id: int, snapshot: Snapshot, behind: bool) -> StreamInfo:
+    info = StreamInfo(stream_id, "test", 0.0, node_id=f"n{stream_id}", cluster="edge")
+    for type_url in TYPES:
+        version = "" if behind else snapshot.of_type(type_url).version
+        info.types[type_url] = TypeStatus(sent_version=version, acked_version=version)
+    return info

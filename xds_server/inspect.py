@@ -1,0 +1,254 @@
+"""Inspection: which Envoys are connected, what each has ACKed, and who is behind.
+
+The same report is served two ways: as JSON over HTTP (`GET /debug/envoys` on the metrics
+port) and as the gRPC method `staticsite_xds.v1.Inspection/ListEnvoys` on the xDS port, which
+`staticsite-xds status` calls. The gRPC method takes and returns JSON bytes (a request of `{}`
+or nothing at all), so no client needs generated code.
+
+An Envoy is *behind* when, for some resource type it subscribed to, the version it last ACKed
+is not the current snapshot's version of that type. `behind` is the one definition of it;
+the metrics use it too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, TYPE_ORDER
+from snapshot.snapshot import Snapshot
+
+from .ads import AdsServer, StreamInfo, short
+
+if TYPE_CHECKING:
+    from .app import ControlPlane
+
+INSPECTION_SERVICE = "staticsite_xds.v1.Inspection"
+LIST_ENVOYS = f"/{INSPECTION_SERVICE}/ListEnvoys"
+DEFAULT_TIMEOUT = 5.0  # seconds the status command waits for an answer
+
+# How the table names the types: the xDS service that carries each.
+_SERVICE_NAMES = {CLUSTER_TYPE: "CDS", ENDPOINT_TYPE: "EDS", LISTENER_TYPE: "LDS", ROUTE_TYPE: "RDS"}
+
+
+def behind(info: StreamInfo, snapshot: Snapshot | None) -> bool:
+    """True when the stream has not ACKed the current version of some type it subscribed to.
+
+    A state-of-the-world stream that was sent a cluster set with clusters held back (version
+    `v+tag`) is still behind until it ACKs the real version `v`.
+    """
+    if snapshot is None:
+        return False
+    types = snapshot.types
+    for type_url, status in info.types.items():
+        rset = types.get(type_url)
+        if rset is not None and status.acked_version != rset.version:
+            return True
+    return False
+
+
+def _timestamp(at: float) -> str | None:
+    """Seconds since the epoch as RFC 3339 UTC (None for never)."""
+    if not at:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def envoy_report(info: StreamInfo, snapshot: Snapshot | None) -> dict[str, Any]:
+    """One connected Envoy, as JSON-able data."""
+    nack = info.last_nack
+    return {
+        "node_id": info.node_id,
+        "gateway_group": info.cluster,
+        "variant": info.variant,
+        "peer": info.peer,
+        "connected_since": _timestamp(info.opened_at),
+        "behind": behind(info, snapshot),
+        "types": {
+            short(type_url): {
+                "acked_version": status.acked_version,
+                "acked_at": _timestamp(status.acked_at),
+                "sent_version": status.sent_version,
+            }
+            for type_url, status in sorted(info.types.items(), key=lambda item: _type_rank(item[0]))
+        },
+        "last_nack": None
+        if nack is None
+        else {
+            "type": short(nack.type_url),
+            "version": nack.version,
+            "message": nack.message,
+            "at": _timestamp(nack.at),
+        },
+    }
+
+
+def _type_rank(type_url: str) -> int:
+    return TYPE_ORDER.index(type_url) if type_url in TYPE_ORDER else len(TYPE_ORDER)
+
+
+def server_report(server: AdsServer, generation: int) -> dict[str, Any]:
+    """Every connected Envoy and the snapshot they should hold, as JSON-able data."""
+    snapshot = server.snapshot
+    streams = sorted(server.streams(), key=lambda info: (info.cluster, info.node_id, info.id))
+    return {
+        "snapshot": None
+        if snapshot is None
+        else {
+            "version": snapshot.version,
+            "generation": generation,
+            "types": {short(t): snapshot.of_type(t).version for t in TYPE_ORDER},
+        },
+        "envoys": [envoy_report(info, snapshot) for info in streams],
+    }
+
+
+def report(plane: ControlPlane) -> dict[str, Any]:
+    """The inspection report of a control plane."""
+    return server_report(plane.server, plane.publishes)
+
+
+# -- the gRPC method on the xDS port ---------------------------------------------------------
+
+
+class Inspection:
+    """Serves `staticsite_xds.v1.Inspection/ListEnvoys` on the xDS port."""
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self.source = source
+
+    @classmethod
+    def attach(cls, plane: ControlPlane) -> Inspection:
+        inspection = cls(lambda: report(plane))
+        plane.xds_services.append(inspection.register)
+        return inspection
+
+    def register(self, server: grpc.aio.Server) -> None:
+        method = grpc.unary_unary_rpc_method_handler(
+            self._list_envoys, request_deserializer=_as_bytes, response_serializer=_as_bytes
+        )
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(INSPECTION_SERVICE, {"ListEnvoys": method})]
+        )
+
+    async def _list_envoys(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if request.strip():
+            try:
+                asked = json.loads(request)
+            except ValueError:
+                asked = None
+            if not isinstance(asked, dict):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request must be a JSON object")
+        return json.dumps(self.source()).encode()
+
+
+def _as_bytes(payload: bytes) -> bytes:
+    return payload
+
+
+# -- the client: `staticsite-xds status` -----------------------------------------------------
+
+
+class Unreachable(Exception):
+    """The control plane did not answer the inspection call."""
+
+
+def inspection_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel to the xDS port at `address` (host:port): TLS with `credentials`, else plain."""
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, credentials)
+
+
+def list_envoys(
+    address: str, *, credentials: grpc.ChannelCredentials | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, Any]:
+    """Ask the control plane at `address` for its inspection report."""
+    with inspection_channel(address, credentials) as channel:
+        call = channel.unary_unary(LIST_ENVOYS, request_serializer=_as_bytes, response_deserializer=_as_bytes)
+        try:
+            answer = call(b"{}", timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise Unreachable(f"no answer from {address} within {timeout:g} s") from None
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                raise Unreachable(f"{address} does not serve {INSPECTION_SERVICE}") from None
+            detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            raise Unreachable(f"cannot reach the control plane at {address}: {detail}") from None
+    data: dict[str, Any] = json.loads(answer)
+    return data
+
+
+def _version(version: str) -> str:
+    """A version short enough for a table (the first 8 hex digits; `+` if clusters are held)."""
+    head, plus, _ = version.partition("+")
+    return head[:8] + plus if head else "-"
+
+
+def _versions(types: Mapping[str, str]) -> str:
+    by_short = {short(t): _SERVICE_NAMES[t] for t in TYPE_ORDER}
+    return " ".join(f"{by_short.get(name, name)}:{_version(version)}" for name, version in types.items())
+
+
+def _ago(at: str | None, now: float) -> str:
+    if at is None:
+        return ""
+    seconds = max(0, int(now - datetime.fromisoformat(at).timestamp()))
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def _nack_summary(nack: Mapping[str, Any] | None, now: float, width: int = 60) -> str:
+    if nack is None:
+        return "-"
+    by_short = {short(t): _SERVICE_NAMES[t] for t in TYPE_ORDER}
+    message = " ".join(str(nack["message"]).split())
+    if len(message) > width:
+        message = message[: width - 1] + "…"
+    return f"{by_short.get(nack['type'], nack['type'])} {_ago(nack['at'], now)}: {message}"
+
+
+def format_table(data: Mapping[str, Any], now: float | None = None) -> str:
+    """The inspection report as a table for people."""
+    now = time.time() if now is None else now
+    snapshot = data.get("snapshot")
+    envoys = data.get("envoys", [])
+    lines = []
+    if snapshot is None:
+        lines.append("no snapshot published yet")
+    else:
+        lines.append(
+            f"snapshot {snapshot['version']} (generation {snapshot['generation']}): "
+            f"{_versions(snapshot['types'])}"
+        )
+    behind_count = sum(1 for e in envoys if e["behind"])
+    lines.append(f"{len(envoys)} Envoys connected, {behind_count} behind")
+    if not envoys:
+        return "\n".join(lines) + "\n"
+    header = ("NODE ID", "GATEWAY GROUP", "VARIANT", "ACKED", "BEHIND", "LAST NACK")
+    rows = [
+        (
+            e["node_id"] or "?",
+            e["gateway_group"] or "?",
+            e["variant"],
+            _versions({name: t["acked_version"] for name, t in e["types"].items()}) or "-",
+            "yes" if e["behind"] else "no",
+            _nack_summary(e["last_nack"], now),
+        )
+        for e in envoys
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    lines.append("")
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines) + "\n"

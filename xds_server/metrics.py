@@ -1,0 +1,342 @@
+"""Prometheus metrics of the control plane, all named `staticsite_xds_...`.
+
+`Metrics.attach(plane)` hooks into a `ControlPlane` and its `AdsServer` and registers
+everything in a registry (the process's default one unless told otherwise):
+
+- counted as it happens, with work per event independent of the number of streams: builds
+  (a histogram of their duration), responses sent, bytes sent, ACKs and NACKs by resource type,
+  and how long each publish took to reach every connected Envoy (`Propagation`);
+- computed when scraped, from what the control plane holds at that moment: sites by state,
+  the snapshot per gateway group, connected Envoys, Envoys behind, and the version each
+  connected Envoy last ACKed. Nothing is kept for an Envoy that went away.
+
+A gateway group is the `cluster` an Envoy's node names. Every group is served the same
+snapshot today; the snapshot metrics carry one series per group seen on a stream, at most
+`MAX_GATEWAY_GROUPS` of them, and any further group is counted as `other`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from snapshot.builder import BuildResult, Phase
+from snapshot.resources import TYPE_ORDER
+from snapshot.snapshot import Snapshot
+from watcher.siteset import SiteSet
+
+from .ads import Nack, StreamInfo, short
+from .inspect import behind
+
+if TYPE_CHECKING:
+    from .app import ControlPlane
+
+PREFIX = "staticsite_xds_"
+MAX_GATEWAY_GROUPS = 100
+OVERFLOW_GROUP = "other"
+VARIANTS = ("sotw", "delta")
+BUILD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STATE_LABELS = {phase: phase.value.lower() for phase in Phase}
+
+
+class GatewayGroups:
+    """The gateway groups seen on streams, as label values: at most `limit`, then `other`."""
+
+    def __init__(self, limit: int = MAX_GATEWAY_GROUPS) -> None:
+        self.limit = limit
+        self._seen: dict[str, None] = {}  # in the order seen
+        self._overflowed = False
+
+    def label(self, group: str) -> str:
+        if group in self._seen:
+            return group
+        if len(self._seen) < self.limit:
+            self._seen[group] = None
+            return group
+        self._overflowed = True
+        return OVERFLOW_GROUP
+
+    def labels(self) -> list[str]:
+        """Every label value in use: the groups seen, and `other` once some overflowed."""
+        seen = list(self._seen)
+        if self._overflowed and OVERFLOW_GROUP not in self._seen:
+            seen.append(OVERFLOW_GROUP)
+        return seen
+
+
+class Propagation:
+    """Times each publish until every Envoy connected at that moment has ACKed it.
+
+    At a publish, the streams connected and subscribed to something that do not already hold
+    the new snapshot are pending. A stream is done once, for every type it subscribed to, the
+    version it ACKed is the snapshot's version of that type (`behind` is false); a stream that
+    closes is dropped. When none is pending, the time since the publish is observed. A publish
+    that no stream needs is not observed.
+
+    A publish made while the previous one is still pending supersedes it: the older one is
+    counted as superseded and never observed, and the newer one is timed from its own publish.
+    Work per ACK is a set lookup, and a check of the stream's few types when its ACK is for
+    the new version.
+    """
+
+    def __init__(
+        self,
+        streams: Callable[[], Iterable[StreamInfo]],
+        observe: Callable[[float], None],
+        supersede: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._streams = streams
+        self._observe = observe
+        self._supersede = supersede
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._pending: set[int] = set()
+        self._started = 0.0
+
+    @property
+    def pending(self) -> int:
+        """How many streams the current publish still waits for."""
+        return len(self._pending)
+
+    def published(self, snapshot: Snapshot) -> None:
+        if self._snapshot is not None and self._snapshot.version == snapshot.version:
+            return  # the same content again: nothing new to propagate
+        if self._pending:
+            self._supersede()
+        self._snapshot = snapshot
+        self._started = self._clock()
+        self._pending = {info.id for info in self._streams() if info.types and behind(info, snapshot)}
+
+    def acked(self, info: StreamInfo, type_url: str, version: str) -> None:
+        if info.id not in self._pending:
+            return
+        snapshot = self._snapshot
+        assert snapshot is not None
+        rset = snapshot.types.get(type_url)
+        if rset is None or rset.version != version or behind(info, snapshot):
+            return
+        self._done(info.id)
+
+    def closed(self, info: StreamInfo) -> None:
+        if info.id in self._pending:
+            self._done(info.id)
+
+    def _done(self, stream_id: int) -> None:
+        self._pending.discard(stream_id)
+        if not self._pending:
+            self._observe(self._clock() - self._started)
+
+
+class Metrics:
+    """Every metric of one control plane, registered in `registry`."""
+
+    def __init__(self, plane: ControlPlane, registry: prometheus_client.CollectorRegistry) -> None:
+        self.plane = plane
+        self.groups = GatewayGroups()
+        self.build_seconds = prometheus_client.Histogram(
+            PREFIX + "snapshot_build_duration_seconds",
+            "Time to build a snapshot from the current sites.",
+            buckets=BUILD_BUCKETS,
+            registry=registry,
+        )
+        self.propagation_seconds = prometheus_client.Histogram(
+            PREFIX + "propagation_duration_seconds",
+            "Time from publishing a snapshot until every Envoy connected then has ACKed it.",
+            buckets=PROPAGATION_BUCKETS,
+            registry=registry,
+        )
+        self.superseded = prometheus_client.Counter(
+            PREFIX + "propagations_superseded",
+            "Publishes not yet ACKed by every Envoy when a newer snapshot was published.",
+            registry=registry,
+        )
+        # Counted per response and per ACK, so kept as plain numbers (a fraction of a
+        # microsecond each) and exported when scraped.
+        self.responses: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        self.response_bytes: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        self.acks: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        self.nacks: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        self.propagation = Propagation(
+            plane.server.streams, self.propagation_seconds.observe, self.superseded.inc
+        )
+        registry.register(_ScrapeCollector(self))
+
+    @classmethod
+    def attach(
+        cls, plane: ControlPlane, registry: prometheus_client.CollectorRegistry | None = None
+    ) -> Metrics:
+        """Register the metrics of `plane` and start counting."""
+        metrics = cls(plane, registry if registry is not None else prometheus_client.REGISTRY)
+        plane.on_build.append(metrics._built)
+        plane.on_publish.append(metrics._published)
+        hooks = plane.server.hooks
+        hooks.on_ack.append(metrics._acked)
+        hooks.on_nack.append(metrics._nacked)
+        hooks.on_send.append(metrics._sent)
+        hooks.on_close.append(metrics.propagation.closed)
+        return metrics
+
+    # -- listeners: each does a few dictionary lookups and increments --------------------------
+
+    def _built(self, _result: BuildResult, seconds: float) -> None:
+        self.build_seconds.observe(seconds)
+
+    def _published(self, _sites: SiteSet, snapshot: Snapshot) -> None:
+        self.propagation.published(snapshot)
+
+    def _acked(self, info: StreamInfo, type_url: str, version: str) -> None:
+        acks = self.acks
+        if type_url in acks:
+            acks[type_url] += 1
+        self.propagation.acked(info, type_url, version)
+
+    def _nacked(self, _info: StreamInfo, nack: Nack) -> None:
+        if nack.type_url in self.nacks:
+            self.nacks[nack.type_url] += 1
+
+    def _sent(self, _info: StreamInfo, type_url: str, _version: str, nbytes: int) -> None:
+        responses = self.responses
+        if type_url in responses:
+            responses[type_url] += 1
+            self.response_bytes[type_url] += nbytes
+
+
+class _Families(NamedTuple):
+    """The metric families the scrape fills in, empty."""
+
+    generation: GaugeMetricFamily
+    info: GaugeMetricFamily
+    publishes: CounterMetricFamily
+    sites: GaugeMetricFamily
+    connected: GaugeMetricFamily
+    behind: GaugeMetricFamily
+    acked: GaugeMetricFamily
+    responses: CounterMetricFamily
+    response_bytes: CounterMetricFamily
+    acks: CounterMetricFamily
+    nacks: CounterMetricFamily
+    rejections: CounterMetricFamily
+    searches: CounterMetricFamily
+
+    @classmethod
+    def empty(cls) -> _Families:
+        return cls(
+            generation=GaugeMetricFamily(
+                PREFIX + "snapshot_generation",
+                "How many snapshots this process has published: the generation a gateway group is served.",
+                labels=["gateway_group"],
+            ),
+            info=GaugeMetricFamily(
+                PREFIX + "snapshot_info",
+                "The content version of the snapshot a gateway group is served (always 1).",
+                labels=["gateway_group", "version"],
+            ),
+            publishes=CounterMetricFamily(
+                PREFIX + "snapshot_publishes", "Snapshots published (a new version each).", labels=[]
+            ),
+            sites=GaugeMetricFamily(PREFIX + "sites", "Sites by state.", labels=["state"]),
+            connected=GaugeMetricFamily(
+                PREFIX + "connected_envoys",
+                "Envoy streams connected, by gateway group and xDS variant.",
+                labels=["gateway_group", "variant"],
+            ),
+            behind=GaugeMetricFamily(
+                PREFIX + "envoys_behind",
+                "Connected Envoys that have not ACKed the current snapshot of every type they use.",
+                labels=["gateway_group"],
+            ),
+            acked=GaugeMetricFamily(
+                PREFIX + "envoy_acked_version_info",
+                "The version each connected Envoy last ACKed, by resource type (always 1).",
+                labels=["node_id", "gateway_group", "type", "version"],
+            ),
+            responses=CounterMetricFamily(
+                PREFIX + "responses_sent", "xDS responses sent, by resource type.", labels=["type"]
+            ),
+            response_bytes=CounterMetricFamily(
+                PREFIX + "response_bytes", "Bytes of xDS responses sent, by resource type.", labels=["type"]
+            ),
+            acks=CounterMetricFamily(
+                PREFIX + "acks", "ACKs received from Envoys, by resource type.", labels=["type"]
+            ),
+            nacks=CounterMetricFamily(
+                PREFIX + "nacks",
+                "NACKs (rejected responses) received from Envoys, by resource type.",
+                labels=["type"],
+            ),
+            rejections=CounterMetricFamily(
+                PREFIX + "site_rejections",
+                "Sites found to cause an Envoy's rejection and left out of the snapshots.",
+                labels=[],
+            ),
+            searches=CounterMetricFamily(
+                PREFIX + "rejection_searches",
+                "Rejections whose message named no single site, searched for by halves.",
+                labels=[],
+            ),
+        )
+
+
+class _ScrapeCollector:
+    """The metrics computed at scrape time from what the control plane holds now."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        yield from _Families.empty()
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self.metrics
+        plane = metrics.plane
+        out = _Families.empty()
+
+        out.publishes.add_metric([], plane.publishes)
+        out.rejections.add_metric([], plane.containment.rejections_found)
+        out.searches.add_metric([], plane.containment.searches)
+        for family, counted in (
+            (out.responses, metrics.responses),
+            (out.response_bytes, metrics.response_bytes),
+            (out.acks, metrics.acks),
+            (out.nacks, metrics.nacks),
+        ):
+            for type_url, value in counted.items():
+                family.add_metric([short(type_url)], value)
+
+        counts = Tally(state.phase for state in plane.status.states().values())
+        for phase, label in STATE_LABELS.items():
+            out.sites.add_metric([label], counts.get(phase, 0))
+
+        snapshot = plane.server.snapshot
+        by_group: Tally[tuple[str, str]] = Tally()
+        behind_by_group: Tally[str] = Tally()
+        newest: dict[tuple[str, str, str], tuple[int, str]] = {}  # (node, group, type) -> stream, version
+        for stream in plane.server.streams():
+            group = metrics.groups.label(stream.cluster)
+            by_group[group, stream.variant] += 1
+            if behind(stream, snapshot):
+                behind_by_group[group] += 1
+            for type_url, status in stream.types.items():
+                if not status.acked_version:
+                    continue
+                key = (stream.node_id, group, short(type_url))
+                if key not in newest or newest[key][0] < stream.id:  # one series per node: the newest
+                    newest[key] = (stream.id, status.acked_version)
+
+        for group in metrics.groups.labels():
+            out.generation.add_metric([group], plane.publishes)
+            if snapshot is not None:
+                out.info.add_metric([group, snapshot.version], 1)
+            for variant in VARIANTS:
+                out.connected.add_metric([group, variant], by_group.get((group, variant), 0))
+            out.behind.add_metric([group], behind_by_group.get(group, 0))
+        for (node, group, type_name), (_, version) in sorted(newest.items()):
+            out.acked.add_metric([node, group, type_name, version], 1)
+        yield from out
