@@ -8,7 +8,9 @@ found, each naming the field at fault.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -48,6 +50,12 @@ _METADATA_FIELDS = frozenset(
 _TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _SPEC_FIELDS = frozenset({"domain", "backend"})
 _BACKEND_FIELDS = frozenset({"serviceName", "servicePort"})
+
+# At most this many unknown fields of one mapping are reported one by one; the rest in one line.
+MAX_UNKNOWN_FIELDS = 10
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_MAX_SHOWN = 200  # characters of a value shown in a message
 
 _Reporter = Callable[[str, str], None]
 
@@ -126,8 +134,64 @@ def site_key_of(doc: Mapping[str, Any]) -> SiteKey | None:
 
 
 def normalize_domain(domain: str) -> str:
-    """Domains compare case-insensitively; this is the one spelling we keep and emit."""
-    return domain.lower()
+    """Domains compare case-insensitively; this is the one spelling we keep and emit.
+
+    Only ASCII letters are folded: `str.lower` would also turn the Kelvin sign (U+212A) into
+    a `k`, letting a non-ASCII spelling pass as an ASCII domain.
+    """
+    return domain.translate(_ASCII_LOWER)
+
+
+class _Shown(reprlib.Repr):
+    """A value as a problem message shows it: short, escaped, and cheap whatever its size.
+
+    A manifest value may be a string of a megabyte, a structure nested or shared a million
+    times over (YAML aliases), or an integer too long to print; its display is bounded.
+    Mappings and sets are shown in their own order: sorting a huge one would cost more than
+    the display is worth.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = 80
+        self.maxother = 80
+        self.maxlong = 40
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 4
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [
+            f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+            for k, v in itertools.islice(x.items(), self.maxdict)
+        ]
+        more = ", ..." if len(x) > self.maxdict else ""
+        return "{" + ", ".join(pieces) + more + "}"
+
+    def repr_set(self, x: set[Any], level: int) -> str:
+        if not x:
+            return "set()"
+        if level <= 0:
+            return "{...}"
+        pieces = [self.repr1(v, level - 1) for v in itertools.islice(x, self.maxset)]
+        return "{" + ", ".join(pieces) + (", ..." if len(x) > self.maxset else "") + "}"
+
+
+_shown = _Shown()
+
+
+def describe(value: Any) -> str:
+    """A bounded, escaped display of any manifest value, for messages and logs."""
+    text = _shown.repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
 def parse_site(doc: Any, origin: str = "") -> StaticSite:
@@ -142,9 +206,9 @@ def parse_site(doc: Any, origin: str = "") -> StaticSite:
 
     _check_unknown(doc, _TOP_FIELDS, "", bad)
     if doc.get("kind") != KIND:
-        bad("kind", f"must be {KIND!r}, got {doc.get('kind')!r}")
+        bad("kind", f"must be {KIND!r}, got {describe(doc.get('kind'))}")
     if doc.get("apiVersion") != API_VERSION:
-        bad("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}")
+        bad("apiVersion", f"must be {API_VERSION!r}, got {describe(doc.get('apiVersion'))}")
 
     name, namespace, generation, created = _parse_metadata(doc.get("metadata"), bad)
     key = SiteKey(namespace, name) if name and namespace else None
@@ -183,7 +247,7 @@ def _parse_metadata(meta: Any, bad: _Reporter) -> tuple[str, str, int, str | Non
     elif not isinstance(name, str) or not _is_dns1123_subdomain(name):
         bad(
             "metadata.name",
-            f"{name!r} is not a valid name (lower-case letters, digits, '-' and '.', "
+            f"{describe(name)} is not a valid name (lower-case letters, digits, '-' and '.', "
             "starting and ending with a letter or digit, at most 253 characters)",
         )
         name = ""
@@ -191,23 +255,25 @@ def _parse_metadata(meta: Any, bad: _Reporter) -> tuple[str, str, int, str | Non
     if not isinstance(namespace, str) or not _is_label(namespace, _DNS1123_LABEL):
         bad(
             "metadata.namespace",
-            f"{namespace!r} is not a valid namespace (a DNS-1123 label: lower-case letters, "
-            "digits and '-', at most 63 characters)",
+            f"{describe(namespace)} is not a valid namespace (a DNS-1123 label: lower-case "
+            "letters, digits and '-', at most 63 characters)",
         )
         namespace = ""
     generation = meta.get("generation", 0)
     if not isinstance(generation, int) or isinstance(generation, bool):
         generation = 0
-    return name, namespace, generation, _timestamp(meta.get("creationTimestamp"))
+    return name, namespace, generation, _timestamp(meta.get("creationTimestamp"), bad)
 
 
-def _timestamp(value: Any) -> str | None:
+def _timestamp(value: Any, bad: _Reporter) -> str | None:
     """A creationTimestamp as the API server writes it (RFC 3339, UTC, to the second).
 
     Conflicts compare timestamps as text, so every spelling must be the same: YAML reads an
     unquoted timestamp as a datetime (whose str() has a space and an offset, and sorts before
-    a same-day "...T...Z" string), and a hand-written one may carry another offset.
+    a same-day "...T...Z" string), and a hand-written one may carry another offset. A string
+    that is no timestamp is kept as it is; a value of another type is a problem.
     """
+    field = "metadata.creationTimestamp"
     if value is None:
         return None
     if isinstance(value, str):
@@ -218,10 +284,15 @@ def _timestamp(value: Any) -> str | None:
             return text
     if isinstance(value, datetime):
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC
+            bad(field, f"{value.isoformat()} is out of range")
+            return None
     if isinstance(value, date):
         return f"{value.isoformat()}T00:00:00Z"
-    return str(value)
+    bad(field, f"must be a timestamp (RFC 3339), got {_type_name(value)}")
+    return None
 
 
 def _parse_domain(value: Any, bad: _Reporter) -> str:
@@ -233,19 +304,28 @@ def _parse_domain(value: Any, bad: _Reporter) -> str:
         bad(field, f"must be a string, got {_type_name(value)}")
         return ""
     domain = normalize_domain(value)
+    shown = describe(value)
     if not domain:
         bad(field, "must not be empty")
     elif len(domain) > 253:
         bad(field, f"is {len(domain)} characters long; a domain has at most 253")
+    elif domain != domain.strip():
+        bad(field, f"{shown} must not have spaces or line breaks around it")
     elif domain.endswith("."):
-        bad(field, f"{value!r} must not end with a dot")
+        bad(field, f"{shown} must not end with a dot")
+    elif not domain.isascii():
+        bad(
+            field,
+            f"{shown} has characters other than ASCII letters, digits, '-' and '.'; write an "
+            "internationalized domain in its IDNA form (labels starting with 'xn--')",
+        )
     else:
         for label in domain.split("."):
             if not _is_label(label, _DNS1123_LABEL):
                 bad(
                     field,
-                    f"{value!r} is not a DNS name: label {label!r} must be 1-63 letters, digits "
-                    "or '-', starting and ending with a letter or digit",
+                    f"{shown} is not a DNS name: label {describe(label)} must be 1-63 letters, "
+                    "digits or '-', starting and ending with a letter or digit",
                 )
                 break
     return domain
@@ -267,8 +347,8 @@ def _parse_backend(value: Any, namespace: str, bad: _Reporter) -> Backend | None
     elif not isinstance(service, str) or not _is_label(service, _DNS1035_LABEL):
         bad(
             "spec.backend.serviceName",
-            f"{service!r} is not a valid Service name (a DNS-1035 label: lower-case letters, "
-            "digits and '-', starting with a letter, at most 63 characters)",
+            f"{describe(service)} is not a valid Service name (a DNS-1035 label: lower-case "
+            "letters, digits and '-', starting with a letter, at most 63 characters)",
         )
         ok = False
     port = value.get("servicePort")
@@ -276,23 +356,38 @@ def _parse_backend(value: Any, namespace: str, bad: _Reporter) -> Backend | None
         bad("spec.backend.servicePort", "is required")
         ok = False
     elif not isinstance(port, int) or isinstance(port, bool):
-        bad("spec.backend.servicePort", f"must be an integer from 1 to 65535, got {port!r}")
+        bad("spec.backend.servicePort", f"must be an integer from 1 to 65535, got {describe(port)}")
         ok = False
     elif not 1 <= port <= 65535:
-        bad("spec.backend.servicePort", f"must be from 1 to 65535, got {port}")
+        bad("spec.backend.servicePort", f"must be from 1 to 65535, got {describe(port)}")
         ok = False
     if not ok or not namespace or not isinstance(service, str) or not isinstance(port, int):
         return None
     return Backend(namespace, service, port)
 
 
-def _check_unknown(doc: Mapping[str, Any], known: frozenset[str], prefix: str, bad: _Reporter) -> None:
-    for field in doc:
-        if field in known:
-            continue
-        hint = difflib.get_close_matches(str(field), sorted(known), n=1)
+def _check_unknown(doc: Mapping[Any, Any], known: frozenset[str], prefix: str, bad: _Reporter) -> None:
+    unknown = [field for field in doc if not (isinstance(field, str) and field in known)]
+    for field in unknown[:MAX_UNKNOWN_FIELDS]:
+        plain = isinstance(field, str) and len(field) <= 64  # no known field is longer
+        hint = difflib.get_close_matches(field, sorted(known), n=1) if plain else []
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        bad(f"{prefix}{field}", f"unknown field{suggestion}")
+        bad(f"{prefix}{field_name(field)}", f"unknown field{suggestion}")
+    if len(unknown) > MAX_UNKNOWN_FIELDS:
+        more = len(unknown) - MAX_UNKNOWN_FIELDS - 1
+        bad(
+            f"{prefix}{field_name(unknown[MAX_UNKNOWN_FIELDS])}", f"unknown field, and {more} more not listed"
+        )
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_$@-][A-Za-z0-9_$@/-]{0,62}")
+
+
+def field_name(key: Any) -> str:
+    """A mapping key as one step of a field path: as it is when plain, else quoted and bounded."""
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+        return key
+    return describe(key)
 
 
 def _is_label(value: str, pattern: re.Pattern[str]) -> bool:

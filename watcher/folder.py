@@ -11,30 +11,40 @@ last good version until it is fixed or its file is deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
 import yaml
 
-from snapshot.model import InvalidSite, Problem, SiteKey, StaticSite, is_static_site, parse_site, site_key_of
+from snapshot.model import (
+    InvalidSite,
+    Problem,
+    SiteKey,
+    StaticSite,
+    describe,
+    is_static_site,
+    parse_site,
+    site_key_of,
+)
 
-from .siteset import SiteSet
+from .manifest_file import DEFAULT_MAX_MANIFEST_BYTES, read_documents
+from .siteset import DEFAULT_MAX_SITES, SiteLimit, SiteSet
+from .source_state import SourceState
 
 log = logging.getLogger("staticsite_xds.watcher.folder")
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_MANIFEST_BYTES = DEFAULT_MAX_MANIFEST_BYTES
 
 # How long the watcher waits for a change before it reports a timeout; the first timeout
 # (or batch) tells that the watcher is in place, see `watch`.
 _WATCH_TIMEOUT_MS = 500
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_RECHECK_SECONDS = 1.0  # how often a folder that cannot be read or watched is tried again
 
 
 @dataclass(slots=True)
@@ -50,15 +60,30 @@ class _FileState:
 class FolderSource:
     """Reads a folder of manifests and keeps the site set current as files change."""
 
-    def __init__(self, root: Path | str, *, force_polling: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        force_polling: bool = False,
+        max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+        max_sites: int = DEFAULT_MAX_SITES,
+    ) -> None:
+        if max_manifest_bytes < 1:
+            raise ValueError(
+                f"the limit of bytes per manifest file must be at least 1, got {max_manifest_bytes}"
+            )
         self.root = Path(root).absolute()  # watchfiles reports absolute paths
         self.force_polling = force_polling
+        self.max_manifest_bytes = max_manifest_bytes
+        self.limit = SiteLimit(max_sites)  # the sites served, of `_sites`
         self._files: dict[Path, _FileState] = {}
         self._folder_problem: Problem | None = None
         # The union of every file's sites, kept up to date file by file:
         self._declared: dict[SiteKey, dict[Path, StaticSite]] = {}  # every declaration of a site
         self._sites: dict[SiteKey, StaticSite] = {}  # the one served: from the first file
         self._changed: set[SiteKey] | None = None  # since the last `current()`; None: unknown
+        self.state = SourceState("folder", f"the sites folder {self.root}", log)
+        self._watch_problem: str | None = None  # why the folder cannot be watched, if it cannot
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -67,11 +92,11 @@ class FolderSource:
         try:
             paths = set(self._scan())
             self._folder_problem = None
+            self.state.report(None)
         except OSError as exc:
-            problem = Problem(str(self.root), "", f"cannot read the sites folder: {exc.strerror or exc}")
-            if self._folder_problem != problem:
-                log.error("%s; keeping the last good sites", problem)
-            self._folder_problem = problem
+            reason = exc.strerror or str(exc)
+            self._folder_problem = Problem(str(self.root), "", f"cannot read the sites folder: {reason}")
+            self.state.report(reason)  # logged once, when the folder stops being readable
             return self.current()
         for gone in set(self._files) - paths:
             self._forget(gone)
@@ -112,9 +137,7 @@ class FolderSource:
                 )  # the site served is the first one: it stays valid
         changed = None if self._changed is None else frozenset(self._changed)
         self._changed = set()
-        return SiteSet(
-            MappingProxyType(dict(self._sites)), tuple(problems), MappingProxyType(invalid), changed
-        )
+        return self.limit.site_set(problems, invalid, changed)
 
     def _set_file(self, path: Path, state: _FileState | None) -> None:
         """Record what a file now declares (None: it is gone) and update the union."""
@@ -136,6 +159,7 @@ class FolderSource:
                     del self._sites[key]
                 else:
                     self._sites[key] = served
+                self.limit.offer(key, served)
                 if self._changed is not None:
                     self._changed.add(key)
 
@@ -167,12 +191,7 @@ class FolderSource:
         state = _FileState(stamp)
         previous = old.sites if old is not None else {}
         try:
-            if stamp[1] > MAX_MANIFEST_BYTES:
-                raise ValueError(
-                    f"the file is {stamp[1]} bytes; a manifest file may have {MAX_MANIFEST_BYTES}"
-                )
-            text = path.read_text(encoding="utf-8")
-            docs = list(yaml.load_all(text, Loader=_Loader))
+            docs = read_documents(path, self.max_manifest_bytes)  # within the limits, or refused
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
             problem = Problem(name, "", f"cannot be read: {_describe(exc)}")
             state.problems.append(problem)
@@ -183,14 +202,13 @@ class FolderSource:
             log.error("%s%s", problem, _kept(previous))
             return state
 
-        docs = _expand_lists(docs)
         for index, doc in enumerate(docs, start=1):
             origin = f"{name} document {index}" if len(docs) > 1 else name
             if doc is None:
                 continue
             if not isinstance(doc, dict) or not is_static_site(doc):
                 kind = doc.get("kind") if isinstance(doc, dict) else None
-                log.info("%s: kind %r is not a %s; ignored", origin, kind, "StaticSite")
+                log.info("%s: kind %s is not a %s; ignored", origin, describe(kind), "StaticSite")
                 continue
             try:
                 site = parse_site(doc, origin)
@@ -240,15 +258,21 @@ class FolderSource:
     # -- watching --------------------------------------------------------------------------
 
     async def watch(self, stop: asyncio.Event | None = None) -> AsyncIterator[SiteSet]:
-        """Yield the initial set, then a new set after every batch of file changes."""
+        """Yield the initial set, then a new set after every batch of file changes.
+
+        When the folder itself goes away, is replaced (by a file or another folder) or cannot
+        be read, the last good sites stay; the folder is checked every second until it can be
+        read, and then watched afresh, so it recovers without a restart.
+        """
         import watchfiles
 
         last = self.load()
         yield last
         while True:
+            folder = _identity(self.root)
             try:
                 watching = False
-                async for batch in watchfiles.awatch(
+                batches = watchfiles.awatch(
                     self.root,
                     stop_event=stop,
                     step=5,
@@ -259,38 +283,57 @@ class FolderSource:
                     poll_delay_ms=200,
                     recursive=True,
                     ignore_permission_denied=True,
-                ):
-                    if not watching:
-                        # The watcher is in place only now: a change made since the last load
-                        # (while the consumer handled it) made no event, so compare every file.
-                        watching = True
-                        fresh = self.load()
-                        if batch or fresh.changed is None or fresh.changed or fresh.problems != last.problems:
-                            yield fresh
-                        continue
-                    if not batch:  # a timeout: nothing changed
-                        continue
-                    manifests, rescan = self._classify(Path(p) for _, p in batch)
-                    if rescan:  # a folder or a link changed (a ConfigMap swap, say)
-                        yield self.load()
-                    elif manifests:
-                        yield self.update(manifests)
-                return
-            except (FileNotFoundError, RuntimeError, OSError) as exc:
+                )
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        if not watching:
+                            # The watcher is in place only now: a change made since the last load
+                            # (while the consumer handled it) made no event, so compare every file.
+                            watching = True
+                            if self._watch_problem is not None:
+                                log.info("watching %s again", self.root)
+                                self._watch_problem = None
+                            fresh = self.load()
+                            if batch or _news(fresh, last):
+                                last = fresh
+                                yield fresh
+                            if self._folder_problem is not None:
+                                break
+                            continue
+                        if not batch:  # a timeout: nothing changed, unless the folder itself did
+                            if _identity(self.root) != folder:
+                                break  # moved away, removed or replaced: it makes no event here
+                            continue
+                        manifests, rescan = self._classify(Path(p) for _, p in batch)
+                        if rescan:  # a folder or a link changed (a ConfigMap swap, say)
+                            last = self.load()
+                            yield last
+                            if self._folder_problem is not None:
+                                break
+                        elif manifests:
+                            last = self.update(manifests)
+                            yield last
+                    else:
+                        return  # stopped
+            except (RuntimeError, OSError) as exc:
                 if stop is not None and stop.is_set():
                     return
-                # The folder went away or cannot be watched: keep the last good sites, retry.
-                log.error("cannot watch %s (%s); keeping the last good sites and retrying", self.root, exc)
-                last = self.load()
-                yield last
-                if stop is None:
-                    await asyncio.sleep(1.0)
-                    continue
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                if self._watch_problem != str(exc):  # once per cause, not every second
+                    log.error("cannot watch %s (%s); keeping the last good sites, retrying", self.root, exc)
+                self._watch_problem = str(exc)
+                if await _stopped(stop, _RECHECK_SECONDS):
                     return
-                except TimeoutError:
-                    continue
+            # The folder is gone, replaced or unreadable: read it again every second until it
+            # can be read (the source's state logs the outage once), then watch it afresh.
+            while True:
+                fresh = self.load()
+                if _news(fresh, last):
+                    last = fresh
+                    yield fresh
+                if self._folder_problem is None:
+                    break
+                if await _stopped(stop, _RECHECK_SECONDS):
+                    return
 
 
 def read_manifests(paths: Iterable[Path]) -> SiteSet:
@@ -344,15 +387,30 @@ def is_manifest_path(path: Path, root: Path) -> bool:
     return bool(parts) and not any(p.startswith(".") for p in parts) and is_manifest_name(parts[-1])
 
 
-def _expand_lists(docs: list[Any]) -> list[Any]:
-    """Unfold `kind: List` documents (what `kubectl get -o yaml` writes) into their items."""
-    out: list[Any] = []
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
-            out.extend(doc["items"])
-        else:
-            out.append(doc)
-    return out
+def _news(fresh: SiteSet, last: SiteSet) -> bool:
+    """Whether a set read again says anything the last one yielded did not."""
+    return fresh.changed is None or bool(fresh.changed) or fresh.problems != last.problems
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which folder `path` names now (device and inode); None if it names no folder."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+async def _stopped(stop: asyncio.Event | None, seconds: float) -> bool:
+    """Wait `seconds`, or until `stop` is set; True if it is."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _hidden(path: Path, root: Path) -> bool:

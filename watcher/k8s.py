@@ -14,6 +14,9 @@ where sites came from. The rules it keeps:
   without losing or duplicating anything that arrived meanwhile.
 - An object whose spec is invalid keeps serving its last good version; its problems are
   reported. Objects are parsed by the one model parser, `snapshot.model.parse_site`.
+- While the API cannot be read, the last good sites are served. It is checked every few
+  seconds; the outage and its end are logged once each and shown in a metric
+  (`watcher.source_state`), and a listing on its return heals what the watch missed.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import kopf
@@ -33,7 +36,8 @@ import kopf
 from snapshot.model import GROUP, PLURAL, VERSION, InvalidSite, Problem, SiteKey, StaticSite, parse_site
 
 from .k8s_api import SERVICES, ApiError, Kind, KubeApi
-from .siteset import SiteSet
+from .siteset import DEFAULT_MAX_SITES, SiteLimit, SiteSet
+from .source_state import SourceState
 
 log = logging.getLogger("staticsite_xds.kubernetes")
 
@@ -41,7 +45,8 @@ SITES = Kind(GROUP, VERSION, PLURAL)
 
 DEFAULT_RESYNC = 300.0  # seconds between our own full listings
 RELIST_SETTLE = 1.0  # after kopf relists, wait this long for its listing to end, then check it
-_RETRY = (1.0, 2.0, 5.0, 10.0)  # seconds between attempts of the initial listing
+_RETRY = (1.0, 2.0, 5.0, 10.0)  # seconds between listings while the API cannot be read
+CHECK_PERIOD = 3.0  # seconds between our checks that the API can be read, between listings
 
 ObjectKey = tuple[str, str]  # namespace, name
 
@@ -53,7 +58,30 @@ class _NoSignalsNote(logging.Filter):
         return not str(record.msg).startswith("OS signals are ignored")
 
 
+class _RetryNotes(logging.Filter):
+    """Notes of each retry of a request, kept out of the log while the source reports an outage.
+
+    urllib3 notes each retry of a call of ours, whose failure we report ourselves; kopf notes
+    each failed attempt of its watch. While a source's state says that the API cannot be
+    read (a warning logged once), they only repeat it, several times a second.
+    """
+
+    def __init__(self, always: bool) -> None:
+        super().__init__()
+        self.always = always
+        self.states: weakref.WeakSet[SourceState] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(("Retrying (", "Request attempt")):
+            return True
+        return not (self.always or any(state.up is False for state in self.states))
+
+
 logging.getLogger("kopf._core.reactor.running").addFilter(_NoSignalsNote())
+logging.getLogger("urllib3.connectionpool").addFilter(_RetryNotes(always=True))
+_KOPF_RETRIES = _RetryNotes(always=False)
+for _name in ("kopf._cogs.clients.watching", "kopf._cogs.clients.api"):
+    logging.getLogger(_name).addFilter(_KOPF_RETRIES)
 Listener = Callable[[set[SiteKey]], None]
 
 
@@ -161,10 +189,15 @@ class KubernetesSource:
         *,
         resync: float = DEFAULT_RESYNC,
         settings: kopf.OperatorSettings | None = None,
+        check_period: float = CHECK_PERIOD,
+        max_sites: int = DEFAULT_MAX_SITES,
     ) -> None:
         self.api = api
         self.namespaces = tuple(dict.fromkeys(namespaces))
         self.resync = resync
+        self.check_period = check_period
+        self.state = SourceState("kubernetes", f"the Kubernetes API server {api.server}", log)
+        _KOPF_RETRIES.states.add(self.state)
         self.settings = settings or kopf.OperatorSettings()
         self.sites = ObjectCache()
         self.services = ObjectCache()
@@ -172,7 +205,8 @@ class KubernetesSource:
         self.on_objects: list[Listener] = []  # StaticSite objects changed (their status too)
         self.on_services: list[Listener] = []  # the backend Service of these sites changed
         self.listings = 0  # our own complete listings so far
-        self._sites: dict[SiteKey, StaticSite] = {}
+        self._sites: dict[SiteKey, StaticSite] = {}  # every valid site (its last good version)
+        self.limit = SiteLimit(max_sites)  # the sites served, of `_sites`
         self._invalid: dict[SiteKey, tuple[Problem, ...]] = {}
         self._invalid_generations: dict[SiteKey, int] = {}
         self._by_backend: dict[ObjectKey, set[SiteKey]] = {}
@@ -192,13 +226,7 @@ class KubernetesSource:
 
     def current(self, changed: frozenset[SiteKey] | None = None) -> SiteSet:
         problems = tuple(p for key in sorted(self._invalid) for p in self._invalid[key])
-        return SiteSet(
-            sites=MappingProxyType(dict(self._sites)),
-            problems=problems,
-            invalid=MappingProxyType(dict(self._invalid)),
-            changed=changed,
-            invalid_generations=MappingProxyType(dict(self._invalid_generations)),
-        )
+        return self.limit.site_set(problems, self._invalid, changed, self._invalid_generations)
 
     # -- the watch -------------------------------------------------------------------------
 
@@ -259,8 +287,13 @@ class KubernetesSource:
     async def relist(self) -> None:
         """List every StaticSite and Service ourselves and make the caches agree."""
         started = time.monotonic()
-        sites = await self._list(SITES)
-        services = await self._list(SERVICES)
+        try:
+            sites = await self._list(SITES)
+            services = await self._list(SERVICES)
+        except ApiError as exc:
+            self.state.report(_explain(exc))
+            raise
+        self.state.report(None)
         now = time.monotonic()
         self._sites_changed(self.sites.reconcile(sites, started, now))
         self._services_changed(self.services.reconcile(services, started, now))
@@ -274,17 +307,49 @@ class KubernetesSource:
             items.extend(await self.api.list_objects(kind, namespace))
         return items
 
+    async def check(self) -> None:
+        """Read one StaticSite (a page of one), to learn whether the API can be read."""
+        try:
+            namespace = self.namespaces[0] if self.namespaces else None
+            await self.api.call("GET", SITES.path(namespace), query={"limit": 1})
+        except ApiError as exc:
+            self.state.report(_explain(exc))
+            raise
+        self.state.report(None)
+
     async def _resync_loop(self, stop: asyncio.Event) -> None:
+        """Our own listings: shortly after kopf relists, and every `resync` seconds.
+
+        In between, the API is checked every `check_period` seconds; once it cannot be read,
+        it is listed on the retry schedule until it can. The source's state reports the
+        outage and its end, once each; kopf resumes its watch by itself.
+        """
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.resync
+        failures = 0
         while not stop.is_set():
+            if failures:
+                wait = _RETRY[min(failures - 1, len(_RETRY) - 1)]
+            else:
+                wait = max(0.0, min(self.check_period, due - loop.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._relisted.wait(), timeout=self.resync)
+                await asyncio.wait_for(self._relisted.wait(), timeout=wait)
             if self._relisted.is_set():
                 await asyncio.sleep(RELIST_SETTLE)  # let kopf's listing arrive first
                 self._relisted.clear()
+            elif not failures and loop.time() < due:
+                try:
+                    await self.check()
+                except ApiError:
+                    failures = 1
+                continue
             try:
                 await self.relist()
-            except ApiError as exc:
-                log.warning("resync listing failed (the watch goes on): %s", _explain(exc))
+            except ApiError:
+                failures += 1
+                continue
+            failures = 0
+            due = loop.time() + self.resync
 
     # -- kopf ------------------------------------------------------------------------------
 
@@ -382,10 +447,12 @@ class KubernetesSource:
             key = SiteKey(namespace, name)
             if self._parse(key, self.sites.get((namespace, name))):
                 changed.add(key)
+        moved = self.limit.settle()  # sites admitted from the waiting ones, now, not at `current()`
+        changed |= moved
         if changed:
             self._changed |= changed
             self._dirty.set()
-        touched = {SiteKey(ns, name) for ns, name in keys}
+        touched = {SiteKey(ns, name) for ns, name in keys} | moved
         for listener in self.on_objects:
             listener(touched)
 
@@ -394,6 +461,7 @@ class KubernetesSource:
         if body is None:
             self._invalid_generations.pop(key, None)
             gone = self._sites.pop(key, None)
+            self.limit.offer(key, None)
             self._unindex(gone)
             was_invalid = self._invalid.pop(key, None) is not None  # its problems go with it
             return gone is not None or was_invalid
@@ -415,6 +483,7 @@ class KubernetesSource:
             return was_invalid
         self._unindex(old)
         self._sites[key] = site
+        self.limit.offer(key, site)
         backend = (site.backend.namespace, site.backend.service_name)
         self._by_backend.setdefault(backend, set()).add(key)
         return True

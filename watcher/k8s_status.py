@@ -257,7 +257,7 @@ class StatusWriter:
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{key.name[:200]}.{time.time_ns():x}", "namespace": key.namespace},
+            "metadata": {"name": event_name(key.name, time.time_ns()), "namespace": key.namespace},
             "involvedObject": {
                 "apiVersion": API_VERSION,
                 "kind": KIND,
@@ -281,6 +281,14 @@ class StatusWriter:
             self.events += 1
         except ApiError as exc:  # an Event is history, not state: never retried
             log.warning("cannot record an Event for StaticSite %s: %s", key, exc)
+
+
+def event_name(site_name: str, now_ns: int) -> str:
+    """A new Event's name: the site's, cut to leave room for a time stamp, and the stamp.
+
+    Event names are DNS subdomains: a cut that ends in '-' or '.' ("docs-.18f0") is refused.
+    """
+    return f"{site_name[:200].rstrip('-.')}.{now_ns:x}"
 
 
 def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:

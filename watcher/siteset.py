@@ -1,12 +1,19 @@
-"""The complete current set of sites, as every source produces it."""
+"""The complete current set of sites, as every source produces it, and the limit on their number."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from snapshot.model import Problem, SiteKey, StaticSite
+
+log = logging.getLogger("staticsite_xds.watcher")
+
+DEFAULT_MAX_SITES = 50_000
+SITE_LIMIT_REASON = "SiteLimitReached"
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,7 +21,8 @@ class SiteSet:
     """Every valid site by identity, and every problem found while reading the source.
 
     `invalid` names the sites whose current declaration is invalid, with its problems; such a
-    site may still be in `sites` with its last good version.
+    site may still be in `sites` with its last good version. It also names the valid sites
+    that are not served because the limit on the number of sites is reached (`refused`).
     """
 
     sites: Mapping[SiteKey, StaticSite] = field(default_factory=lambda: MappingProxyType({}))
@@ -25,6 +33,8 @@ class SiteSet:
     # The metadata.generation of each invalid declaration, when the source has one (a valid
     # site's is its own `generation`).
     invalid_generations: Mapping[SiteKey, int] = field(default_factory=lambda: MappingProxyType({}))
+    # The sites of `invalid` that are valid but over the limit of sites (see `SiteLimit`).
+    refused: frozenset[SiteKey] = frozenset()
 
     def generation(self, key: SiteKey) -> int | None:
         """The generation the site's current declaration has, if known."""
@@ -39,3 +49,149 @@ def merge_changes(
 ) -> frozenset[SiteKey] | None:
     """What changed across two consecutive sets (unknown if either does not know)."""
     return None if first is None or then is None else first | then
+
+
+def _seniority(site: StaticSite) -> tuple[bool, str, str, str]:
+    created = site.creation_timestamp
+    return (created is None, created or "", site.key.namespace, site.key.name)
+
+
+class SiteLimit:
+    """The most sites a source serves (`--max-sites`): the one place both sources apply it.
+
+    A source offers every change of the valid sites it would serve (`offer`), then asks for
+    its site set (`site_set`). Sites already served stay served; a new site beyond the limit
+    is refused: reported as a problem of its declaration, and not served. Refused sites wait,
+    and when served sites go away they are admitted in the order they came (among sites that
+    came together, as at start-up: the oldest by creationTimestamp, then by namespace/name).
+    The work of a call grows with what changed (and the refused sites are listed in the set).
+    """
+
+    def __init__(self, maximum: int = DEFAULT_MAX_SITES) -> None:
+        if maximum < 1:
+            raise ValueError(f"the limit of sites must be at least 1, got {maximum}")
+        self.maximum = maximum
+        self._served: dict[SiteKey, StaticSite] = {}
+        self._waiting: dict[SiteKey, tuple[tuple[int, int], StaticSite]] = {}  # key -> (place, site)
+        self._queue: list[tuple[tuple[int, int], SiteKey]] = []  # a heap of places; stale ones skipped
+        self._pending: dict[SiteKey, StaticSite | None] = {}
+        self._batches = 0
+        self._problems: tuple[Problem, ...] | None = ()  # the refused sites' problems; None: to redo
+
+    @property
+    def sites(self) -> Mapping[SiteKey, StaticSite]:
+        """The sites served."""
+        return self._served
+
+    @property
+    def refused(self) -> Mapping[SiteKey, StaticSite]:
+        """The valid sites that are not served, because the limit is reached."""
+        return {key: site for key, (_, site) in self._waiting.items()}
+
+    def offer(self, key: SiteKey, site: StaticSite | None) -> None:
+        """The source would serve `site` for `key` now (None: no site); applied by `settle`."""
+        self._pending[key] = site
+
+    def problem(self, site: StaticSite) -> Problem:
+        return Problem(
+            site.origin,
+            "metadata.name",
+            f"not served: the limit of {self.maximum} sites (--max-sites) is reached",
+        )
+
+    def settle(self) -> set[SiteKey]:
+        """Apply what was offered since the last call; the sites whose served version changed."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return set()
+        changed: set[SiteKey] = set()
+        arrivals: list[StaticSite] = []
+        for key, site in pending.items():
+            if site is None:
+                if self._served.pop(key, None) is not None:
+                    changed.add(key)
+                elif self._waiting.pop(key, None) is not None:
+                    self._problems = None
+            elif key in self._served:
+                if self._served[key] is not site:
+                    self._served[key] = site
+                    changed.add(key)
+            elif key in self._waiting:
+                place, _ = self._waiting[key]
+                self._waiting[key] = (place, site)  # a changed declaration keeps its place
+                self._problems = None
+            else:
+                arrivals.append(site)
+        while self._queue and len(self._served) < self.maximum:
+            place, key = heapq.heappop(self._queue)
+            waiting = self._waiting.get(key)
+            if waiting is not None and waiting[0] == place:
+                del self._waiting[key]
+                self._served[key] = waiting[1]
+                changed.add(key)
+                self._problems = None
+        room = self.maximum - len(self._served)
+        if len(arrivals) > room:
+            arrivals.sort(key=_seniority)
+            batch = self._batches = self._batches + 1
+            for index, site in enumerate(arrivals[max(room, 0) :]):
+                place = (batch, index)
+                self._waiting[site.key] = (place, site)
+                heapq.heappush(self._queue, (place, site.key))
+            self._problems = None
+            log.warning(
+                "%d sites are not served: the limit of %d sites (--max-sites) is reached",
+                len(self._waiting),
+                self.maximum,
+            )
+            arrivals = arrivals[: max(room, 0)]
+        for site in arrivals:
+            self._served[site.key] = site
+            changed.add(site.key)
+        if len(self._queue) > 2 * len(self._waiting) + 64:  # drop the stale places
+            self._queue = [(place, key) for key, (place, _) in self._waiting.items()]
+            heapq.heapify(self._queue)
+        return changed
+
+    def site_set(
+        self,
+        problems: Iterable[Problem],
+        invalid: Mapping[SiteKey, tuple[Problem, ...]],
+        changed: frozenset[SiteKey] | None,
+        invalid_generations: Mapping[SiteKey, int] | None = None,
+    ) -> SiteSet:
+        """The source's set: its sites within the limit, each refused one reported as invalid.
+
+        What was offered is settled first (a source may settle earlier, to learn at once which
+        sites the limit admitted). A refused site whose declaration is invalid too shows its
+        declaration's problems.
+        """
+        moved = self.settle()
+        if changed is not None and moved:
+            changed = changed | moved
+        if not self._waiting:
+            return SiteSet(
+                MappingProxyType(dict(self._served)),
+                tuple(problems),
+                MappingProxyType(dict(invalid)),
+                changed,
+                MappingProxyType(dict(invalid_generations or {})),
+            )
+        if self._problems is None:
+            self._problems = tuple(self.problem(site) for _, (_, site) in sorted(self._waiting.items()))
+        all_invalid = dict(invalid)
+        generations = dict(invalid_generations or {})
+        refused: set[SiteKey] = set()
+        for key, (_, site) in self._waiting.items():
+            if key not in all_invalid:
+                all_invalid[key] = (self.problem(site),)
+                generations[key] = site.generation
+                refused.add(key)
+        return SiteSet(
+            MappingProxyType(dict(self._served)),
+            (*problems, *self._problems),
+            MappingProxyType(all_invalid),
+            changed,
+            MappingProxyType(generations),
+            frozenset(refused),
+        )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from snapshot.builder import BuildResult, Phase, SiteState
 from snapshot.model import Problem, SiteKey
 
-from .siteset import SiteSet
+from .siteset import SITE_LIMIT_REASON, SiteSet
 
 log = logging.getLogger("staticsite_xds.status")
 
@@ -22,21 +22,31 @@ log = logging.getLogger("staticsite_xds.status")
 StatusListener = Callable[[SiteSet, Mapping[SiteKey, SiteState], frozenset[SiteKey] | None], None]
 
 
-def invalid_state(key: SiteKey, problems: tuple[Problem, ...], still_served: bool) -> SiteState:
-    """The state of a site whose declaration is invalid, naming where and which field."""
+def invalid_state(
+    key: SiteKey, problems: tuple[Problem, ...], still_served: bool, reason: str = "InvalidSpec"
+) -> SiteState:
+    """The state of a site whose declaration is invalid (or refused), naming where and which field."""
     detail = "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
     if still_served:
         detail += " (the last good version is still served)"
     where = problems[0].origin if problems else ""
-    return SiteState(key, Phase.INVALID, "InvalidSpec", f"{where}: {detail}" if where else detail)
+    return SiteState(key, Phase.INVALID, reason, f"{where}: {detail}" if where else detail)
 
 
-def state_of(key: SiteKey, sites: SiteSet, built: Mapping[SiteKey, SiteState]) -> SiteState | None:
-    """A site's state: the source's verdict (invalid) first, then the builder's."""
+def state_of(
+    key: SiteKey,
+    sites: SiteSet,
+    built: Mapping[SiteKey, SiteState],
+    rejected: Mapping[SiteKey, SiteState] | None = None,
+) -> SiteState | None:
+    """A site's state: the source's verdict (invalid) first, then Envoy's, then the builder's."""
     problems = sites.invalid.get(key)
     state = built.get(key)
     if problems is not None:
-        return invalid_state(key, problems, state is not None and state.phase is Phase.PROVISIONED)
+        reason = SITE_LIMIT_REASON if key in sites.refused else "InvalidSpec"
+        return invalid_state(key, problems, state is not None and state.phase is Phase.PROVISIONED, reason)
+    if rejected is not None and key in rejected:
+        return rejected[key]
     return state
 
 
@@ -48,12 +58,20 @@ class StatusLog:
         self._invalid: frozenset[SiteKey] = frozenset()
         self.listeners: list[StatusListener] = []
 
-    def report(self, sites: SiteSet, result: BuildResult) -> None:
+    def report(
+        self,
+        sites: SiteSet,
+        result: BuildResult,
+        rejected: Mapping[SiteKey, SiteState] | None = None,
+        rejections_changed: frozenset[SiteKey] = frozenset(),
+    ) -> None:
+        """Report a build; `rejected` are the sites Envoy refused (`rejections_changed`: since
+        the last report)."""
         invalid = frozenset(sites.invalid)
-        keys = result.changed | invalid | self._invalid
+        keys = result.changed | invalid | self._invalid | rejections_changed
         self._invalid = invalid
         for key in sorted(keys):
-            state = state_of(key, sites, result.sites)
+            state = state_of(key, sites, result.sites, rejected)
             if state is None:
                 if self._last.pop(key, None) is not None:
                     log.info("site %s was removed", key)

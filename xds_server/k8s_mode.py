@@ -18,7 +18,7 @@ from watcher.k8s import DEFAULT_RESYNC, KubernetesSource
 from watcher.k8s_api import KubeApi
 from watcher.k8s_status import StatusWriter
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE, LeaderElector
-from watcher.siteset import SiteSet
+from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
 from .app import ControlPlane
 
@@ -49,12 +49,13 @@ class KubernetesMode:
         lease_namespace: str | None = None,
         lease_name: str = DEFAULT_LEASE_NAME,
         resync: float = DEFAULT_RESYNC,
+        max_sites: int = DEFAULT_MAX_SITES,
         settings: kopf.OperatorSettings | None = None,
         lease_timings: tuple[float, float, float] = (15.0, 10.0, 2.0),
     ) -> KubernetesMode:
         """Create the parts and connect them to `plane`'s status reports."""
         identity = identity or default_identity()
-        source = KubernetesSource(api, namespaces, resync=resync, settings=settings)
+        source = KubernetesSource(api, namespaces, resync=resync, settings=settings, max_sites=max_sites)
         duration, deadline, period = lease_timings
         elector = LeaderElector(
             api,
