@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from waiting import wait_until
 
 from snapshot.model import API_VERSION
 from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap
+from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, local_bootstrap
 from xds_server.sample_backend import SampleBackend
 
 
@@ -23,6 +25,19 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def run_cli(*args: str | Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run `staticsite-xds ARGS...` in a process of its own, from the project's root."""
+    return subprocess.run(
+        [sys.executable, "-m", "xds_server.cli", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def manifest(name: str, domain: str, service: str, port: int, namespace: str = "default") -> str:

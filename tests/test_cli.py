@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import manifest
-
-
-def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "xds_server.cli", *(str(a) for a in args)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+from conftest import manifest, run_cli
 
 
 def write(path: Path, text: str) -> Path:
@@ -49,11 +36,11 @@ def test_validate_valid_files_and_folders(sites: Path) -> None:
     a = write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
     write(sites / "team" / "b.yml", manifest("b", "b.example.com", "web", 81, namespace="team"))
     for args in ([a], [sites], [a, sites / "team" / "b.yml"]):
-        proc = run("validate", *args)
+        proc = run_cli("validate", *args)
         no_traceback(proc)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert proc.stdout == ""
-    assert "2 sites, all valid" in run("validate", sites).stderr
+    assert "2 sites, all valid" in run_cli("validate", sites).stderr
 
 
 def test_validate_reports_one_line_per_problem(sites: Path) -> None:
@@ -71,7 +58,7 @@ def test_validate_reports_one_line_per_problem(sites: Path) -> None:
         sites / "b.yaml", manifest("typo", "typo.example.com", "web", 80).replace("servicePort", "servicePrt")
     )
     c = write(sites / "c.yaml", "apiVersion: [unclosed\n")
-    proc = run("validate", a, b, c)
+    proc = run_cli("validate", a, b, c)
     no_traceback(proc)
     assert proc.returncode != 0
     lines = proc.stdout.splitlines()
@@ -93,7 +80,7 @@ def test_validate_reports_one_line_per_problem(sites: Path) -> None:
 def test_validate_reports_a_domain_conflict_between_two_files(sites: Path) -> None:
     write(sites / "a.yaml", manifest("a", "blog.example.com", "one", 80))
     b = write(sites / "b.yaml", manifest("b", "Blog.Example.com", "two", 80))
-    proc = run("validate", sites)
+    proc = run_cli("validate", sites)
     no_traceback(proc)
     assert proc.returncode != 0
     (line,) = proc.stdout.splitlines()
@@ -105,7 +92,7 @@ def test_validate_reports_a_domain_conflict_between_two_files(sites: Path) -> No
 def test_validate_reports_the_same_site_in_two_files(sites: Path) -> None:
     a = write(sites / "a.yaml", manifest("blog", "a.example.com", "web", 80))
     b = write(sites / "b.yaml", manifest("blog", "b.example.com", "web", 80))
-    proc = run("validate", a, b)
+    proc = run_cli("validate", a, b)
     assert proc.returncode != 0
     (line,) = proc.stdout.splitlines()
     assert line.startswith(f"{b}: metadata.name: ")
@@ -113,14 +100,14 @@ def test_validate_reports_the_same_site_in_two_files(sites: Path) -> None:
 
 
 def test_validate_reports_a_missing_path(tmp_path: Path) -> None:
-    proc = run("validate", tmp_path / "missing.yaml")
+    proc = run_cli("validate", tmp_path / "missing.yaml")
     no_traceback(proc)
     assert proc.returncode != 0
     assert proc.stdout.splitlines() == [f"{tmp_path / 'missing.yaml'}: no such file"]
 
 
 def test_validate_needs_a_path() -> None:
-    proc = run("validate")
+    proc = run_cli("validate")
     assert proc.returncode == 2
     assert "PATH" in proc.stderr
 
@@ -137,7 +124,7 @@ def test_render_prints_the_resources_as_json(sites: Path) -> None:
     write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
     write(sites / "b.yaml", manifest("b", "b.example.com", "web", 80))
     write(sites / "c.yaml", manifest("c", "c.example.com", "api", 8080, namespace="team"))
-    proc = run(
+    proc = run_cli(
         "render",
         sites,
         "--http-port",
@@ -175,7 +162,7 @@ def test_render_prints_the_resources_as_json(sites: Path) -> None:
 
 def test_render_is_deterministic(sites: Path) -> None:
     write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
-    first, second = run("render", sites), run("render", sites)
+    first, second = run_cli("render", sites), run_cli("render", sites)
     assert first.returncode == second.returncode == 0
     assert first.stdout == second.stdout
 
@@ -184,7 +171,7 @@ def test_render_puts_problems_on_stderr(sites: Path) -> None:
     write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
     bad = write(sites / "bad.yaml", manifest("bad", "bad.example.com", "web", 70000))
     write(sites / "c.yaml", manifest("c", "a.example.com", "other", 80))
-    proc = run("render", sites, "--backend-host-template", "127.0.0.1")
+    proc = run_cli("render", sites, "--backend-host-template", "127.0.0.1")
     no_traceback(proc)
     assert proc.returncode != 0
     rendered = json.loads(proc.stdout)  # the JSON is still complete and alone on stdout
@@ -195,7 +182,7 @@ def test_render_puts_problems_on_stderr(sites: Path) -> None:
 
 
 def test_render_of_an_empty_folder(sites: Path) -> None:
-    proc = run("render", sites)
+    proc = run_cli("render", sites)
     assert proc.returncode == 0
     rendered = json.loads(proc.stdout)
     assert rendered["Cluster"] == []
@@ -203,7 +190,7 @@ def test_render_of_an_empty_folder(sites: Path) -> None:
 
 
 def test_render_of_a_missing_folder(tmp_path: Path) -> None:
-    proc = run("render", tmp_path / "missing")
+    proc = run_cli("render", tmp_path / "missing")
     no_traceback(proc)
     assert proc.returncode == 2
     assert "not a folder" in proc.stderr
@@ -215,14 +202,14 @@ def test_render_of_a_missing_folder(tmp_path: Path) -> None:
 
 def test_serve_with_a_missing_sites_folder(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
-    proc = run("serve", "--sites", missing, "--xds-address", "127.0.0.1:0")
+    proc = run_cli("serve", "--sites", missing, "--xds-address", "127.0.0.1:0")
     no_traceback(proc)
     assert proc.returncode == 2
     assert f"--sites {missing}: not a folder" in proc.stderr
 
 
 def test_serve_without_sites_is_a_usage_error() -> None:
-    proc = run("serve")
+    proc = run_cli("serve")
     assert proc.returncode == 2
     assert "--sites" in proc.stderr
 
@@ -231,7 +218,7 @@ def test_serve_without_sites_is_a_usage_error() -> None:
 @pytest.mark.parametrize("command", ["render", "serve"])
 def test_bad_backend_host_template_is_a_clear_error(command: str, template: str, sites: Path) -> None:
     args = [sites] if command == "render" else ["--sites", sites, "--xds-address", "127.0.0.1:0"]
-    proc = run(command, *args, "--backend-host-template", template)
+    proc = run_cli(command, *args, "--backend-host-template", template)
     no_traceback(proc)
     assert proc.returncode == 2
     assert proc.stderr.startswith("staticsite-xds: backend host template")
@@ -243,7 +230,7 @@ def test_bad_backend_host_template_is_a_clear_error(command: str, template: str,
 
 @pytest.mark.parametrize("port", ["0", "65536"])
 def test_bad_http_port_is_a_clear_error(port: str, sites: Path) -> None:
-    proc = run("render", sites, "--http-port", port)
+    proc = run_cli("render", sites, "--http-port", port)
     no_traceback(proc)
     assert proc.returncode == 2
     assert "HTTP port" in proc.stderr

@@ -16,9 +16,11 @@ from snapshot.model import API_VERSION, SiteKey
 from snapshot.resources import DEFAULT_HOST_TEMPLATE
 from watcher.folder import FolderSource, read_manifests
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
-from watcher.siteset import SiteSet
+from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
+from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
 from .app import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY, ControlPlane
+from .tls import ServingCertificate
 
 log = logging.getLogger("staticsite_xds")
 
@@ -82,12 +84,26 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-address",
         default=None,
         metavar="HOST:PORT",
-        help="serve /healthz, /readyz and /metrics over HTTP here (default: off)",
+        help="serve /healthz, /readyz, /metrics and /debug/envoys over HTTP here (default: off)",
     )
     serve.add_argument(
         "--xds-address",
         default=DEFAULT_XDS_ADDRESS,
         help=f"host:port of the ADS server ({DEFAULT_XDS_ADDRESS})",
+    )
+    tls = serve.add_argument_group(
+        "mutual TLS on the xDS port",
+        "all three together; without them the port is plain text. The files are re-read when they change",
+    )
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="the server's certificate chain (PEM)")
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the server's private key (PEM, unencrypted)"
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificates (PEM); a client must present a certificate signed by one of them",
     )
     serve.add_argument(
         "--force-polling", action="store_true", help="poll the folder instead of using inotify"
@@ -104,6 +120,20 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_DELAY * 1000,
         help="never hold a change longer than this in a burst of changes (default %(default)g)",
     )
+    serve.add_argument(
+        "--max-sites",
+        type=_at_least_one,
+        default=DEFAULT_MAX_SITES,
+        metavar="N",
+        help="serve at most this many sites; newer ones are refused and reported (default %(default)d)",
+    )
+    serve.add_argument(
+        "--max-manifest-bytes",
+        type=_at_least_one,
+        default=DEFAULT_MAX_MANIFEST_BYTES,
+        metavar="BYTES",
+        help="with --sites: a larger manifest file is reported and not read (default %(default)d)",
+    )
     build_flags(serve)
 
     render = sub.add_parser("render", help="print the Envoy resources a folder of sites produces, as JSON")
@@ -112,6 +142,32 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check StaticSite manifests; exit non-zero on any problem")
     validate.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+
+    status = sub.add_parser(
+        "status", help="list the Envoys connected to a running control plane and what each has ACKed"
+    )
+    status.add_argument(
+        "--xds-address",
+        default=DEFAULT_XDS_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"the control plane's xDS port ({DEFAULT_XDS_ADDRESS})",
+    )
+    status.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    status.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="the xDS port serves TLS: trust its certificate if a CA in FILE (PEM) signed it",
+    )
+    status.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="with --tls-key: present this client certificate (PEM)"
+    )
+    status.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="with --tls-cert: the client certificate's key (PEM)"
+    )
+    status.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default %(default)g)"
+    )
 
     demo = sub.add_parser("demo", help="run the control plane, a real Envoy and sample backends locally")
     demo.add_argument(
@@ -145,9 +201,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _render(args)
     if args.command == "validate":
         return _validate(args)
+    if args.command == "status":
+        return _status(args)
     from .demo import run_demo
 
     return run_demo(args.sites, args.xds_port, args.http_port, args.admin_port)
+
+
+def _at_least_one(text: str) -> int:
+    """An argument that is a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
@@ -172,9 +241,13 @@ def _serve(args: argparse.Namespace) -> int:
 
             split_address(args.metrics_address)
         plane = ControlPlane(options, hold_off=args.hold_off_ms / 1000, max_delay=args.max_delay_ms / 1000)
+        serving = _serving_certificate(args)
     except ValueError as exc:
         print(f"staticsite-xds: {exc}", file=sys.stderr)
         return 2
+    if serving is not None:
+        plane.xds_credentials = serving.server_credentials()
+        log.info("the xDS port serves mutual TLS: %s", serving.describe())
     kube = None
     if args.kubernetes:
         from watcher.k8s_api import ApiError, KubeApi
@@ -194,23 +267,37 @@ def _serve(args: argparse.Namespace) -> int:
             identity=identity,
             lease_namespace=args.lease_namespace,
             lease_name=args.lease_name,
+            max_sites=args.max_sites,
         )
+    from .health import GrpcHealth, HealthServer
+    from .inspect import Inspection, report
+    from .metrics import Metrics
+
+    Metrics.attach(plane)
+    health = GrpcHealth.attach(plane)
+    Inspection.attach(plane)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        companions = []
+        companions = [health.serve(stop)]
         if args.metrics_address is not None:
-            from .health import HealthServer
-
-            companions.append(HealthServer(lambda: plane.ready).serve(args.metrics_address, stop))
+            http = HealthServer(lambda: plane.ready, inspect=lambda: report(plane))
+            companions.append(http.serve(args.metrics_address, stop))
+        if serving is not None:
+            companions.append(serving.follow(stop))
         if kube is not None:
             sites = kube.sites(stop)
             companions.extend(kube.companions(stop))
         else:
-            sites = FolderSource(args.sites, force_polling=args.force_polling).watch(stop)
+            sites = FolderSource(
+                args.sites,
+                force_polling=args.force_polling,
+                max_manifest_bytes=args.max_manifest_bytes,
+                max_sites=args.max_sites,
+            ).watch(stop)
         await plane.run(sites, args.xds_address, stop, companions)
 
     try:
@@ -219,6 +306,43 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"staticsite-xds: {exc}", file=sys.stderr)
         return 1
     log.info("stopped")
+    return 0
+
+
+def _serving_certificate(args: argparse.Namespace) -> ServingCertificate | None:
+    """The xDS port's certificate from the --tls-* flags (all three, or none: plain text)."""
+    given = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key, "--tls-client-ca": args.tls_client_ca}
+    if not any(given.values()):
+        return None
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        raise ValueError(
+            f"--tls-cert, --tls-key and --tls-client-ca go together; missing {' and '.join(missing)}"
+        )
+    return ServingCertificate.from_paths(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .inspect import Unreachable, format_table, list_envoys
+    from .tls import TlsFileError, channel_credentials
+
+    credentials = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        try:
+            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except TlsFileError as exc:
+            print(f"staticsite-xds: {exc}", file=sys.stderr)
+            return 2
+    try:
+        data = list_envoys(args.xds_address, credentials=credentials, timeout=args.timeout)
+    except Unreachable as exc:
+        print(f"staticsite-xds: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_table(data))
     return 0
 
 
