@@ -43,9 +43,11 @@ class BuildOptions:
     http_port: int = 8080
     listen_address: str = "0.0.0.0"
     backend_host_template: str = rs.DEFAULT_HOST_TEMPLATE
+    access_log: str = rs.ACCESS_LOG_STDOUT  # stdout, stderr, off, or a path on the gateways
 
     def __post_init__(self) -> None:
         rs.check_host_template(self.backend_host_template)
+        rs.check_access_log(self.access_log)
         if not 1 <= self.http_port <= 65535:
             raise ValueError(f"HTTP port must be from 1 to 65535, got {self.http_port}")
 
@@ -122,7 +124,12 @@ class SnapshotBuilder:
         listener = Resource.from_message(
             rs.LISTENER_TYPE,
             rs.HTTP_LISTENER_NAME,
-            rs.http_listener(self.options.listen_address, self.options.http_port, rs.HTTP_ROUTE_NAME),
+            rs.http_listener(
+                self.options.listen_address,
+                self.options.http_port,
+                rs.HTTP_ROUTE_NAME,
+                self.options.access_log,
+            ),
         )
         self._clusters = ResourceSet.of(rs.CLUSTER_TYPE, ())
         self._listeners = ResourceSet.of(rs.LISTENER_TYPE, [listener])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, substitution_format_string_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
 
 from .model import Backend
 
@@ -155,7 +158,60 @@ def route_configuration_header(name: str) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(name=name)
 
 
-def http_listener(address: str, port: int, route_name: str) -> listener_pb2.Listener:
+# Where the gateways write their access log: one JSON object per request.
+ACCESS_LOG_STDOUT = "stdout"
+ACCESS_LOG_STDERR = "stderr"
+ACCESS_LOG_OFF = "off"
+# The fields of each line: what an operator of static sites asks of a request.
+ACCESS_LOG_FIELDS: dict[str, str] = {
+    "time": "%START_TIME%",
+    "domain": "%REQ(:AUTHORITY)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+}
+
+
+def check_access_log(destination: str) -> None:
+    """`stdout`, `stderr`, `off`, or an absolute path on the gateways."""
+    if destination in (ACCESS_LOG_STDOUT, ACCESS_LOG_STDERR, ACCESS_LOG_OFF):
+        return
+    if not destination.startswith("/") or any(c in destination for c in "\0\n\r"):
+        raise ValueError(
+            f"access log must be stdout, stderr, off or an absolute path on the gateways, got {destination!r}"
+        )
+
+
+def access_logs(destination: str) -> list[accesslog_pb2.AccessLog]:
+    """The HTTP listener's access log: one JSON line per request, or none."""
+    if destination == ACCESS_LOG_OFF:
+        return []
+    fields = struct_pb2.Struct()
+    fields.update(ACCESS_LOG_FIELDS)
+    line = substitution_format_string_pb2.SubstitutionFormatString(json_format=fields)
+    sink: message.Message
+    if destination == ACCESS_LOG_STDOUT:
+        name, sink = "envoy.access_loggers.stdout", stream_pb2.StdoutAccessLog(log_format=line)
+    elif destination == ACCESS_LOG_STDERR:
+        name, sink = "envoy.access_loggers.stderr", stream_pb2.StderrAccessLog(log_format=line)
+    else:
+        name, sink = "envoy.access_loggers.file", file_pb2.FileAccessLog(path=destination, log_format=line)
+    return [accesslog_pb2.AccessLog(name=name, typed_config=pack(sink))]
+
+
+def http_listener(
+    address: str, port: int, route_name: str, access_log: str = ACCESS_LOG_STDOUT
+) -> listener_pb2.Listener:
     """The HTTP listener; its connection manager takes its routes over ADS (RDS)."""
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="http",
@@ -174,6 +230,7 @@ def http_listener(address: str, port: int, route_name: str) -> listener_pb2.List
         http_filters=[
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
         ],
+        access_log=access_logs(access_log),
     )
     return listener_pb2.Listener(
         name=HTTP_LISTENER_NAME,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from snapshot.builder import BuildOptions, Phase, SiteState, SnapshotBuilder
 from snapshot.model import API_VERSION, SiteKey
-from snapshot.resources import DEFAULT_HOST_TEMPLATE
+from snapshot.resources import ACCESS_LOG_STDOUT, DEFAULT_HOST_TEMPLATE
 from watcher.folder import FolderSource, read_manifests
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
             default=DEFAULT_HOST_TEMPLATE,
             help="how Envoy reaches a backend Service; may use {service} and {namespace} "
             f"(default {DEFAULT_HOST_TEMPLATE}; 127.0.0.1 for local runs)",
+        )
+        p.add_argument(
+            "--access-log",
+            default=ACCESS_LOG_STDOUT,
+            metavar="WHERE",
+            help="where the gateways write one JSON line per request: stdout, stderr, off, "
+            "or an absolute path on the gateways (default %(default)s)",
         )
 
     serve = sub.add_parser(
@@ -224,6 +231,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         http_port=args.http_port,
         listen_address=args.listen_address,
         backend_host_template=args.backend_host_template,
+        access_log=args.access_log,
     )
 
 
@@ -353,7 +361,7 @@ def _render(args: argparse.Namespace) -> int:
         return 2
     sites = FolderSource(args.sites).load()
     result = SnapshotBuilder(options).build(sites.sites.values())
-    json.dump(result.snapshot.to_json(), sys.stdout, indent=2)
+    json.dump(result.snapshot.to_json(), sys.stdout, indent=2, sort_keys=True)  # maps print in any order
     sys.stdout.write("\n")
     lines = _problem_lines(sites, result.sites)
     for line in lines:
