@@ -280,6 +280,9 @@ class Containment:
         named = _named_in(message, suspects)
         if named and len(named) < len(suspects):
             culprits = named
+        elif not named and _named_in(message, {r.site.key: r.site for r in self.rejected.values()}):
+            log.info("the rejection by %s names a site already left out: nothing more to do", node)
+            return False
         elif len(suspects) == 1:
             culprits = suspects
         else:

@@ -682,6 +682,29 @@ async def test_old_cluster_waits_for_the_listener_ack_too(ads: Harness) -> None:
     assert names(final) == ["default/svc-a2/80"]
 
 
+async def test_a_refused_cluster_set_is_not_sent_again_in_another_form_nor_kept(ads: Harness) -> None:
+    """After a NACK of clusters sent with the old ones kept, the same snapshot's clusters are
+    not sent again without them; and a cluster only the refused response carried is never
+    kept back for make before break (the client does not hold it)."""
+    ads.server.publish(build(SITE_A))
+    client = ads.connect()
+    await ads.settle(client, CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+    refused = site("a", "a.example.test", "svc-refused")
+    ads.server.publish(build(refused))
+    cds, rds = await client.recv_n(2)
+    assert sorted(names(cds)) == [CLUSTER_A, "default/svc-refused/80"]
+    client.nack(cds, "cluster default/svc-refused/80: refused")
+    client.ack(rds)
+    await ads.acked(client, [rds])
+    await client.expect_quiet()  # not the same clusters again, with or without the kept one
+
+    ads.server.publish(build(SITE_A))  # back to the last good version
+    cds, rds = await client.recv_n(2)
+    assert names(cds) == [CLUSTER_A]  # the refused cluster is not kept back
+    assert route_clusters(rds) == {CLUSTER_A}
+
+
 async def test_route_that_does_not_exist_does_not_hold_old_clusters(ads: Harness) -> None:
     """A subscription to a route that was never sent points at no cluster: it cannot delay removal."""
     ads.server.publish(build(SITE_A, SITE_B))

@@ -293,3 +293,13 @@ def test_only_builds_from_scratch_keep_a_whole_site_set() -> None:
     assert len(gens) == plane.containment.history
     assert sum(g.sites is not None for g in gens.values()) <= 1
     assert all(len(g.changes or {}) == 1 for g in gens.values())
+
+
+def test_a_rejection_naming_a_site_already_left_out_convicts_nobody_else() -> None:
+    plane = accepted_start(site("a"))
+    plane.declare(site("b", service="broken"))
+    plane.nack(CLUSTER_TYPE, "Error adding/updating cluster(s) docs/broken/80: refused")
+    plane.build()
+    plane.declare(site("c"))  # one innocent suspect, while a late answer names the culprit again
+    assert not plane.nack(CLUSTER_TYPE, "Error adding/updating cluster(s) docs/broken/80: refused")
+    assert set(plane.containment.rejected) == {SiteKey("docs", "b")}

@@ -2,8 +2,9 @@
 
 - A nonce is per stream and per response; a request whose nonce is not the newest one sent
   for its type is ignored (it answers a response the client has not seen yet).
-- ACK or NACK is decided by `error_detail`. A NACKed response is never sent again: the
-  stream waits until the snapshot changes.
+- ACK or NACK is decided by `error_detail`. A NACKed response is never sent again, nor the
+  same snapshot's resources in another form (without the clusters retained for make before
+  break): the stream waits until the snapshot changes.
 - CDS and LDS carry the full set (empty names or "*" is the wildcard); RDS and EDS carry the
   names asked for, and a name asked for before it exists is sent when it appears.
 - Types go out CDS, EDS, LDS, RDS, and a cluster the client still uses is removed only once
@@ -35,8 +36,10 @@ class _TypeState:
     nonce: str = ""  # the nonce of the last response sent
     sent_key: tuple[object, ...] | None = None  # what the last response carried
     sent_version: str = ""
-    sent: Mapping[str, Resource] = field(default_factory=dict)
+    sent: Mapping[str, Resource] = field(default_factory=dict)  # what the client holds, we believe
+    acked: Mapping[str, Resource] = field(default_factory=dict)  # what it held at its last ACK
     acked_nonce: str = ""
+    rejected: str = ""  # the snapshot version (without a retention suffix) last NACKed
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +78,12 @@ class SotwProtocol:
                 )
                 return
             if request.HasField("error_detail"):
+                st.rejected = st.sent_version.split("+", 1)[0]
+                st.sent = st.acked  # what it refused is not held: no cluster of it is kept for it
                 self.hooks.nack(self.info, type_url, st.sent_version, request.error_detail.message)
             else:
+                st.rejected = ""
+                st.acked = st.sent
                 st.acked_nonce = request.response_nonce
                 self.hooks.ack(self.info, type_url, request.version_info)
         else:
@@ -104,6 +111,8 @@ class SotwProtocol:
                 continue
             if want.key == st.sent_key and not st.must_answer:
                 continue
+            if st.rejected and want.version.split("+", 1)[0] == st.rejected and not st.must_answer:
+                continue  # the same resources the client refused, with or without retained clusters
             if not want.resources and st.names is not None and st.sent_key is None:
                 st.must_answer = False  # nothing the client named exists yet: answer when it does
                 continue
