@@ -311,6 +311,29 @@ def run_ours(size: int, quick: bool, workdir: Path, do_change: bool, do_load: bo
     return {"figures": figures, "notes": notes}
 
 
+def baseline_figures(
+    name: str,
+    system: System,
+    backends: Backends,
+    size: int,
+    quick: bool,
+    do_load: bool,
+    how: tuple[str, str],
+    rss: Callable[[], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """A baseline's figures: one-site changes, then changes under keep-alive load (`how` says
+    how each kind of change is made, for the log); `rss` gives the memory columns."""
+    changes, load_changes = counts(quick)
+    log(f"{name} @{size}: {changes} one-site changes ({how[0]})")
+    result = measure_changes(system, backends, size, changes, budget(quick))
+    figures = [{"figure": "change", "size": size, **result, **rss()}]
+    if do_load:
+        log(f"{name} @{size}: {load_changes} {how[1]} under keep-alive load")
+        result = measure_load(system, backends, size, size + changes, load_changes, quick)
+        figures.append({"figure": "load", "size": size, **result, **rss()})
+    return figures
+
+
 # -- nginx ---------------------------------------------------------------------------------
 
 
@@ -318,8 +341,6 @@ def run_nginx(size: int, quick: bool, workdir: Path, do_load: bool = True) -> Re
     binary = nginx_binary()
     if binary is None:
         raise NotMeasured(NGINX_MISSING)
-    changes, load_changes = counts(quick)
-    figures: list[dict[str, Any]] = []
     with ExitStack() as stack:
         backends = Backends(BACKENDS)
         stack.callback(backends.stop)
@@ -331,14 +352,16 @@ def run_nginx(size: int, quick: bool, workdir: Path, do_load: bool = True) -> Re
         log(f"nginx @{size}: starting")
         nginx.start()
         wait_served(http_port, site_domain(size - 1), startup_timeout(size), "nginx")
-        system = NginxSystem(nginx, sites)
-        log(f"nginx @{size}: {changes} one-site changes (rewrite + reload)")
-        result = measure_changes(system, backends, size, changes, budget(quick))
-        figures.append({"figure": "change", "size": size, **result, "rss_nginx_mb": nginx.rss_mb()})
-        if do_load:
-            log(f"nginx @{size}: {load_changes} reloads under keep-alive load")
-            result = measure_load(system, backends, size, size + changes, load_changes, quick)
-            figures.append({"figure": "load", "size": size, **result, "rss_nginx_mb": nginx.rss_mb()})
+        figures = baseline_figures(
+            "nginx",
+            NginxSystem(nginx, sites),
+            backends,
+            size,
+            quick,
+            do_load,
+            ("rewrite + reload", "reloads"),
+            lambda: {"rss_nginx_mb": nginx.rss_mb()},
+        )
     return {
         "figures": figures,
         "notes": [f"nginx @{size}: {binary}, 1 worker, reload with `nginx -s reload`"],
@@ -349,8 +372,6 @@ def run_nginx(size: int, quick: bool, workdir: Path, do_load: bool = True) -> Re
 
 
 def run_envoy_files(size: int, quick: bool, workdir: Path, do_load: bool = True) -> Result:
-    changes, load_changes = counts(quick)
-    figures: list[dict[str, Any]] = []
     notes: list[str] = []
     with ExitStack() as stack:
         backends = Backends(BACKENDS)
@@ -364,14 +385,16 @@ def run_envoy_files(size: int, quick: bool, workdir: Path, do_load: bool = True)
         log(f"envoy-files @{size}: starting Envoy on files")
         envoy.start()
         wait_served(http_port, site_domain(size - 1), startup_timeout(size), "Envoy fed by files")
-        system = FilesSystem(envoy, http_port, sites)
-        log(f"envoy-files @{size}: {changes} one-site changes (rewrite both files)")
-        result = measure_changes(system, backends, size, changes, budget(quick))
-        figures.append({"figure": "change", "size": size, **result, "rss_envoy_mb": envoy.rss_mb()})
-        if do_load:
-            log(f"envoy-files @{size}: {load_changes} file changes under keep-alive load")
-            result = measure_load(system, backends, size, size + changes, load_changes, quick)
-            figures.append({"figure": "load", "size": size, **result, "rss_envoy_mb": envoy.rss_mb()})
+        figures = baseline_figures(
+            "envoy-files",
+            FilesSystem(envoy, http_port, sites),
+            backends,
+            size,
+            quick,
+            do_load,
+            ("rewrite both files", "file changes"),
+            lambda: {"rss_envoy_mb": envoy.rss_mb()},
+        )
         same = envoy.matches_full_build(site_object(i, p) for i, p in sites.items())
         notes.append(
             f"envoy-files @{size}: the merged files "

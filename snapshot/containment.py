@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TypeVar
 
 from .builder import Phase, SiteState, same_resources
 from .model import SiteKey, StaticSite
@@ -33,6 +34,7 @@ from .resources import cluster_name
 from .snapshot import Snapshot
 
 log = logging.getLogger("staticsite_xds.rejections")
+T = TypeVar("T")
 
 DEFAULT_HISTORY = 256  # generations remembered
 MESSAGE_LIMIT = 1024  # characters of Envoy's message kept in a site's state
@@ -210,15 +212,15 @@ class Containment:
 
     def generation_of(self, type_url: str, version: str) -> int:
         """The newest generation whose `type_url` resources have `version` (0: unknown)."""
-        base = version.split("+", 1)[0]  # a state-of-the-world response may add a suffix
-        return self._by_version.get((type_url, base), 0)
+        return self._by_version.get((type_url, version), 0)
 
     def acked(self, stream: int, acked_versions: Mapping[str, str]) -> bool:
-        """A stream ACKed; `acked_versions` is what it holds of each type it was sent.
+        """A stream ACKed; `acked_versions` is the snapshot version it holds of each type it
+        was sent (without any tag of clusters kept back).
 
         True when the next build should change (a trial passed).
         """
-        if any((t, v.split("+", 1)[0]) in self._tainted for t, v in acked_versions.items()):
+        if any((t, v) in self._tainted for t, v in acked_versions.items()):
             return False
         whole = min((self.generation_of(t, v) for t, v in acked_versions.items()), default=0)
         if whole <= self._stream_gen.get(stream, 0):
@@ -262,7 +264,7 @@ class Containment:
                 self.history,
             )
             return False
-        self._tainted[(type_url, version.split("+", 1)[0])] = number
+        self._tainted[(type_url, version)] = number
         if number <= self._decided_at:
             return False  # already answered: the snapshot that follows the answer is on its way
         self._decided_at = self._next - 1
@@ -358,29 +360,34 @@ class Containment:
 
     def _site_at(self, number: int, key: SiteKey) -> StaticSite | None:
         """The site `key` as generation `number` held it (the newest known, past the history)."""
-        for n in range(number, 0, -1):
-            gen = self._generations.get(n)
-            if gen is None:
-                break
-            if gen.changes is None:
-                if gen.sites is not None:
-                    return gen.sites.get(key)
-                break
-            if key in gen.changes:
-                return gen.changes[key]
-        return self._latest_sites.get(key)
+        return self._as_of(number, key, lambda gen: gen.sites, lambda gen: gen.changes, self._latest_sites)
 
     def _state_at(self, number: int, key: SiteKey) -> SiteState | None:
         """The builder's verdict on `key` in generation `number` (likewise)."""
+        return self._as_of(number, key, lambda gen: gen.states, lambda gen: gen.verdicts, self._latest_states)
+
+    def _as_of(
+        self,
+        number: int,
+        key: SiteKey,
+        whole: Callable[[_Generation], Mapping[SiteKey, T] | None],
+        changed: Callable[[_Generation], Mapping[SiteKey, T | None] | None],
+        latest: Mapping[SiteKey, T],
+    ) -> T | None:
+        """`key`'s value in generation `number`: the newest change to it at or before `number`,
+        or what a build from scratch held; past the remembered history, the newest value."""
         for n in range(number, 0, -1):
             gen = self._generations.get(n)
             if gen is None:
                 break
-            if gen.states is not None:
-                return gen.states.get(key)
-            if key in gen.verdicts:
-                return gen.verdicts[key]
-        return self._latest_states.get(key)
+            if gen.changes is None:  # a build from scratch: what it held, if still kept
+                base = whole(gen)
+                return base.get(key) if base is not None else latest.get(key)
+            changes = changed(gen)
+            assert changes is not None
+            if key in changes:
+                return changes[key]
+        return latest.get(key)
 
     def _sites_at(self, number: int) -> dict[SiteKey, StaticSite]:
         """Every site generation `number` held: its base build plus the changes since."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,32 +11,22 @@ from xds_server.local_envoy import (
     CLUSTER_BOOTSTRAP,
     LOCAL_BOOTSTRAP,
     LocalEnvoy,
-    envoy_binary,
     load_bootstrap,
+    validate_config,
 )
 from xds_server.sample_backend import SampleBackend
 
 
 @pytest.mark.parametrize("path", [CLUSTER_BOOTSTRAP, LOCAL_BOOTSTRAP], ids=lambda p: p.name)
 def test_envoy_accepts_bootstrap(path: Path) -> None:
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id", "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = validate_config(path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_envoy_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(LOCAL_BOOTSTRAP.read_text().replace("cluster_name: staticsite-xds", "cluster_nam: x", 1))
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(bad), "--use-dynamic-base-id", "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = validate_config(bad)
     assert result.returncode != 0
 
 

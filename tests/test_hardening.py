@@ -52,7 +52,7 @@ from watcher.status import StatusLog, state_of
 from xds_server.app import ControlPlane
 from xds_server.k8s_mode import KubernetesMode
 from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import envoy_binary
+from xds_server.local_envoy import validate_config
 
 ORIGIN = "sites/junk.yaml"
 TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
@@ -613,13 +613,7 @@ def envoy_validate(bootstrap: dict[str, Any]) -> subprocess.CompletedProcess[str
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "bootstrap.json")
         path.write_text(json.dumps(bootstrap))
-        return subprocess.run(
-            [envoy_binary(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id", "-l", "error"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return validate_config(path)
 
 
 def served_domains(snapshot: Snapshot) -> list[str]:

@@ -18,13 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 import pytest
 from conftest import free_port
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
 from k8s_cluster import (
     LEASE_NAMESPACE,
     Cluster,
@@ -36,6 +31,7 @@ from k8s_cluster import (
     site_body,
     start_replica,
 )
+from test_ads_protocol import AdsClient, names
 
 from snapshot.builder import BuildOptions, Phase
 from snapshot.model import API_VERSION, KIND, SiteKey
@@ -298,18 +294,13 @@ async def close_all(*replicas: Replica) -> None:
 
 async def served_clusters(port: int) -> tuple[str, set[str]]:
     """Ask one replica for its clusters over ADS, as a gateway does: (version, names)."""
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    client = AdsClient(port, node_id="gateway-under-test", cluster="gateways")
     try:
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        call = stub.StreamAggregatedResources()
-        node = base_pb2.Node(id="gateway-under-test", cluster="gateways")
-        await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER_TYPE, node=node))
-        response = await asyncio.wait_for(call.read(), 5)
-        call.cancel()
-        names = {cluster_pb2.Cluster.FromString(r.value).name for r in response.resources}
-        return response.version_info, names
+        client.subscribe(CLUSTER_TYPE)
+        response = await client.recv()
+        return response.version_info, set(names(response))
     finally:
-        await channel.close()
+        await client.close()
 
 
 @pytest.fixture
@@ -442,40 +433,24 @@ async def test_a_site_envoy_rejects_is_traced_and_its_status_carries_envoys_mess
 
     # A gateway takes the clusters and accepts them; then a second site arrives and the
     # gateway refuses the clusters that carry it, naming the cluster as Envoy does.
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{replica.plane.xds_port}")
+    client = AdsClient(replica.plane.xds_port, node_id="gateway-7", cluster="gateways")
     try:
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        call = stub.StreamAggregatedResources()
-        node = base_pb2.Node(id="gateway-7", cluster="gateways")
-        await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER_TYPE, node=node))
-        first = await asyncio.wait_for(call.read(), 5)
-        await call.write(
-            discovery_pb2.DiscoveryRequest(
-                type_url=CLUSTER_TYPE, version_info=first.version_info, response_nonce=first.nonce
-            )
-        )
+        client.subscribe(CLUSTER_TYPE)
+        client.ack(await client.recv())
         await cluster.create_site("docs", "api", "api.example.com", service="api")
-        second = await asyncio.wait_for(call.read(), 5)
+        second = await client.recv()
         await status_when(cluster, "docs", "api", "Provisioned", "Accepted")
         envoy_says = "Error adding/updating cluster(s) docs/api/80: " + "x" * (2 * MAX_MESSAGE)
-        await call.write(
-            discovery_pb2.DiscoveryRequest(
-                type_url=CLUSTER_TYPE,
-                version_info=first.version_info,
-                response_nonce=second.nonce,
-                error_detail=status_pb2.Status(code=3, message=envoy_says),
-            )
-        )
+        client.nack(second, envoy_says)
         status = await status_when(cluster, "docs", "api", "Rejected", "EnvoyRejected")
-        third = await asyncio.wait_for(call.read(), 5)  # the snapshot without the refused site
-        call.cancel()
+        third = await client.recv()  # the snapshot without the refused site
     finally:
-        await channel.close()
+        await client.close()
 
     ready = ready_condition(status)
     assert ready["message"].startswith("Envoy gateway-7 rejected its Cluster: Error adding/updating")
     assert len(ready["message"]) == MAX_MESSAGE
-    assert {cluster_pb2.Cluster.FromString(r.value).name for r in third.resources} == {"docs/web/80"}
+    assert names(third) == ["docs/web/80"]
     events = await events_when(cluster, "docs", "api", [("Normal", "Accepted"), ("Warning", "EnvoyRejected")])
     assert events[-1]["message"] == ready["message"]
     main = await cluster.status("docs", "main")

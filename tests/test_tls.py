@@ -36,7 +36,7 @@ from waiting import eventually, wait_until
 from snapshot.resources import CLUSTER_TYPE
 from xds_server.cli import DEFAULT_XDS_ADDRESS, _parser
 from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, envoy_binary
+from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, validate_config
 from xds_server.sample_backend import SampleBackend
 from xds_server.tls import PemFile, ServingCertificate, TlsFileError, channel_credentials
 
@@ -274,12 +274,7 @@ def test_shipped_mtls_bootstrap_is_valid(tmp_path: Path, pki: Pki) -> None:
     # Envoy checks that the files exist: point the mounts at real ones.
     config = tmp_path / "bootstrap.yaml"
     config.write_text(yaml.safe_dump(mtls_bootstrap(tmp_path, pki.client_dir, 9000, 9901, "gateway")))
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = validate_config(config)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -20,6 +20,7 @@ from watcher.siteset import SiteSet, merge_changes
 from watcher.status import StatusLog
 
 from .ads import AdsServer, Nack, StreamInfo
+from .sotw import snapshot_version
 
 log = logging.getLogger("staticsite_xds")
 
@@ -99,12 +100,13 @@ class ControlPlane:
         return snapshot
 
     def _acked(self, info: StreamInfo, type_url: str, version: str) -> None:
-        held = {t: st.acked_version for t, st in info.types.items() if st.sent_version}
+        held = {t: snapshot_version(st.acked_version) for t, st in info.types.items() if st.sent_version}
         if self.containment.acked(info.id, held):
             self._reconsider()
 
     def _nacked(self, info: StreamInfo, nack: Nack) -> None:
-        if self.containment.nacked(info.node_id, nack.type_url, nack.version, nack.message):
+        version = snapshot_version(nack.version)
+        if self.containment.nacked(info.node_id, nack.type_url, version, nack.message):
             self._reconsider()
 
     def _reconsider(self) -> None:

@@ -24,6 +24,7 @@ from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE
 from snapshot.snapshot import Snapshot
 
 from .ads import AdsServer, StreamInfo, short
+from .sotw import RETAINED
 
 if TYPE_CHECKING:
     from .app import ControlPlane
@@ -187,7 +188,7 @@ def list_envoys(
 
 def _version(version: str) -> str:
     """A version short enough for a table (the first 8 hex digits; `+` if clusters are held)."""
-    head, plus, _ = version.partition("+")
+    head, plus, _ = version.partition(RETAINED)
     return head[:8] + plus if head else "-"
 
 

@@ -48,6 +48,17 @@ def envoy_binary() -> str:
     return found
 
 
+def validate_config(path: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Envoy's own check of a configuration file (`--mode validate`): nothing is started."""
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id", "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def load_bootstrap(path: Path = LOCAL_BOOTSTRAP) -> dict[str, Any]:
     with path.open() as f:
         data: dict[str, Any] = yaml.safe_load(f)

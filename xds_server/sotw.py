@@ -25,6 +25,13 @@ from snapshot.snapshot import Resource, Snapshot, content_hash
 
 from .ads import WILDCARD_TYPES, Hooks, Outgoing, StreamInfo, log, nonces, short
 
+RETAINED = "+"  # joins a type's version and the tag of the clusters kept for make before break
+
+
+def snapshot_version(version: str) -> str:
+    """The snapshot's version of a type, without the tag of clusters kept back."""
+    return version.partition(RETAINED)[0]
+
 
 @dataclass(slots=True)
 class _TypeState:
@@ -78,7 +85,7 @@ class SotwProtocol:
                 )
                 return
             if request.HasField("error_detail"):
-                st.rejected = st.sent_version.split("+", 1)[0]
+                st.rejected = snapshot_version(st.sent_version)
                 st.sent = st.acked  # what it refused is not held: no cluster of it is kept for it
                 self.hooks.nack(self.info, type_url, st.sent_version, request.error_detail.message)
             else:
@@ -111,7 +118,7 @@ class SotwProtocol:
                 continue
             if want.key == st.sent_key and not st.must_answer:
                 continue
-            if st.rejected and want.version.split("+", 1)[0] == st.rejected and not st.must_answer:
+            if st.rejected and snapshot_version(want.version) == st.rejected and not st.must_answer:
                 continue  # the same resources the client refused, with or without retained clusters
             if not want.resources and st.names is not None and st.sent_key is None:
                 st.must_answer = False  # nothing the client named exists yet: answer when it does
@@ -147,7 +154,7 @@ class SotwProtocol:
         kept = dict(cds.resources)
         kept.update({name: st.sent[name] for name in removed})
         tag = content_hash(*(f"{n}\0{st.sent[n].version}".encode() for n in sorted(removed)))
-        return _Desired((cds.version, None, "retain", tag), f"{cds.version}+{tag}", kept, removed)
+        return _Desired((cds.version, None, "retain", tag), f"{cds.version}{RETAINED}{tag}", kept, removed)
 
     def _encode(self, type_url: str, st: _TypeState, want: _Desired) -> Outgoing:
         nonce = next(self.nonces)
