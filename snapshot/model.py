@@ -13,6 +13,7 @@ import re
 import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as _field
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
@@ -48,8 +49,46 @@ _METADATA_FIELDS = frozenset(
     }
 )
 _TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-_SPEC_FIELDS = frozenset({"domain", "backend"})
-_BACKEND_FIELDS = frozenset({"serviceName", "servicePort"})
+_SPEC_FIELDS = frozenset(
+    {
+        "domain",
+        "backend",
+        "aliases",
+        "redirectFrom",
+        "pathPrefix",
+        "rewritePrefix",
+        "tls",
+        "responseHeaders",
+        "compression",
+        "requestTimeout",
+        "connectRetries",
+    }
+)
+_BACKEND_FIELDS = frozenset({"serviceName", "servicePort", "healthCheck"})
+_HEALTH_CHECK_FIELDS = frozenset({"path", "interval", "unhealthyThreshold", "healthyThreshold"})
+_TLS_FIELDS = frozenset({"secretName", "certificateFile", "keyFile", "allowInsecure"})
+_HEADERS_FIELDS = frozenset({"set", "remove"})
+
+# The same patterns are in the CRD's schema (crds/staticsite.yaml); a test holds them equal.
+_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+HOST_PATTERN = rf"(\*\.)?{_LABEL}(\.{_LABEL})*"
+_SEGMENT_CHAR = r"A-Za-z0-9_~!$&()*+,;=:@-"
+# "/" or "/a/b" (a trailing "/" is allowed and ignored); a segment is not only dots.
+PATH_PREFIX_PATTERN = rf"(/[.{_SEGMENT_CHAR}]*[{_SEGMENT_CHAR}][.{_SEGMENT_CHAR}]*)*/?"
+MAX_PATH_PREFIX = 256
+HEALTH_PATH_PATTERN = r"/[!-~]*"  # printable ASCII without spaces
+DURATION_PATTERN = r"(0|[1-9][0-9]{0,5})(ms|s|m|h)"
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+HEADER_NAME_PATTERN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+HEADER_VALUE_PATTERN = r"[ -~]*"  # printable ASCII, spaces included
+MAX_HEADER_NAME = 256
+MAX_HEADER_VALUE = 4096
+MAX_HEADERS = 32
+MAX_DOMAINS = 16  # in each of aliases and redirectFrom
+MAX_CONNECT_RETRIES = 10
+MAX_THRESHOLD = 10
+_FILE_PATTERN = r"[^\x00\n\r]+"
+MAX_FILE_PATH = 1024
 
 # At most this many unknown fields of one mapping are reported one by one; the rest in one line.
 MAX_UNKNOWN_FIELDS = 10
@@ -70,15 +109,48 @@ class SiteKey(NamedTuple):
         return f"{self.namespace}/{self.name}"
 
 
+class HealthCheck(NamedTuple):
+    """An active HTTP health check of a backend: GET `path` every `interval_ms`."""
+
+    path: str
+    interval_ms: int = 10_000
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+
+
 class Backend(NamedTuple):
     """The Kubernetes Service (in the site's namespace) and port that serve a site."""
 
     namespace: str
     service_name: str
     service_port: int
+    health_check: HealthCheck | None = None
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.service_name}:{self.service_port}"
+
+
+class TlsSpec(NamedTuple):
+    """Where a site's certificate comes from: a Kubernetes Secret, or two files (folder source)."""
+
+    secret_name: str | None = None
+    certificate_file: str | None = None
+    key_file: str | None = None
+    allow_insecure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A certificate chain and its private key (PEM), as the gateways receive them over SDS.
+
+    `name` is the SDS resource name; it stays the same when the content is renewed, so that a
+    renewal reaches Envoy as a new secret under the old name, with no listener change.
+    """
+
+    name: str
+    chain: bytes = _field(repr=False)
+    key: bytes = _field(repr=False)
+    not_after: str = ""  # the leaf certificate's expiry (RFC 3339), for messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +163,27 @@ class StaticSite:
     generation: int = 0
     creation_timestamp: str | None = None
     origin: str = ""
+    aliases: tuple[str, ...] = ()  # more domains served the same way
+    redirect_from: tuple[str, ...] = ()  # domains answered with a 301 to `domain`
+    path_prefix: str = "/"  # "/" or "/a/b": no trailing slash
+    rewrite_prefix: str | None = None  # what the backend sees in place of `path_prefix`
+    tls: TlsSpec | None = None
+    certificate: Certificate | None = None  # filled in by the source from `tls`
+    headers_set: tuple[tuple[str, str], ...] = ()  # response headers set (name lower-cased, value)
+    headers_remove: tuple[str, ...] = ()  # response headers removed (lower-cased)
+    compression: bool = True
+    request_timeout_ms: int | None = None  # None: Envoy's default (15 s); 0: no timeout
+    connect_retries: int = 0  # retries when the backend cannot be connected to
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The domains that serve the site's content: `domain`, then `aliases`."""
+        return (self.domain, *self.aliases)
+
+    @property
+    def https_only(self) -> bool:
+        """Plain HTTP answers with a redirect to HTTPS."""
+        return self.tls is not None and not self.tls.allow_insecure
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +193,7 @@ class Problem:
     origin: str
     field: str
     message: str
+    reason: str = ""  # the status reason it calls for, when not the default (InvalidSpec)
 
     def __str__(self) -> str:
         where = f"{self.origin}: " if self.origin else ""
@@ -214,14 +308,24 @@ def parse_site(doc: Any, origin: str = "") -> StaticSite:
     key = SiteKey(namespace, name) if name and namespace else None
 
     spec = doc.get("spec")
-    domain = ""
-    backend: Backend | None = None
     if not isinstance(spec, Mapping):
         bad("spec", "is required" if spec is None else f"must be a mapping, got {_type_name(spec)}")
-    else:
-        _check_unknown(spec, _SPEC_FIELDS, "spec.", bad)
-        domain = _parse_domain(spec.get("domain"), bad)
-        backend = _parse_backend(spec.get("backend"), namespace, bad)
+        raise InvalidSite(problems, key)
+    _check_unknown(spec, _SPEC_FIELDS, "spec.", bad)
+    domain = _parse_host(spec.get("domain"), "spec.domain", bad, required=True)
+    backend = _parse_backend(spec.get("backend"), namespace, bad)
+    aliases = _parse_hosts(spec.get("aliases"), "spec.aliases", bad)
+    redirect_from = _parse_hosts(spec.get("redirectFrom"), "spec.redirectFrom", bad)
+    _check_distinct(domain, aliases, redirect_from, bad)
+    if redirect_from and domain.startswith("*."):
+        bad("spec.redirectFrom", f"cannot redirect to the wildcard domain {domain}; name one domain")
+    prefix = _parse_path(spec.get("pathPrefix"), "spec.pathPrefix", bad) or "/"
+    rewrite = _parse_path(spec.get("rewritePrefix"), "spec.rewritePrefix", bad)
+    tls = _parse_tls(spec.get("tls"), bad)
+    headers_set, headers_remove = _parse_headers(spec.get("responseHeaders"), bad)
+    compression = _parse_bool(spec.get("compression"), "spec.compression", bad, default=True)
+    timeout = _parse_duration(spec.get("requestTimeout"), "spec.requestTimeout", bad)
+    retries = _parse_int(spec.get("connectRetries"), "spec.connectRetries", 0, MAX_CONNECT_RETRIES, bad)
 
     if problems or key is None or backend is None:
         raise InvalidSite(problems, key)
@@ -232,6 +336,16 @@ def parse_site(doc: Any, origin: str = "") -> StaticSite:
         generation=generation,
         creation_timestamp=created,
         origin=origin,
+        aliases=aliases,
+        redirect_from=redirect_from,
+        path_prefix=prefix,
+        rewrite_prefix=rewrite,
+        tls=tls,
+        headers_set=headers_set,
+        headers_remove=headers_remove,
+        compression=compression,
+        request_timeout_ms=timeout,
+        connect_retries=retries or 0,
     )
 
 
@@ -295,10 +409,11 @@ def _timestamp(value: Any, bad: _Reporter) -> str | None:
     return None
 
 
-def _parse_domain(value: Any, bad: _Reporter) -> str:
-    field = "spec.domain"
+def _parse_host(value: Any, field: str, bad: _Reporter, *, required: bool = False) -> str:
+    """A domain: a DNS name, or a wildcard `*.` followed by one; compared in lower case."""
     if value is None:
-        bad(field, "is required")
+        if required:
+            bad(field, "is required")
         return ""
     if not isinstance(value, str):
         bad(field, f"must be a string, got {_type_name(value)}")
@@ -320,15 +435,208 @@ def _parse_domain(value: Any, bad: _Reporter) -> str:
             "internationalized domain in its IDNA form (labels starting with 'xn--')",
         )
     else:
-        for label in domain.split("."):
+        labels = domain.split(".")
+        if labels[0] == "*" and len(labels) > 1:
+            labels = labels[1:]
+        for label in labels:
+            if label == "*" or "*" in label:
+                bad(field, f"{shown}: a wildcard is only allowed as the whole first label ('*.example.com')")
+                return ""
             if not _is_label(label, _DNS1123_LABEL):
                 bad(
                     field,
                     f"{shown} is not a DNS name: label {describe(label)} must be 1-63 letters, "
                     "digits or '-', starting and ending with a letter or digit",
                 )
-                break
-    return domain
+                return ""
+        return domain
+    return ""
+
+
+def _parse_hosts(value: Any, field: str, bad: _Reporter) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        bad(field, f"must be a list of domains, got {_type_name(value)}")
+        return ()
+    if len(value) > MAX_DOMAINS:
+        bad(field, f"has {len(value)} domains; at most {MAX_DOMAINS} are allowed")
+        return ()
+    hosts = [_parse_host(item, f"{field}[{index}]", bad, required=True) for index, item in enumerate(value)]
+    return tuple(h for h in hosts if h)
+
+
+def _check_distinct(
+    domain: str, aliases: tuple[str, ...], redirect_from: tuple[str, ...], bad: _Reporter
+) -> None:
+    """Each domain appears once among spec.domain, spec.aliases and spec.redirectFrom."""
+    seen: dict[str, str] = {domain: "spec.domain"} if domain else {}
+    for name, hosts in (("spec.aliases", aliases), ("spec.redirectFrom", redirect_from)):
+        for index, host in enumerate(hosts):
+            where = f"{name}[{index}]"
+            if host in seen:
+                bad(where, f"{host} is already listed in {seen[host]}")
+            else:
+                seen[host] = where
+
+
+def _parse_path(value: Any, field: str, bad: _Reporter) -> str | None:
+    """A path prefix: "/" or "/a/b" (normalized without a trailing slash); None if absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        bad(field, f"must be a string, got {_type_name(value)}")
+        return None
+    if not value or len(value) > MAX_PATH_PREFIX or not re.fullmatch(PATH_PREFIX_PATTERN, value):
+        bad(
+            field,
+            f"{describe(value)} is not a path prefix: it starts with '/', has segments of letters, "
+            f"digits and -._~!$&()*+,;=:@ (not only dots), and is at most {MAX_PATH_PREFIX} characters",
+        )
+        return None
+    return value.rstrip("/") or "/"
+
+
+def _parse_tls(value: Any, bad: _Reporter) -> TlsSpec | None:
+    field = "spec.tls"
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        bad(field, f"must be a mapping, got {_type_name(value)}")
+        return None
+    _check_unknown(value, _TLS_FIELDS, "spec.tls.", bad)
+    secret = value.get("secretName")
+    if secret is not None and (not isinstance(secret, str) or not _is_dns1123_subdomain(secret)):
+        bad("spec.tls.secretName", f"{describe(secret)} is not a valid Secret name")
+        secret = None
+    files: list[str | None] = []
+    for name in ("certificateFile", "keyFile"):
+        path = value.get(name)
+        if path is not None and (
+            not isinstance(path, str) or len(path) > MAX_FILE_PATH or not re.fullmatch(_FILE_PATTERN, path)
+        ):
+            bad(f"spec.tls.{name}", f"{describe(path)} is not a file path")
+            path = None
+        files.append(path)
+    certificate_file, key_file = files
+    has_files = "certificateFile" in value or "keyFile" in value
+    if "secretName" in value and has_files:
+        bad(field, "give either secretName or certificateFile and keyFile, not both")
+    elif "secretName" not in value and not ("certificateFile" in value and "keyFile" in value):
+        bad(field, "needs secretName (Kubernetes) or both certificateFile and keyFile (a folder of sites)")
+    allow = _parse_bool(value.get("allowInsecure"), "spec.tls.allowInsecure", bad, default=False)
+    return TlsSpec(secret, certificate_file, key_file, allow)
+
+
+def _parse_headers(value: Any, bad: _Reporter) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    if value is None:
+        return (), ()
+    if not isinstance(value, Mapping):
+        bad("spec.responseHeaders", f"must be a mapping, got {_type_name(value)}")
+        return (), ()
+    _check_unknown(value, _HEADERS_FIELDS, "spec.responseHeaders.", bad)
+    set_value = value.get("set")
+    chosen: dict[str, tuple[str, str]] = {}  # lower-cased name -> (field, value)
+    if set_value is not None:
+        if not isinstance(set_value, Mapping):
+            bad(
+                "spec.responseHeaders.set",
+                f"must be a mapping of header names to values, got {_type_name(set_value)}",
+            )
+        elif len(set_value) > MAX_HEADERS:
+            bad(
+                "spec.responseHeaders.set", f"has {len(set_value)} headers; at most {MAX_HEADERS} are allowed"
+            )
+        else:
+            for name, header in set_value.items():
+                where = f"spec.responseHeaders.set.{field_name(name)}"
+                if not _header_name_ok(name, where, bad):
+                    continue
+                if not isinstance(header, str):
+                    bad(where, f"must be a string, got {_type_name(header)}")
+                elif len(header) > MAX_HEADER_VALUE or not re.fullmatch(HEADER_VALUE_PATTERN, header):
+                    bad(
+                        where,
+                        f"{describe(header)} is not a header value (printable ASCII, at most "
+                        f"{MAX_HEADER_VALUE} characters)",
+                    )
+                elif name.lower() in chosen:
+                    bad(where, f"header {name} is set twice (header names ignore case)")
+                else:
+                    chosen[name.lower()] = (where, header)
+    remove_value = value.get("remove")
+    removed: list[str] = []
+    if remove_value is not None:
+        if not isinstance(remove_value, list):
+            bad(
+                "spec.responseHeaders.remove",
+                f"must be a list of header names, got {_type_name(remove_value)}",
+            )
+        elif len(remove_value) > MAX_HEADERS:
+            bad(
+                "spec.responseHeaders.remove",
+                f"has {len(remove_value)} headers; at most {MAX_HEADERS} are allowed",
+            )
+        else:
+            for index, name in enumerate(remove_value):
+                where = f"spec.responseHeaders.remove[{index}]"
+                if not _header_name_ok(name, where, bad):
+                    continue
+                lower = name.lower()
+                if lower in chosen:
+                    bad(where, f"header {name} is both set and removed")
+                elif lower in removed:
+                    bad(where, f"header {name} is listed twice")
+                else:
+                    removed.append(lower)
+    return tuple((name, v) for name, (_, v) in chosen.items()), tuple(removed)
+
+
+def _header_name_ok(name: Any, where: str, bad: _Reporter) -> bool:
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > MAX_HEADER_NAME
+        or not re.fullmatch(HEADER_NAME_PATTERN, name)
+    ):
+        bad(where, f"{describe(name)} is not a header name (letters, digits and !#$%&'*+.^_`|~-)")
+        return False
+    return True
+
+
+def _parse_bool(value: Any, field: str, bad: _Reporter, *, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        bad(field, f"must be true or false, got {describe(value)}")
+        return default
+    return value
+
+
+def _parse_int(value: Any, field: str, low: int, high: int, bad: _Reporter) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        bad(field, f"must be an integer from {low} to {high}, got {describe(value)}")
+        return None
+    if not low <= value <= high:
+        bad(field, f"must be from {low} to {high}, got {value}")
+        return None
+    return value
+
+
+def _parse_duration(value: Any, field: str, bad: _Reporter, *, positive: bool = False) -> int | None:
+    """A duration such as 500ms, 15s, 2m or 1h, in milliseconds; None if absent."""
+    if value is None:
+        return None
+    match = re.fullmatch(DURATION_PATTERN, value) if isinstance(value, str) else None
+    if match is None or (positive and match.group(1) == "0"):
+        least = "more than 0, " if positive else ""
+        bad(
+            field, f"must be a duration such as 500ms, 15s, 2m or 1h ({least}one unit), got {describe(value)}"
+        )
+        return None
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 def _parse_backend(value: Any, namespace: str, bad: _Reporter) -> Backend | None:
@@ -361,9 +669,41 @@ def _parse_backend(value: Any, namespace: str, bad: _Reporter) -> Backend | None
     elif not 1 <= port <= 65535:
         bad("spec.backend.servicePort", f"must be from 1 to 65535, got {describe(port)}")
         ok = False
+    check = _parse_health_check(value.get("healthCheck"), bad)
     if not ok or not namespace or not isinstance(service, str) or not isinstance(port, int):
         return None
-    return Backend(namespace, service, port)
+    return Backend(namespace, service, port, check)
+
+
+def _parse_health_check(value: Any, bad: _Reporter) -> HealthCheck | None:
+    field = "spec.backend.healthCheck"
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        bad(field, f"must be a mapping, got {_type_name(value)}")
+        return None
+    _check_unknown(value, _HEALTH_CHECK_FIELDS, f"{field}.", bad)
+    path = value.get("path")
+    if path is None:
+        bad(f"{field}.path", "is required")
+    elif (
+        not isinstance(path, str)
+        or not re.fullmatch(HEALTH_PATH_PATTERN, path)
+        or len(path) > MAX_PATH_PREFIX
+    ):
+        bad(
+            f"{field}.path",
+            f"{describe(path)} is not a path (it starts with '/', printable ASCII, no spaces)",
+        )
+        path = None
+    interval = _parse_duration(value.get("interval"), f"{field}.interval", bad, positive=True)
+    unhealthy = _parse_int(
+        value.get("unhealthyThreshold"), f"{field}.unhealthyThreshold", 1, MAX_THRESHOLD, bad
+    )
+    healthy = _parse_int(value.get("healthyThreshold"), f"{field}.healthyThreshold", 1, MAX_THRESHOLD, bad)
+    if not isinstance(path, str):
+        return None
+    return HealthCheck(path, interval or 10_000, unhealthy or 3, healthy or 2)
 
 
 def _check_unknown(doc: Mapping[Any, Any], known: frozenset[str], prefix: str, bad: _Reporter) -> None:

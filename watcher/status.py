@@ -43,7 +43,10 @@ def state_of(
     problems = sites.invalid.get(key)
     state = built.get(key)
     if problems is not None:
-        reason = SITE_LIMIT_REASON if key in sites.refused else "InvalidSpec"
+        if key in sites.refused:
+            reason = SITE_LIMIT_REASON
+        else:  # a problem may name its own reason (a missing Secret: SecretNotFound)
+            reason = next((p.reason for p in problems if p.reason), "InvalidSpec")
         return invalid_state(key, problems, state is not None and state.phase is Phase.PROVISIONED, reason)
     if rejected is not None and key in rejected:
         return rejected[key]
