@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from . import resources as rs
 from . import wire
-from .model import Backend, SiteKey, StaticSite
+from .model import Backend, Certificate, SiteKey, StaticSite
 from .snapshot import Resource, ResourceSet, Snapshot, content_hash
 
 
@@ -44,12 +44,16 @@ class BuildOptions:
     listen_address: str = "0.0.0.0"
     backend_host_template: str = rs.DEFAULT_HOST_TEMPLATE
     access_log: str = rs.ACCESS_LOG_STDOUT  # stdout, stderr, off, or a path on the gateways
+    https_port: int = 8443
 
     def __post_init__(self) -> None:
         rs.check_host_template(self.backend_host_template)
         rs.check_access_log(self.access_log)
-        if not 1 <= self.http_port <= 65535:
-            raise ValueError(f"HTTP port must be from 1 to 65535, got {self.http_port}")
+        for name, port in (("HTTP", self.http_port), ("HTTPS", self.https_port)):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name} port must be from 1 to 65535, got {port}")
+        if self.http_port == self.https_port:
+            raise ValueError(f"the HTTP and HTTPS ports must differ, both are {self.http_port}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +66,7 @@ class BuildResult:
     added: tuple[SiteKey, ...] = ()
     updated: tuple[SiteKey, ...] = ()
     removed: tuple[SiteKey, ...] = ()
-    served: int = 0  # sites provisioned: one per domain served
+    served: int = 0  # sites provisioned
 
 
 class InconsistentSnapshot(RuntimeError):
@@ -74,16 +78,48 @@ class _Plan:
     """What the snapshot will contain, before serialization: the graph that gets checked."""
 
     clusters: frozenset[str]
-    routes: Mapping[str, tuple[tuple[str, str, str], ...]]  # route name -> (vhost, domain, cluster)
+    # route name -> (virtual host, domain, the clusters its routes use)
+    routes: Mapping[str, tuple[tuple[str, str, tuple[str, ...]], ...]]
     listeners: Mapping[str, str]  # listener name -> route name
+    secrets: frozenset[str] = frozenset()
+    listener_secrets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # listener -> SDS names
 
 
 _LARGE_BUILD = 1000  # sites changed at once
 
+Claim = tuple[str, str]  # a domain and a path prefix: what one site at a time may have
+
 
 def same_resources(a: StaticSite, b: StaticSite) -> bool:
     """Whether two declarations of a site give the gateways the same resources and standing."""
-    return (a.domain, a.backend, a.creation_timestamp) == (b.domain, b.backend, b.creation_timestamp)
+    return _resource_fields(a) == _resource_fields(b)
+
+
+def _resource_fields(site: StaticSite) -> tuple[object, ...]:
+    return (
+        site.domain,
+        site.backend,
+        site.creation_timestamp,
+        site.aliases,
+        site.redirect_from,
+        site.path_prefix,
+        site.rewrite_prefix,
+        site.tls,
+        site.certificate,
+        site.headers_set,
+        site.headers_remove,
+        site.compression,
+        site.request_timeout_ms,
+        site.connect_retries,
+    )
+
+
+def site_claims(site: StaticSite) -> list[tuple[Claim, rs.Mount]]:
+    """Every (domain, prefix) a site takes: its domains and aliases, and its redirect domains."""
+    prefix = site.path_prefix
+    out = [((host, prefix), rs.Mount(site, prefix)) for host in site.hosts]
+    out.extend(((host, prefix), rs.Mount(site, prefix, redirect=True)) for host in site.redirect_from)
+    return out
 
 
 def _digest(data: bytes) -> int:
@@ -95,13 +131,83 @@ def _seniority(site: StaticSite) -> tuple[bool, str, str, str]:
     return (created is None, created or "", site.key.namespace, site.key.name)
 
 
+def _where(claim: Claim) -> str:
+    host, prefix = claim
+    return f"domain {host}" if prefix == "/" else f"domain {host} path {prefix}"
+
+
+class _RouteTable:
+    """The virtual hosts of one RouteConfiguration, as cached bytes sorted by domain.
+
+    The version is the XOR of a digest of each virtual host, so a change costs what changed,
+    not a hash of megabytes of routes.
+    """
+
+    def __init__(self, name: str, fallback: bytes) -> None:
+        self.name = name
+        self.vhosts: dict[str, bytes] = {}  # domain -> virtual host, framed as a route field
+        self.domains: list[str] = []  # sorted
+        self.framed: list[bytes] = []  # in the same order
+        self.digest = 0
+        self.fallback = fallback
+        self.touched: set[str] = set()
+
+    def set(self, domain: str, framed: bytes | None) -> None:
+        before = self.vhosts.get(domain)
+        if before == framed:
+            return
+        if before is not None:
+            self.digest ^= _digest(before)
+        if framed is None:
+            del self.vhosts[domain]
+        else:
+            self.digest ^= _digest(framed)
+            self.vhosts[domain] = framed
+        self.touched.add(domain)
+
+    def settle(self) -> bool:
+        """Bring the sorted lists up to date; whether anything changed since the last call."""
+        touched, self.touched = self.touched, set()
+        if not touched:
+            return False
+        vhosts = self.vhosts
+        if len(touched) > 64 or not self.domains:
+            self.domains = sorted(vhosts)
+            self.framed = [vhosts[d] for d in self.domains]
+            return True
+        for domain in touched:
+            at = bisect.bisect_left(self.domains, domain)
+            listed = at < len(self.domains) and self.domains[at] == domain
+            framed = vhosts.get(domain)
+            if framed is not None and listed:
+                self.framed[at] = framed
+            elif framed is not None:
+                self.domains.insert(at, domain)
+                self.framed.insert(at, framed)
+            elif listed:
+                del self.domains[at]
+                del self.framed[at]
+        return True
+
+    def resource(self) -> Resource:
+        header = rs.route_configuration_header(self.name).SerializeToString(deterministic=True)
+        body = b"".join([header, *self.framed, self.fallback])
+        version = content_hash(header, self.fallback, self.digest.to_bytes(8, "big"))
+        return Resource.of(rs.ROUTE_TYPE, self.name, body, version)
+
+
 class SnapshotBuilder:
     """Builds snapshots incrementally: the work of a build grows with what changed.
 
     The builder remembers the sites of its last build. A new build compares them by identity
     (sources hand the same `StaticSite` object for a site that did not change), re-decides
-    only the domains whose claimants changed, rebuilds only their virtual hosts and clusters,
-    and derives each resource set from the previous one.
+    only the (domain, prefix) claims whose claimants changed, rebuilds only the virtual hosts
+    of their domains and the clusters they use, and derives each resource set from the
+    previous one.
+
+    A claim is one domain (spec.domain, an alias or a redirect domain) at one path prefix.
+    When several sites claim the same, the oldest (creationTimestamp, then namespace/name)
+    has it; the others are in conflict, and still serve the claims nobody else has.
     """
 
     def __init__(self, options: BuildOptions | None = None) -> None:
@@ -110,30 +216,30 @@ class SnapshotBuilder:
         # produce what Envoy refuses though the model accepts it.
         self.resource_hook: Callable[[StaticSite | Backend, bytes], bytes] | None = None
         self._sites: Mapping[SiteKey, StaticSite] = {}
-        self._claims: dict[str, dict[SiteKey, StaticSite]] = {}  # domain -> every claimant
-        self._owners: dict[str, StaticSite] = {}  # domain -> the site that serves it
+        self._claims: dict[Claim, dict[SiteKey, rs.Mount]] = {}  # every claimant
+        self._winners: dict[Claim, rs.Mount] = {}  # the mount that has each claim
+        self._mounts: dict[str, dict[str, rs.Mount]] = {}  # domain -> prefix -> winning mount
         self._states: dict[SiteKey, SiteState] = {}
-        self._users: dict[Backend, int] = {}  # backend -> how many serving sites use it
-        self._vhosts: dict[str, bytes] = {}  # domain -> virtual host, framed as a route field
-        self._domains: list[str] = []  # the served domains, sorted
-        self._framed: list[bytes] = []  # their virtual hosts, in the same order
-        self._vhost_digest = 0  # XOR of a digest of each virtual host: the routes' version
-        self._fallback_vhost = wire.field_bytes(
-            2, rs.unknown_domain_host().SerializeToString(deterministic=True)
-        )
+        self._provisioned = 0
+        self._users: dict[Backend, int] = {}  # backend -> how many winning mounts route to it
+        fallback = wire.field_bytes(2, rs.unknown_domain_host().SerializeToString(deterministic=True))
+        self._http = _RouteTable(rs.HTTP_ROUTE_NAME, fallback)
+        self._https = _RouteTable(rs.HTTPS_ROUTE_NAME, fallback)
+        self._host_cert: dict[str, Certificate] = {}  # domain -> the certificate it is served with
+        self._cert_hosts: dict[str, set[str]] = {}  # SDS name -> its domains
+        self._chains: list[tuple[str, list[str]]] = []
+        options = self.options
         listener = Resource.from_message(
             rs.LISTENER_TYPE,
             rs.HTTP_LISTENER_NAME,
             rs.http_listener(
-                self.options.listen_address,
-                self.options.http_port,
-                rs.HTTP_ROUTE_NAME,
-                self.options.access_log,
+                options.listen_address, options.http_port, rs.HTTP_ROUTE_NAME, options.access_log
             ),
         )
         self._clusters = ResourceSet.of(rs.CLUSTER_TYPE, ())
         self._listeners = ResourceSet.of(rs.LISTENER_TYPE, [listener])
-        self._routes = ResourceSet.of(rs.ROUTE_TYPE, [self._route_configuration()])
+        self._routes = ResourceSet.of(rs.ROUTE_TYPE, [self._http.resource()])
+        self._secrets = ResourceSet.of(rs.SECRET_TYPE, ())
         self._endpoints = ResourceSet.of(rs.ENDPOINT_TYPE, ())
 
     def build(
@@ -162,9 +268,10 @@ class SnapshotBuilder:
 
     def _build(self, new: Mapping[SiteKey, StaticSite], hint: set[SiteKey] | None) -> BuildResult:
         old = self._sites
-        touched: set[str] = set()
+        touched: set[Claim] = set()
         added: list[SiteKey] = []
         updated: list[SiteKey] = []
+        changed_states: set[SiteKey] = set()
         if hint is None:
             removed = sorted(old.keys() - new.keys())
             candidates: Iterable[SiteKey] = new.keys()
@@ -172,8 +279,8 @@ class SnapshotBuilder:
             removed = sorted(k for k in hint if k in old and k not in new)
             candidates = [k for k in hint if k in new]
         for key in removed:
-            touched.add(self._unclaim(old[key]))
-            self._states.pop(key, None)
+            touched.update(self._unclaim(old[key]))
+            self._set_state(key, None, changed_states)
         for key in candidates:
             site = new[key]
             prev = old.get(key)
@@ -181,21 +288,35 @@ class SnapshotBuilder:
                 continue
             if prev is not None:
                 if same_resources(prev, site):
-                    self._replace_claim(prev, site)
+                    self._replace_claims(prev, site)
                     continue
-                touched.add(self._unclaim(prev))
+                touched.update(self._unclaim(prev))
                 updated.append(key)
             else:
                 added.append(key)
-            touched.add(self._claim(site))
+            if site.tls is not None and site.certificate is None:
+                self._set_state(
+                    key,
+                    SiteState(key, Phase.INVALID, "MissingCertificate", "spec.tls: no certificate was found"),
+                    changed_states,
+                )
+                continue
+            touched.update(self._claim(site))
         self._sites = new if isinstance(new, MappingProxyType) else dict(new)
 
-        changed_states: set[SiteKey] = set(removed)
         backends: set[Backend] = set()
-        served_before = len(self._vhosts)
-        for domain in touched:
-            changed_states |= self._decide(domain, backends)
-        self._sort_domains(touched, served_before)
+        restate: set[SiteKey] = set()
+        hosts: set[str] = set()
+        for claim in touched:
+            self._decide(claim, backends, restate)
+            hosts.add(claim[0])
+        for key in restate:
+            current = self._sites.get(key)
+            if current is not None and (current.tls is None or current.certificate is not None):
+                self._set_state(key, self._state_of(current), changed_states)
+        certificates_changed: set[str] = set()
+        for host in hosts:
+            self._render(host, certificates_changed)
 
         upserts: list[Resource] = []
         gone: list[str] = []
@@ -208,11 +329,17 @@ class SnapshotBuilder:
                 self._users.pop(backend, None)
                 gone.append(name)
         self._clusters = self._clusters.evolve(upserts, gone)
-        if touched:
-            self._routes = self._routes.evolve([self._route_configuration()])
+        if certificates_changed:
+            self._update_tls(certificates_changed)
+        route_upserts = [table.resource() for table in (self._http, self._https) if table.settle()]
+        route_gone = [rs.HTTPS_ROUTE_NAME] if not self._https.vhosts else []
+        route_upserts = [r for r in route_upserts if r.name not in route_gone]
+        self._routes = self._routes.evolve(route_upserts, route_gone)
 
-        self._check(touched)
-        snapshot = Snapshot.of([self._clusters, self._endpoints, self._listeners, self._routes])
+        self._check(hosts)
+        snapshot = Snapshot.of(
+            [self._clusters, self._endpoints, self._secrets, self._listeners, self._routes]
+        )
         return BuildResult(
             snapshot,
             MappingProxyType(dict(self._states)),
@@ -220,97 +347,169 @@ class SnapshotBuilder:
             tuple(added),
             tuple(updated),
             tuple(removed),
-            len(self._owners),
+            self._provisioned,
         )
 
     # -- claims and decisions ----------------------------------------------------------------
 
-    def _claim(self, site: StaticSite) -> str:
-        domain = site.domain.lower()
-        self._claims.setdefault(domain, {})[site.key] = site
-        return domain
+    def _claim(self, site: StaticSite) -> list[Claim]:
+        claims = site_claims(site)
+        for claim, mount in claims:
+            self._claims.setdefault(claim, {})[site.key] = mount
+        return [claim for claim, _ in claims]
 
-    def _unclaim(self, site: StaticSite) -> str:
-        domain = site.domain.lower()
-        claimants = self._claims.get(domain)
-        if claimants is not None:
-            claimants.pop(site.key, None)
-            if not claimants:
-                del self._claims[domain]
-        return domain
+    def _unclaim(self, site: StaticSite) -> list[Claim]:
+        claims = [claim for claim, _ in site_claims(site)]
+        for claim in claims:
+            claimants = self._claims.get(claim)
+            if claimants is not None:
+                claimants.pop(site.key, None)
+                if not claimants:
+                    del self._claims[claim]
+        return claims
 
-    def _replace_claim(self, prev: StaticSite, site: StaticSite) -> None:
-        """Same domain, backend and age: only the bookkeeping object changes."""
-        domain = site.domain.lower()
-        self._claims[domain][site.key] = site
-        if self._owners.get(domain) is prev:
-            self._owners[domain] = site
+    def _replace_claims(self, prev: StaticSite, site: StaticSite) -> None:
+        """Same resources and age: only the bookkeeping objects change."""
+        for claim, mount in site_claims(site):
+            self._claims[claim][site.key] = mount
+            winner = self._winners.get(claim)
+            if winner is not None and winner.site is prev:
+                self._winners[claim] = mount
+                self._mounts[claim[0]][claim[1]] = mount
 
-    def _decide(self, domain: str, backends: set[Backend]) -> set[SiteKey]:
-        """Re-decide who serves `domain`; update its virtual host and cluster users."""
-        claimants = self._claims.get(domain, {})
-        owner = min(claimants.values(), key=_seniority) if claimants else None
-        changed: set[SiteKey] = set()
-        for site in claimants.values():
-            if site is owner:
-                state = SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
-            else:
-                assert owner is not None
-                state = SiteState(
-                    site.key,
-                    Phase.CONFLICT,
-                    "DomainConflict",
-                    f"domain {domain} is already served by site {owner.key}",
-                )
-            if self._states.get(site.key) != state:
-                self._states[site.key] = state
-                changed.add(site.key)
-
-        previous = self._owners.get(domain)
-        if previous is not None:
-            self._users[previous.backend] -= 1
-            backends.add(previous.backend)
-        if owner is None:
-            if previous is not None:
-                del self._owners[domain]
-                self._vhost_digest ^= _digest(self._vhosts.pop(domain))
-            return changed
-        self._users[owner.backend] = self._users.get(owner.backend, 0) + 1
-        backends.add(owner.backend)
-        self._owners[domain] = owner
-        vhost = rs.serialized.virtual_host(str(owner.key), domain, rs.cluster_name(owner.backend))
-        if self.resource_hook is not None:
-            vhost = self.resource_hook(owner, vhost)
-        framed = wire.field_bytes(2, vhost)  # RouteConfiguration.virtual_hosts is field 2
-        before = self._vhosts.get(domain)
-        if before != framed:
-            if before is not None:
-                self._vhost_digest ^= _digest(before)
-            self._vhost_digest ^= _digest(framed)
-            self._vhosts[domain] = framed
-        return changed
-
-    def _sort_domains(self, touched: set[str], served_before: int) -> None:
-        """Keep `_domains` the sorted list of served domains: by bisection for a few changes."""
-        vhosts = self._vhosts
-        if len(touched) > 64 or not served_before:
-            self._domains = sorted(vhosts)
-            self._framed = [vhosts[d] for d in self._domains]
+    def _set_state(self, key: SiteKey, state: SiteState | None, changed: set[SiteKey]) -> None:
+        before = self._states.get(key)
+        if before == state:
             return
-        for domain in touched:
-            at = bisect.bisect_left(self._domains, domain)
-            listed = at < len(self._domains) and self._domains[at] == domain
-            framed = vhosts.get(domain)
-            if framed is not None and listed:
-                self._framed[at] = framed
-            elif framed is not None:
-                self._domains.insert(at, domain)
-                self._framed.insert(at, framed)
-            elif listed:
-                del self._domains[at]
-                del self._framed[at]
+        if before is not None and before.phase is Phase.PROVISIONED:
+            self._provisioned -= 1
+        if state is None:
+            self._states.pop(key, None)
+        else:
+            self._states[key] = state
+            if state.phase is Phase.PROVISIONED:
+                self._provisioned += 1
+        changed.add(key)
+
+    def _decide(self, claim: Claim, backends: set[Backend], restate: set[SiteKey]) -> None:
+        """Re-decide who has `claim`; keep the users of each backend counted."""
+        claimants = self._claims.get(claim, {})
+        winner = min(claimants.values(), key=lambda m: _seniority(m.site)) if claimants else None
+        restate.update(claimants)
+        previous = self._winners.get(claim)
+        if previous is winner:
+            return
+        host, prefix = claim
+        if previous is not None:
+            restate.add(previous.site.key)
+            if not previous.redirect:
+                self._users[previous.site.backend] -= 1
+                backends.add(previous.site.backend)
+        if winner is None:
+            if previous is not None:
+                del self._winners[claim]
+                mounts = self._mounts[host]
+                del mounts[prefix]
+                if not mounts:
+                    del self._mounts[host]
+            return
+        if not winner.redirect:
+            self._users[winner.site.backend] = self._users.get(winner.site.backend, 0) + 1
+            backends.add(winner.site.backend)
+        self._winners[claim] = winner
+        self._mounts.setdefault(host, {})[prefix] = winner
+
+    def _state_of(self, site: StaticSite) -> SiteState:
+        lost: list[str] = []
+        won = 0
+        for claim, _ in site_claims(site):
+            winner = self._winners.get(claim)
+            if winner is not None and winner.site.key != site.key:
+                lost.append(f"{_where(claim)} is already served by site {winner.site.key}")
+            else:
+                won += 1
+        if not lost:
+            return SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
+        message = "; ".join(lost)
+        if won:
+            message += " (its other domains are served)"
+        return SiteState(site.key, Phase.CONFLICT, "DomainConflict", message)
 
     # -- resources -------------------------------------------------------------------------
+
+    def _render(self, host: str, certificates_changed: set[str]) -> None:
+        """Rebuild the virtual hosts of one domain, and note a change of its certificate."""
+        mounts = self._mounts.get(host)
+        certificate: Certificate | None = None
+        if not mounts:
+            self._http.set(host, None)
+            self._https.set(host, None)
+        else:
+            listed = list(mounts.values())
+            self._http.set(host, self._virtual_host(host, listed, secure=False))
+            secured = [m.site for m in listed if m.site.certificate is not None]
+            if secured:
+                certificate = min(secured, key=_seniority).certificate
+                assert certificate is not None
+                self._https.set(host, self._virtual_host(host, listed, secure=True))
+            else:
+                self._https.set(host, None)
+        before = self._host_cert.get(host)
+        if before == certificate:
+            return
+        if before is not None:
+            self._host_cert.pop(host)
+            hosts = self._cert_hosts[before.name]
+            hosts.discard(host)
+            if not hosts:
+                del self._cert_hosts[before.name]
+            certificates_changed.add(before.name)
+        if certificate is not None:
+            self._host_cert[host] = certificate
+            self._cert_hosts.setdefault(certificate.name, set()).add(host)
+            certificates_changed.add(certificate.name)
+
+    def _virtual_host(self, host: str, mounts: list[rs.Mount], *, secure: bool) -> bytes:
+        only = mounts[0]
+        if len(mounts) == 1 and not only.redirect and only.prefix == "/" and rs.is_plain(only.site):
+            site = only.site
+            vhost = rs.serialized.virtual_host(str(site.key), host, rs.cluster_name(site.backend))
+        else:
+            vhost = rs.mounted_virtual_host(host, mounts, secure).SerializeToString(deterministic=True)
+        if self.resource_hook is not None:
+            for mount in mounts:
+                vhost = self.resource_hook(mount.site, vhost)
+        return wire.field_bytes(2, vhost)  # RouteConfiguration.virtual_hosts is field 2
+
+    def _update_tls(self, names: set[str]) -> None:
+        """The certificates (SDS) and the HTTPS listener's filter chains, after domains moved."""
+        upserts: list[Resource] = []
+        gone: list[str] = []
+        for name in names:
+            hosts = self._cert_hosts.get(name)
+            if not hosts:
+                gone.append(name)
+                continue
+            certificate = self._host_cert[min(hosts)]
+            for host in hosts:  # the newest content, when a renewal reached some domains first
+                candidate = self._host_cert[host]
+                if candidate is not certificate and candidate != certificate:
+                    certificate = candidate
+                    break
+            upserts.append(Resource.from_message(rs.SECRET_TYPE, name, rs.secret(certificate)))
+        self._secrets = self._secrets.evolve(upserts, gone)
+        chains = [(name, sorted(hosts)) for name, hosts in sorted(self._cert_hosts.items())]
+        if chains == self._chains:
+            return
+        self._chains = chains
+        if not chains:
+            self._listeners = self._listeners.evolve((), [rs.HTTPS_LISTENER_NAME])
+            return
+        options = self.options
+        listener = rs.https_listener(options.listen_address, options.https_port, chains, options.access_log)
+        self._listeners = self._listeners.evolve(
+            [Resource.from_message(rs.LISTENER_TYPE, rs.HTTPS_LISTENER_NAME, listener)]
+        )
 
     def _new_cluster(self, backend: Backend) -> Resource:
         body = rs.serialized.cluster(backend, self.options.backend_host_template)
@@ -318,76 +517,96 @@ class SnapshotBuilder:
             body = self.resource_hook(backend, body)
         return Resource.of(rs.CLUSTER_TYPE, rs.cluster_name(backend), body)
 
-    def _route_configuration(self) -> Resource:
-        """The one RouteConfiguration, assembled from the cached bytes of each virtual host."""
-        header = rs.route_configuration_header(rs.HTTP_ROUTE_NAME).SerializeToString(deterministic=True)
-        body = b"".join([header, *self._framed, self._fallback_vhost])
-        # The virtual hosts are in a canonical (sorted) order, so their set is the content:
-        # its digest is the version, without hashing megabytes of routes on every change.
-        version = content_hash(header, self._fallback_vhost, self._vhost_digest.to_bytes(8, "big"))
-        return Resource.of(rs.ROUTE_TYPE, rs.HTTP_ROUTE_NAME, body, version)
-
-    def _check(self, touched: set[str]) -> None:
+    def _check(self, hosts: set[str]) -> None:
         """Check what this build changed (everything, on a first or a large build)."""
-        if not touched:
+        if not hosts:
             return
-        if len(touched) * 4 >= len(self._owners) + 1:
+        if len(hosts) * 4 >= len(self._mounts) + 1:
             check_consistency(self.plan())
             return
         problems: list[str] = []
         clusters = self._clusters.resources
-        for domain in touched:
-            owner = self._owners.get(domain)
-            if owner is None:
-                continue
-            target = rs.cluster_name(owner.backend)
-            if target not in clusters:
-                problems.append(f"virtual host {owner.key} routes to cluster {target}, which does not exist")
-            if domain != domain.lower():
-                problems.append(f"domain {domain} is not in lower case")
+        for host in hosts:
+            for mount in self._mounts.get(host, {}).values():
+                if mount.redirect:
+                    continue
+                target = rs.cluster_name(mount.site.backend)
+                if target not in clusters:
+                    problems.append(
+                        f"site {mount.site.key} on domain {host} routes to cluster {target}, which does not exist"
+                    )
+            if host != host.lower():
+                problems.append(f"domain {host} is not in lower case")
         if rs.HTTP_ROUTE_NAME not in self._routes.resources:
             problems.append(
                 f"the listener uses route configuration {rs.HTTP_ROUTE_NAME}, which does not exist"
             )
-        if len(self._vhosts) != len(self._domains):
+        if len(self._http.vhosts) != len(self._http.domains):
             problems.append("the virtual hosts and the served domains disagree")
         if problems:
             raise InconsistentSnapshot("; ".join(problems))
 
     def plan(self) -> _Plan:
         """The whole graph of the last build, for a full consistency check."""
-        hosts = tuple(
-            (str(owner.key), domain, rs.cluster_name(owner.backend))
-            for domain in self._domains
-            for owner in (self._owners[domain],)
-        )
+
+        def hosts(table: _RouteTable) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+            return tuple(
+                (
+                    domain,
+                    domain,
+                    tuple(
+                        rs.cluster_name(m.site.backend)
+                        for m in self._mounts[domain].values()
+                        if not m.redirect
+                    ),
+                )
+                for domain in table.domains
+            )
+
+        routes = {
+            table.name: hosts(table)
+            for table in (self._http, self._https)
+            if table.name in self._routes.resources
+        }
+        listeners = {rs.HTTP_LISTENER_NAME: rs.HTTP_ROUTE_NAME}
+        listener_secrets: dict[str, tuple[str, ...]] = {}
+        if rs.HTTPS_LISTENER_NAME in self._listeners.resources:
+            listeners[rs.HTTPS_LISTENER_NAME] = rs.HTTPS_ROUTE_NAME
+            listener_secrets[rs.HTTPS_LISTENER_NAME] = tuple(name for name, _ in self._chains)
         return _Plan(
             clusters=frozenset(self._clusters.resources),
-            routes={name: hosts for name in self._routes.resources},
-            listeners=dict.fromkeys(self._listeners.resources, rs.HTTP_ROUTE_NAME),
+            routes=routes,
+            listeners=listeners,
+            secrets=frozenset(self._secrets.resources),
+            listener_secrets=listener_secrets,
         )
 
 
 def check_consistency(plan: _Plan) -> None:
-    """Every route's cluster exists, every listener's routes exist, no domain is served twice."""
+    """Every route's cluster exists, every listener's routes and certificates exist, no domain twice."""
     problems: list[str] = []
     for listener, route in plan.listeners.items():
         if route not in plan.routes:
             problems.append(f"listener {listener} uses route configuration {route}, which does not exist")
+    for listener, names in plan.listener_secrets.items():
+        for name in names:
+            if name not in plan.secrets:
+                problems.append(f"listener {listener} serves certificate {name}, which does not exist")
     for route, hosts in plan.routes.items():
-        names: set[str] = set()
+        names_seen: set[str] = set()
         domains: dict[str, str] = {}
-        for vhost, domain, target in hosts:
-            if vhost in names:
+        for vhost, domain, targets in hosts:
+            if vhost in names_seen:
                 problems.append(f"route configuration {route} has virtual host {vhost} twice")
-            names.add(vhost)
+            names_seen.add(vhost)
             folded = domain.lower()
             if folded in domains:
                 problems.append(
                     f"route configuration {route}: domain {domain} is in {domains[folded]} and {vhost}"
                 )
             domains[folded] = vhost
-            if target not in plan.clusters:
-                problems.append(f"virtual host {vhost} routes to cluster {target}, which does not exist")
+            for target in targets:
+                if target not in plan.clusters:
+                    problems.append(f"virtual host {vhost} routes to cluster {target}, which does not exist")
     if problems:
         raise InconsistentSnapshot("; ".join(problems))

@@ -453,7 +453,11 @@ def _named_in(message: str, suspects: Mapping[SiteKey, StaticSite]) -> dict[Site
     tokens.discard("")
     named: dict[SiteKey, StaticSite] = {}
     for key, site in suspects.items():
-        names = (str(key).lower(), cluster_name(site.backend).lower(), site.domain.lower())
+        names = (
+            str(key).lower(),
+            cluster_name(site.backend).lower(),
+            *(host.lower() for host in (*site.hosts, *site.redirect_from)),
+        )
         if any(name in tokens for name in names):
             named[key] = site
     return named

@@ -2,37 +2,60 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import NamedTuple
+
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    extension_pb2,
+    health_check_pb2,
+    substitution_format_string_pb2,
+)
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.compression.brotli.compressor.v3 import brotli_pb2
+from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
+from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
 
-from .model import Backend
+from .model import Backend, Certificate, HealthCheck, StaticSite
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
-# The order in which a change reaches Envoy: clusters exist before anything points at them.
-TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+# The order in which a change reaches Envoy: clusters exist before anything points at them,
+# and a certificate before the listener that serves it.
+TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 
 MESSAGE_CLASSES: dict[str, type[message.Message]] = {
     CLUSTER_TYPE: cluster_pb2.Cluster,
     ENDPOINT_TYPE: endpoint_pb2.ClusterLoadAssignment,
+    SECRET_TYPE: secret_pb2.Secret,
     LISTENER_TYPE: listener_pb2.Listener,
     ROUTE_TYPE: route_pb2.RouteConfiguration,
 }
 
 HTTP_LISTENER_NAME = "http"
 HTTP_ROUTE_NAME = "http"
+HTTPS_LISTENER_NAME = "https"
+HTTPS_ROUTE_NAME = "https"
+# The compressors every listener has, in the order of preference when a client accepts both.
+COMPRESSORS = (("compressor-brotli", "brotli"), ("compressor-gzip", "gzip"))
 UNKNOWN_DOMAIN_HOST = "unknown-domain"
 UNKNOWN_DOMAIN_BODY = "No site is configured for this domain.\n"
 
@@ -40,8 +63,18 @@ DEFAULT_HOST_TEMPLATE = "{service}.{namespace}.svc.cluster.local"
 
 
 def cluster_name(backend: Backend) -> str:
-    """Clusters are named after the Service they reach: namespace/service/port."""
-    return f"{backend.namespace}/{backend.service_name}/{backend.service_port}"
+    """Clusters are named after the Service they reach: namespace/service/port.
+
+    A backend with a health check gets a cluster of its own (the check is a property of the
+    cluster), named with a short digest of the check: two sites that check the same Service
+    differently do not share it.
+    """
+    name = f"{backend.namespace}/{backend.service_name}/{backend.service_port}"
+    check = backend.health_check
+    if check is None:
+        return name
+    digest = hashlib.blake2b(repr(tuple(check)).encode(), digest_size=4).hexdigest()
+    return f"{name}/hc-{digest}"
 
 
 def backend_host(backend: Backend, template: str) -> str:
@@ -71,7 +104,7 @@ def cluster(backend: Backend, host_template: str) -> cluster_pb2.Cluster:
             )
         )
     )
-    return cluster_pb2.Cluster(
+    out = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STRICT_DNS,
         connect_timeout=duration_pb2.Duration(seconds=2),
@@ -83,20 +116,133 @@ def cluster(backend: Backend, host_template: str) -> cluster_pb2.Cluster:
             endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],
         ),
     )
+    if backend.health_check is not None:
+        out.health_checks.append(health_check(backend.health_check, backend_host(backend, host_template)))
+        # Envoy's panic mode would send to unhealthy endpoints once most of them fail: with a
+        # health check asked for, a dead backend gets no requests (503 at once) instead.
+        out.common_lb_config.healthy_panic_threshold.CopyFrom(percent_pb2.Percent(value=0))
+    return out
+
+
+def health_check(check: HealthCheck, host: str) -> health_check_pb2.HealthCheck:
+    """GET `check.path` every interval; out after `unhealthy_threshold` failures, back after `healthy_threshold`."""
+    interval = _duration(check.interval_ms)
+    return health_check_pb2.HealthCheck(
+        timeout=_duration(min(check.interval_ms, 5_000)),
+        interval=interval,
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=check.unhealthy_threshold),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=check.healthy_threshold),
+        no_traffic_interval=interval,  # a backend nobody visits is still checked at the interval
+        http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(host=host, path=check.path),
+    )
+
+
+def _duration(ms: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+class Mount(NamedTuple):
+    """A site's place on one domain: the prefix it serves there, or redirects from there."""
+
+    site: StaticSite
+    prefix: str  # "/" or "/a/b"
+    redirect: bool = False  # a domain of spec.redirectFrom: answered with a 301 to spec.domain
+
+
+def is_plain(site: StaticSite) -> bool:
+    """A site with none of the optional route features: its route is the one shared shape."""
+    return (
+        site.path_prefix == "/"
+        and site.rewrite_prefix is None
+        and site.tls is None
+        and not site.headers_set
+        and not site.headers_remove
+        and site.compression
+        and site.request_timeout_ms is None
+        and not site.connect_retries
+    )
 
 
 def virtual_host(site_name: str, domain: str, target_cluster: str) -> route_components_pb2.VirtualHost:
-    """One virtual host per site: every path of its domain goes to its backend cluster."""
+    """The virtual host of a domain that one plain site serves whole: every path to its backend."""
     return route_components_pb2.VirtualHost(
-        name=site_name,
+        name=domain,
         domains=[domain],
         routes=[
             route_components_pb2.Route(
+                name=site_name,
                 match=route_components_pb2.RouteMatch(prefix="/"),
                 route=route_components_pb2.RouteAction(cluster=target_cluster),
             )
         ],
     )
+
+
+def mounted_virtual_host(host: str, mounts: list[Mount], secure: bool) -> route_components_pb2.VirtualHost:
+    """The virtual host of a domain: the routes of every site mounted on it, longest prefix first.
+
+    `secure`: for the HTTPS listener. On plain HTTP, a site that wants HTTPS only answers
+    with a 301 to the same URL over HTTPS.
+    """
+    ordered = sorted(mounts, key=lambda m: (-len(m.prefix), m.prefix))
+    routes = [route for mount in ordered for route in site_routes(mount, secure)]
+    return route_components_pb2.VirtualHost(name=host, domains=[host], routes=routes)
+
+
+def _matches(prefix: str) -> list[tuple[route_components_pb2.RouteMatch, str]]:
+    """The matches of a mount at `prefix`, each with what the prefix is rewritten from.
+
+    "/docs" matches "/docs" itself and everything under "/docs/", never "/docsx".
+    """
+    if prefix == "/":
+        return [(route_components_pb2.RouteMatch(prefix="/"), "/")]
+    return [
+        (route_components_pb2.RouteMatch(path=prefix), prefix),
+        (route_components_pb2.RouteMatch(prefix=prefix + "/"), prefix + "/"),
+    ]
+
+
+def site_routes(mount: Mount, secure: bool) -> list[route_components_pb2.Route]:
+    site = mount.site
+    name = str(site.key)
+    to_https = not secure and site.https_only
+    routes: list[route_components_pb2.Route] = []
+    for match, matched in _matches(mount.prefix):
+        route = route_components_pb2.Route(name=name, match=match)
+        if mount.redirect or to_https:
+            redirect = route.redirect
+            redirect.response_code = route_components_pb2.RedirectAction.MOVED_PERMANENTLY
+            if mount.redirect:
+                redirect.host_redirect = site.domain
+            if to_https or (secure and mount.redirect):
+                redirect.https_redirect = True
+            routes.append(route)
+            continue
+        action = route.route
+        action.cluster = cluster_name(site.backend)
+        if site.rewrite_prefix is not None:
+            rewrite = site.rewrite_prefix
+            # "/docs/" -> "/", "/docs" -> "/": a trailing slash stays a trailing slash.
+            action.prefix_rewrite = rewrite if not matched.endswith("/") else rewrite.rstrip("/") + "/"
+        if site.request_timeout_ms is not None:
+            action.timeout.CopyFrom(_duration(site.request_timeout_ms))
+        if site.connect_retries:
+            action.retry_policy.retry_on = "connect-failure,refused-stream,reset-before-request"
+            action.retry_policy.num_retries.value = site.connect_retries
+        for header, value in site.headers_set:
+            route.response_headers_to_add.append(
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=header, value=value),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+            )
+        route.response_headers_to_remove.extend(site.headers_remove)
+        if not site.compression:
+            off = pack(compressor_pb2.CompressorPerRoute(disabled=True))
+            for filter_name, _ in COMPRESSORS:
+                route.typed_per_filter_config[filter_name].CopyFrom(off)
+        routes.append(route)
+    return routes
 
 
 class _Reuse:
@@ -111,6 +257,9 @@ class _Reuse:
         self._vhost: route_components_pb2.VirtualHost | None = None
 
     def cluster(self, backend: Backend, host_template: str) -> bytes:
+        if backend.health_check is not None:  # not the shared shape
+            built: bytes = cluster(backend, host_template).SerializeToString(deterministic=True)
+            return built
         msg = self._cluster
         if msg is None:
             msg = self._cluster = cluster(backend, host_template)
@@ -127,8 +276,9 @@ class _Reuse:
         msg = self._vhost
         if msg is None:
             msg = self._vhost = virtual_host(site_name, domain, target_cluster)
-        msg.name = site_name
+        msg.name = domain
         msg.domains[0] = domain
+        msg.routes[0].name = site_name
         msg.routes[0].route.cluster = target_cluster
         data: bytes = msg.SerializeToString(deterministic=True)
         return data
@@ -209,12 +359,24 @@ def access_logs(destination: str) -> list[accesslog_pb2.AccessLog]:
     return [accesslog_pb2.AccessLog(name=name, typed_config=pack(sink))]
 
 
-def http_listener(
-    address: str, port: int, route_name: str, access_log: str = ACCESS_LOG_STDOUT
-) -> listener_pb2.Listener:
-    """The HTTP listener; its connection manager takes its routes over ADS (RDS)."""
-    manager = hcm_pb2.HttpConnectionManager(
-        stat_prefix="http",
+def compressor_filters() -> list[hcm_pb2.HttpFilter]:
+    """Brotli and gzip for text responses (Envoy's default content types), when clients ask."""
+    libraries: dict[str, message.Message] = {"brotli": brotli_pb2.Brotli(), "gzip": gzip_pb2.Gzip()}
+    filters = []
+    for filter_name, library in COMPRESSORS:
+        config = compressor_pb2.Compressor(
+            compressor_library=extension_pb2.TypedExtensionConfig(
+                name=f"envoy.compression.{library}.compressor", typed_config=pack(libraries[library])
+            )
+        )
+        filters.append(hcm_pb2.HttpFilter(name=filter_name, typed_config=pack(config)))
+    return filters
+
+
+def connection_manager(stat_prefix: str, route_name: str, access_log: str) -> hcm_pb2.HttpConnectionManager:
+    """The HTTP connection manager of a listener; its routes come over ADS (RDS)."""
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(
             route_config_name=route_name,
@@ -228,24 +390,91 @@ def http_listener(
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         http_filters=[
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+            *compressor_filters(),
+            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
         ],
         access_log=access_logs(access_log),
     )
+
+
+def _manager_filter(manager: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.Filter:
+    return listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
+    )
+
+
+def _socket(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
+
+
+def http_listener(
+    address: str, port: int, route_name: str, access_log: str = ACCESS_LOG_STDOUT
+) -> listener_pb2.Listener:
+    """The HTTP listener: every site, by the Host header."""
+    manager = connection_manager("http", route_name, access_log)
     return listener_pb2.Listener(
         name=HTTP_LISTENER_NAME,
-        address=address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address=address, port_value=port)
-        ),
-        filter_chains=[
+        address=_socket(address, port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[_manager_filter(manager)])],
+    )
+
+
+def _ads_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
+
+
+def https_listener(
+    address: str, port: int, chains: list[tuple[str, list[str]]], access_log: str = ACCESS_LOG_STDOUT
+) -> listener_pb2.Listener:
+    """The HTTPS listener: a filter chain per certificate, chosen by the client's SNI.
+
+    `chains` pairs each certificate's SDS name with the domains it serves. The certificates
+    themselves come over SDS on the ADS stream, so a renewal changes no listener.
+    """
+    manager = _manager_filter(connection_manager("https", HTTPS_ROUTE_NAME, access_log))
+    filter_chains = []
+    for secret_name, hosts in chains:
+        context = tls_pb2.DownstreamTlsContext(
+            common_tls_context=common_pb2.CommonTlsContext(
+                tls_certificate_sds_secret_configs=[
+                    secret_pb2.SdsSecretConfig(name=secret_name, sds_config=_ads_source())
+                ],
+                alpn_protocols=["h2", "http/1.1"],
+            )
+        )
+        filter_chains.append(
             listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
-                    )
-                ]
+                name=secret_name,
+                filter_chain_match=listener_components_pb2.FilterChainMatch(server_names=hosts),
+                filters=[manager],
+                transport_socket=base_pb2.TransportSocket(
+                    name="envoy.transport_sockets.tls", typed_config=pack(context)
+                ),
+            )
+        )
+    return listener_pb2.Listener(
+        name=HTTPS_LISTENER_NAME,
+        address=_socket(address, port),
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(
+                name="envoy.filters.listener.tls_inspector",
+                typed_config=pack(tls_inspector_pb2.TlsInspector()),
             )
         ],
+        filter_chains=filter_chains,
+    )
+
+
+def secret(certificate: Certificate) -> secret_pb2.Secret:
+    """A certificate and its key, as SDS serves them."""
+    return secret_pb2.Secret(
+        name=certificate.name,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=certificate.chain),
+            private_key=base_pb2.DataSource(inline_bytes=certificate.key),
+        ),
     )
 
 

@@ -16,7 +16,9 @@ from typing import Any
 from google.protobuf import json_format, message
 
 from . import wire
-from .resources import MESSAGE_CLASSES, TYPE_ORDER
+from .resources import MESSAGE_CLASSES, SECRET_TYPE, TYPE_ORDER
+
+REDACTED = "[redacted]"
 
 
 def content_hash(*parts: bytes) -> str:
@@ -176,10 +178,17 @@ class Snapshot:
         for type_url in TYPE_ORDER:
             kind = type_url.rsplit(".", 1)[-1]
             out[kind] = [
-                json_format.MessageToDict(res.decode(), preserving_proto_field_name=False)
+                _redacted(type_url, json_format.MessageToDict(res.decode(), preserving_proto_field_name=False))
                 for _, res in sorted(self.types[type_url].resources.items())
             ]
         return out
+
+
+def _redacted(type_url: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource for display: a certificate's private key is never shown."""
+    if type_url == SECRET_TYPE and "privateKey" in resource.get("tlsCertificate", {}):
+        resource["tlsCertificate"]["privateKey"] = REDACTED
+    return resource
 
 
 EMPTY = Snapshot.of(())

@@ -37,7 +37,7 @@ from xds_server.ads import AdsServer, Nack, StreamInfo
 
 READ_TIMEOUT = 5.0  # deadline for a response we expect
 QUIET = 0.3  # bounded wait that proves no response is sent
-UNKNOWN_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 
 Request = discovery_pb2.DiscoveryRequest
 Response = discovery_pb2.DiscoveryResponse

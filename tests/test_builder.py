@@ -90,7 +90,7 @@ def served(result: BuildResult) -> dict[str, tuple[str, str]]:
         assert len(vhost.domains) == 1
         assert len(vhost.routes) == 1
         assert vhost.routes[0].match.prefix == "/"
-        out[vhost.domains[0]] = (vhost.name, vhost.routes[0].route.cluster)
+        out[vhost.domains[0]] = (vhost.routes[0].name, vhost.routes[0].route.cluster)
     return out
 
 
@@ -170,7 +170,7 @@ def test_one_route_configuration_with_a_virtual_host_per_domain_and_a_catch_all(
     config = route_config(result)
     assert config.name == rs.HTTP_ROUTE_NAME
     names = [v.name for v in config.virtual_hosts]
-    assert sorted(names) == sorted(["default/a", "default/b", rs.UNKNOWN_DOMAIN_HOST])
+    assert sorted(names) == sorted(["a.example.com", "b.example.com", rs.UNKNOWN_DOMAIN_HOST])
     assert served(result) == {
         "a.example.com": ("default/a", "default/api/81"),
         "b.example.com": ("default/b", "default/web/80"),
@@ -224,7 +224,7 @@ def test_listener_uses_options_and_rds_over_ads(address: str, port: int) -> None
     source = manager.rds.config_source
     assert source.WhichOneof("config_source_specifier") == "ads"
     assert source.resource_api_version == config_source_pb2.V3
-    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]
+    assert [f.name for f in manager.http_filters] == ["compressor-brotli", "compressor-gzip", "envoy.filters.http.router"]
 
 
 # -- versions ---------------------------------------------------------------------------------
@@ -426,7 +426,7 @@ def test_a_cluster_removed_and_added_back_is_equal() -> None:
 
 def plan(
     clusters: tuple[str, ...] = ("c1",),
-    hosts: tuple[tuple[str, str, str], ...] = (("default/a", "a.example.com", "c1"),),
+    hosts: tuple[tuple[str, str, tuple[str, ...]], ...] = (("default/a", "a.example.com", ("c1",)),),
     listener_route: str = "http",
 ) -> _Plan:
     return _Plan(
@@ -443,7 +443,7 @@ def test_consistent_plan_passes() -> None:
 
 def test_dangling_cluster_is_inconsistent() -> None:
     with pytest.raises(InconsistentSnapshot, match="cluster c2, which does not exist"):
-        check_consistency(plan(hosts=(("default/a", "a.example.com", "c2"),)))
+        check_consistency(plan(hosts=(("default/a", "a.example.com", ("c2",)),)))
 
 
 def test_missing_route_configuration_is_inconsistent() -> None:
@@ -453,19 +453,19 @@ def test_missing_route_configuration_is_inconsistent() -> None:
 
 @pytest.mark.parametrize("second_domain", ["a.example.com", "A.Example.COM"], ids=["same", "case"])
 def test_duplicate_domain_is_inconsistent(second_domain: str) -> None:
-    hosts = (("default/a", "a.example.com", "c1"), ("default/b", second_domain, "c1"))
+    hosts = (("default/a", "a.example.com", ("c1",)), ("default/b", second_domain, ("c1",)))
     with pytest.raises(InconsistentSnapshot, match="domain"):
         check_consistency(plan(hosts=hosts))
 
 
 def test_duplicate_virtual_host_is_inconsistent() -> None:
-    hosts = (("default/a", "a.example.com", "c1"), ("default/a", "b.example.com", "c1"))
+    hosts = (("default/a", "a.example.com", ("c1",)), ("default/a", "b.example.com", ("c1",)))
     with pytest.raises(InconsistentSnapshot, match="virtual host default/a twice"):
         check_consistency(plan(hosts=hosts))
 
 
 def test_every_inconsistency_is_reported() -> None:
-    hosts = (("default/a", "a.example.com", "c2"), ("default/b", "a.example.com", "c3"))
+    hosts = (("default/a", "a.example.com", ("c2",)), ("default/b", "a.example.com", ("c3",)))
     with pytest.raises(InconsistentSnapshot) as info:
         check_consistency(
             _Plan(clusters=frozenset(), routes={"http": hosts}, listeners={"http": "http", "https": "tls"})

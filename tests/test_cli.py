@@ -117,7 +117,8 @@ def test_validate_needs_a_path() -> None:
 
 def vhosts(rendered: dict[str, Any]) -> dict[str, dict[str, Any]]:
     (route,) = rendered["RouteConfiguration"]
-    return {v["name"]: v for v in route["virtualHosts"]}
+    # by the site whose route it holds (a virtual host is named after its domain)
+    return {v["routes"][0].get("name", v["name"]): v for v in route["virtualHosts"]}
 
 
 def test_render_prints_the_resources_as_json(sites: Path) -> None:

@@ -43,7 +43,7 @@ from xds_server.ads import AdsServer, Nack, StreamInfo
 
 READ_TIMEOUT = 5.0  # deadline for a response we expect
 QUIET = 0.3  # bounded wait that proves no response is sent
-UNKNOWN_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 
 DeltaRequest = discovery_pb2.DeltaDiscoveryRequest
 DeltaResponse = discovery_pb2.DeltaDiscoveryResponse

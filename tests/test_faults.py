@@ -51,7 +51,7 @@ from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, local_bootstrap
 from xds_server.sample_backend import SampleBackend
 
 Backends = Callable[[str], SampleBackend]
-UNKNOWN_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 
 
 # -- what the tests observe -------------------------------------------------------------------

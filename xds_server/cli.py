@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     def build_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--http-port", type=int, default=8080, help="port of the gateways' HTTP listener")
         p.add_argument(
+            "--https-port",
+            type=int,
+            default=8443,
+            help="port of the gateways' HTTPS listener, opened once a site has spec.tls (8443)",
+        )
+        p.add_argument(
             "--listen-address", default="0.0.0.0", help="address the gateways' HTTP listener binds (0.0.0.0)"
         )
         p.add_argument(
@@ -229,6 +235,7 @@ def _at_least_one(text: str) -> int:
 def _options(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(
         http_port=args.http_port,
+        https_port=args.https_port,
         listen_address=args.listen_address,
         backend_host_template=args.backend_host_template,
         access_log=args.access_log,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, TYPE_ORDER
+from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_ORDER
 from snapshot.snapshot import Snapshot
 
 from .ads import AdsServer, StreamInfo, short
@@ -34,7 +34,13 @@ LIST_ENVOYS = f"/{INSPECTION_SERVICE}/ListEnvoys"
 DEFAULT_TIMEOUT = 5.0  # seconds the status command waits for an answer
 
 # How the table names the types: the xDS service that carries each.
-_SERVICE_NAMES = {CLUSTER_TYPE: "CDS", ENDPOINT_TYPE: "EDS", LISTENER_TYPE: "LDS", ROUTE_TYPE: "RDS"}
+_SERVICE_NAMES = {
+    CLUSTER_TYPE: "CDS",
+    ENDPOINT_TYPE: "EDS",
+    SECRET_TYPE: "SDS",
+    LISTENER_TYPE: "LDS",
+    ROUTE_TYPE: "RDS",
+}
 
 
 def behind(info: StreamInfo, snapshot: Snapshot | None) -> bool:
