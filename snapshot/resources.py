@@ -437,7 +437,7 @@ def https_listener(
     filter_chains = []
     for secret_name, hosts in chains:
         context = tls_pb2.DownstreamTlsContext(
-            common_tls_context=common_pb2.CommonTlsContext(
+            common_tls_context=tls_pb2.CommonTlsContext(
                 tls_certificate_sds_secret_configs=[
                     secret_pb2.SdsSecretConfig(name=secret_name, sds_config=_ads_source())
                 ],
