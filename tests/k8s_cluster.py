@@ -43,6 +43,7 @@ def declare_resources(kmock: Any) -> None:
     every = {"get", "list", "watch", "create", "update", "patch", "delete"}
     kmock.resources[SITES_RESOURCE] = info(kind=KIND, namespaced=True, subresources={"status"}, verbs=every)
     kmock.resources["v1/services"] = info(kind="Service", namespaced=True, verbs=every)
+    kmock.resources["v1/secrets"] = info(kind="Secret", namespaced=True, verbs=every)
     kmock.resources["v1/events"] = info(kind="Event", namespaced=True, verbs=every)
     kmock.resources["coordination.k8s.io/v1/leases"] = info(kind="Lease", namespaced=True, verbs=every)
     kmock.resources["v1/namespaces"] = info(kind="Namespace", namespaced=False, verbs=every)

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snapshot.builder import BuildResult, SnapshotBuilder
-from snapshot.model import Backend, SiteKey, StaticSite
-from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE, TYPE_ORDER
+from snapshot.model import Backend, Certificate, SiteKey, StaticSite, TlsSpec
+from snapshot.resources import TYPE_ORDER
 from snapshot.snapshot import ResourceSet
 
 KEYS = [SiteKey(ns, name) for ns in ("a", "b") for name in ("one", "two", "three")]
@@ -15,15 +15,56 @@ DOMAINS = ["x.example.test", "y.example.test", "z.example.test", "w.example.test
 SERVICES = ["web", "docs"]
 TIMES = [None, "2024-01-01T00:00:00Z", "2025-01-01T00:00:00Z"]
 
+HOSTS = [*DOMAINS, "*.example.test"]
+PREFIXES = ["/", "/api", "/api/v2"]
+# Two certificates by name, the first in two contents (a renewal).
+CERTIFICATES = [
+    None,
+    Certificate("secret/a/one", b"chain-1", b"key-1"),
+    Certificate("secret/a/one", b"chain-2", b"key-2"),
+    Certificate("secret/b/two", b"chain-3", b"key-3"),
+]
+
+
+def _site(
+    key: SiteKey,
+    domain: str,
+    service: str,
+    port: int,
+    created: str | None,
+    more: list[str],
+    redirects: int,
+    prefix: str,
+    certificate: Certificate | None,
+    compression: bool,
+) -> StaticSite:
+    others = [h for h in dict.fromkeys(more) if h != domain]
+    return StaticSite(
+        key,
+        domain,
+        Backend(key.namespace, service, port),
+        creation_timestamp=created,
+        aliases=tuple(others[redirects:]),
+        redirect_from=tuple(others[:redirects]) if not domain.startswith("*") else (),
+        path_prefix=prefix,
+        tls=TlsSpec(secret_name="x") if certificate is not None else None,
+        certificate=certificate,
+        compression=compression,
+    )
+
+
 site_strategy = st.builds(
-    lambda key, domain, service, port, created: StaticSite(
-        key, domain, Backend(key.namespace, service, port), creation_timestamp=created
-    ),
+    _site,
     st.sampled_from(KEYS),
-    st.sampled_from(DOMAINS),
+    st.sampled_from(HOSTS),
     st.sampled_from(SERVICES),
     st.sampled_from([80, 8080]),
     st.sampled_from(TIMES),
+    st.lists(st.sampled_from(HOSTS), max_size=2),
+    st.integers(min_value=0, max_value=2),
+    st.sampled_from(PREFIXES),
+    st.sampled_from(CERTIFICATES),
+    st.booleans(),
 )
 # A step either puts a site (add or replace) or removes a key.
 step_strategy = st.one_of(
@@ -71,7 +112,7 @@ def test_incremental_build_equals_fresh_build(steps: list[tuple[str, object]], h
             key = arg
         result = builder.build(dict(sites), changed={key} if hinted else None)
         _same(result, SnapshotBuilder().build(dict(sites)))
-        for type_url in (CLUSTER_TYPE, ROUTE_TYPE):
+        for type_url in TYPE_ORDER:
             _diff_is_exact(previous.snapshot.of_type(type_url), result.snapshot.of_type(type_url))
         changed_states = {
             k for k in set(result.sites) | set(previous.sites) if result.sites.get(k) != previous.sites.get(k)

@@ -259,6 +259,7 @@ EXPECTED_GRANTS: set[Grant] = (
     {("cluster", "staticsite-xds.dev", "staticsites", v, None) for v in ("get", "list", "watch")}
     | {("cluster", "staticsite-xds.dev", "staticsites/status", v, None) for v in ("get", "patch", "update")}
     | {("cluster", "", "services", v, None) for v in ("get", "list", "watch")}
+    | {("cluster", "", "secrets", v, None) for v in ("get", "list", "watch")}
     | {("cluster", "", "events", v, None) for v in ("create", "patch")}
     | {(NAMESPACE, "coordination.k8s.io", "leases", "create", None)}
     | {(NAMESPACE, "coordination.k8s.io", "leases", v, LEADER_LEASE) for v in ("get", "update", "patch")}

@@ -6,6 +6,18 @@ reading its files). A file may hold several documents; documents of other kinds 
 with a note. A file that fails to parse, or a document that fails validation, is reported and
 leaves every other site untouched; a site whose declaration turns invalid keeps serving its
 last good version until it is fixed or its file is deleted.
+
+A site with `spec.tls` names a PEM certificate chain and its unencrypted private key by
+`certificateFile` and `keyFile`, relative to its manifest's folder (or absolute). Both are
+read, and checked, with the manifest: a file that cannot be read or a pair that cannot be
+served makes the declaration invalid, like a problem in its spec. Each manifest remembers
+the certificate files it read and how they looked, so that a certificate renewed on disk
+(written in place, renamed over, or a link re-pointed as in a mounted Secret) re-reads the
+manifests that name it, and the sites are served with the new certificate under the same
+SDS name, with no restart. The watcher sees changes below the folder as they happen; it gets
+no event for a file outside the folder (or the target of a link leading out of it), so it
+compares those files between batches of events, about every half second, and every full load
+compares them all.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from snapshot.certificates import MAX_PEM_BYTES, BadCertificate, load_certificate, with_certificate
 from snapshot.model import (
     InvalidSite,
     Problem,
@@ -46,6 +59,10 @@ MAX_MANIFEST_BYTES = DEFAULT_MAX_MANIFEST_BYTES
 _WATCH_TIMEOUT_MS = 500
 _RECHECK_SECONDS = 1.0  # how often a folder that cannot be read or watched is tried again
 
+# How a certificate or key file looked when it was read: its modification and change times
+# (a chmod that makes it readable changes the latter), size and inode; None if it was missing.
+_CertificateStamp = tuple[int, int, int, int]
+
 
 @dataclass(slots=True)
 class _FileState:
@@ -55,6 +72,10 @@ class _FileState:
     sites: dict[SiteKey, StaticSite] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     invalid: dict[SiteKey, tuple[Problem, ...]] = field(default_factory=dict)
+    # The certificate and key files its sites name, as they were when they were read:
+    certificates: dict[Path, _CertificateStamp | None] = field(default_factory=dict)
+    # Those paths and the files their links lead to: a change of any of them re-reads the file.
+    watched: set[Path] = field(default_factory=set)
 
 
 class FolderSource:
@@ -82,6 +103,11 @@ class FolderSource:
         self._declared: dict[SiteKey, dict[Path, StaticSite]] = {}  # every declaration of a site
         self._sites: dict[SiteKey, StaticSite] = {}  # the one served: from the first file
         self._changed: set[SiteKey] | None = None  # since the last `current()`; None: unknown
+        # Certificate and key files (and the files their links lead to) -> the manifests naming them:
+        self._certificate_users: dict[Path, set[Path]] = {}
+        # Manifests naming certificate files outside the folder: no event tells when those
+        # change, so the watcher compares them between batches (see `watch`).
+        self._outside: set[Path] = set()
         self.state = SourceState("folder", f"the sites folder {self.root}", log)
         self._watch_problem: str | None = None  # why the folder cannot be watched, if it cannot
 
@@ -144,6 +170,7 @@ class FolderSource:
         old = self._files.pop(path, None)
         if state is not None:
             self._files[path] = state
+        self._index_certificates(path, old, state)
         touched = set(old.sites if old else ()) | set(state.sites if state else ())
         for key in touched:
             where = self._declared.setdefault(key, {})
@@ -163,6 +190,22 @@ class FolderSource:
                 if self._changed is not None:
                     self._changed.add(key)
 
+    def _index_certificates(self, path: Path, old: _FileState | None, new: _FileState | None) -> None:
+        """Keep the map from certificate files to the manifests naming them up to date."""
+        for watched in old.watched if old is not None else ():
+            users = self._certificate_users.get(watched)
+            if users is not None:
+                users.discard(path)
+                if not users:
+                    del self._certificate_users[watched]
+        self._outside.discard(path)
+        if new is None:
+            return
+        for watched in new.watched:
+            self._certificate_users.setdefault(watched, set()).add(path)
+        if any(not _within(watched, self.root) for watched in new.watched):
+            self._outside.add(path)
+
     def _scan(self) -> Iterable[Path]:
         return manifest_files(self.root)
 
@@ -176,7 +219,7 @@ class FolderSource:
             return
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         old = self._files.get(path)
-        if old is not None and old.stamp == stamp:
+        if old is not None and old.stamp == stamp and not _certificates_changed(old):
             return
         self._set_file(path, self._read(path, stamp, old))
 
@@ -211,7 +254,7 @@ class FolderSource:
                 log.info("%s: kind %s is not a %s; ignored", origin, describe(kind), "StaticSite")
                 continue
             try:
-                site = parse_site(doc, origin)
+                site = self._with_certificate(parse_site(doc, origin), path, state)
             except InvalidSite as exc:
                 state.problems.extend(exc.problems)
                 claimed = exc.key or site_key_of(doc)
@@ -231,26 +274,106 @@ class FolderSource:
             state.sites[site.key] = site
         return state
 
+    def _with_certificate(self, site: StaticSite, manifest: Path, state: _FileState) -> StaticSite:
+        """The site with the certificate its `spec.tls` names, read from the files; or InvalidSite.
+
+        The files read are recorded in `state`, with how they looked, even when they cannot
+        be read: a missing file that appears re-reads the manifest.
+        """
+        tls = site.tls
+        if tls is None:
+            return site
+        if tls.secret_name is not None:
+            raise InvalidSite(
+                [
+                    Problem(
+                        site.origin,
+                        "spec.tls.secretName",
+                        "a folder of sites cannot read Kubernetes Secrets; give certificateFile and keyFile",
+                    )
+                ],
+                site.key,
+            )
+        if tls.certificate_file is None or tls.key_file is None:  # parse_site requires both
+            raise InvalidSite(
+                [Problem(site.origin, "spec.tls", "needs certificateFile and keyFile")], site.key
+            )
+        problems: list[Problem] = []
+        read: list[tuple[Path, bytes]] = []
+        for where, given in (
+            ("spec.tls.certificateFile", tls.certificate_file),
+            ("spec.tls.keyFile", tls.key_file),
+        ):
+            file = _beside(manifest, given)
+            data, stamp, error = _read_pem(file)
+            # The first look is kept: if a file changed between two reads, it is read again.
+            state.certificates.setdefault(file, stamp)
+            state.watched.update(_followed(file))
+            if error is not None:
+                problems.append(Problem(site.origin, where, f"cannot read {file}: {error}"))
+            read.append((file, data))
+        if problems:
+            raise InvalidSite(problems, site.key)
+        (chain_file, chain), (key_file, key) = read
+        try:
+            certificate = load_certificate(f"file/{chain_file}", chain, key)
+        except BadCertificate as exc:
+            problem = Problem(
+                site.origin,
+                "spec.tls",
+                f"the certificate {chain_file} and key {key_file} cannot be served: {exc}",
+                reason="InvalidCertificate",
+            )
+            raise InvalidSite([problem], site.key) from None
+        return with_certificate(site, certificate)
+
     def _classify(self, paths: Iterable[Path]) -> tuple[set[Path], bool]:
         """Split a batch of changed paths: manifest files to re-read, and whether to rescan.
 
         Hidden files are the temporary files of editors and atomic writes (write, then
         rename over the manifest): the rename shows as a change of the manifest itself, so
         they are ignored, and so is anything inside a hidden folder, which is never read.
-        A link that changed (the `..data` link of a ConfigMap volume) or a visible folder can
-        change many files at once: that takes a rescan.
+        A certificate or key file a site names (or the file a link of one leads to, such as
+        `..2024_01_01/tls.crt` in a mounted Secret) re-reads the manifests that name it.
+        A link that changed (the `..data` link of a ConfigMap or Secret volume) or a visible
+        folder can change many files at once: that takes a rescan, which re-reads every
+        manifest whose certificate files changed too.
         """
         manifests: set[Path] = set()
         for path in paths:
             if is_manifest_path(path, self.root):
                 manifests.add(path)
-            elif path.is_symlink():
-                return manifests, True
-            elif _hidden(path, self.root):
                 continue
-            elif path.is_dir() or (not path.exists() and not path.suffix):
+            users = self._certificate_users.get(path)
+            if users:
+                manifests.update(users)
+            if path.is_symlink():
+                return manifests, True
+            if users or _hidden(path, self.root):
+                continue
+            if path.is_dir() or (not path.exists() and not path.suffix):
                 return manifests, True  # a folder, or perhaps a folder that was removed
         return manifests, False
+
+    def _renewed_outside(self) -> set[Path]:
+        """Manifests naming a certificate file outside the folder that changed since it was read.
+
+        The watcher sees no event for a file outside the folder (a certificate in
+        /etc/letsencrypt, say, or the target of a link to one), so it compares those files
+        between batches; a full load (a rescan) compares every certificate file.
+        """
+        now: dict[Path, _CertificateStamp | None] = {}  # each file looked at once, however shared
+
+        def changed(path: Path, stamp: _CertificateStamp | None) -> bool:
+            if path not in now:
+                now[path] = _stamp_now(path)
+            return now[path] != stamp
+
+        return {
+            manifest
+            for manifest in self._outside
+            if any(changed(path, stamp) for path, stamp in self._files[manifest].certificates.items())
+        }
 
     def _name(self, path: Path) -> str:
         return str(path)
@@ -263,6 +386,9 @@ class FolderSource:
         When the folder itself goes away, is replaced (by a file or another folder) or cannot
         be read, the last good sites stay; the folder is checked every second until it can be
         read, and then watched afresh, so it recovers without a restart.
+
+        A certificate or key file that changes re-reads the manifests naming it (see
+        `_classify` and `_renewed_outside`).
         """
         import watchfiles
 
@@ -300,11 +426,16 @@ class FolderSource:
                             if self._folder_problem is not None:
                                 break
                             continue
+                        renewed = self._renewed_outside()  # certificates outside the folder
                         if not batch:  # a timeout: nothing changed, unless the folder itself did
                             if _identity(self.root) != folder:
                                 break  # moved away, removed or replaced: it makes no event here
+                            if renewed:
+                                last = self.update(renewed)
+                                yield last
                             continue
                         manifests, rescan = self._classify(Path(p) for _, p in batch)
+                        manifests |= renewed
                         if rescan:  # a folder or a link changed (a ConfigMap swap, say)
                             last = self.load()
                             yield last
@@ -409,6 +540,74 @@ async def _stopped(stop: asyncio.Event | None, seconds: float) -> bool:
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
+        return False
+    return True
+
+
+def _beside(manifest: Path, given: str) -> Path:
+    """A file a manifest names: relative to the manifest's folder, or absolute.
+
+    The path is made absolute without following links, so that it names the same file when
+    a link on the way is re-pointed (a renewed Secret volume): it is the certificate's SDS name.
+    """
+    return Path(os.path.abspath(manifest.parent / given))
+
+
+def _followed(path: Path) -> set[Path]:
+    """A path, and the file its links lead to: where a change of the file shows."""
+    try:
+        return {path, Path(os.path.realpath(path))}
+    except (OSError, RuntimeError, ValueError):  # a loop of links, on some versions
+        return {path}
+
+
+def _certificate_stamp(info: os.stat_result) -> _CertificateStamp:
+    return (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
+
+
+def _stamp_now(path: Path) -> _CertificateStamp | None:
+    try:
+        return _certificate_stamp(path.stat())
+    except (OSError, ValueError):
+        return None
+
+
+def _certificates_changed(state: _FileState) -> bool:
+    return any(_stamp_now(path) != stamp for path, stamp in state.certificates.items())
+
+
+def _read_pem(path: Path) -> tuple[bytes, _CertificateStamp | None, str | None]:
+    """A certificate or key file's bytes, how it looked when read, and why it cannot be read.
+
+    Like a manifest, it is read within bounds: a FIFO, a device or a huge file is refused
+    before it costs more than reading its bytes once.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for a file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError) as exc:
+        return b"", _stamp_now(path), _describe(exc)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        stamp = _certificate_stamp(info)  # taken before reading: a later change shows
+        if not stat.S_ISREG(info.st_mode):
+            return b"", stamp, "it is not a regular file"
+        too_large = f"a certificate or key file may have at most {MAX_PEM_BYTES} bytes"
+        if info.st_size > MAX_PEM_BYTES:
+            return b"", stamp, f"it is {info.st_size} bytes; {too_large}"
+        try:
+            data = file.read(MAX_PEM_BYTES + 1)  # checked again: the file may have grown meanwhile
+        except OSError as exc:
+            return b"", stamp, _describe(exc)
+    if len(data) > MAX_PEM_BYTES:
+        return b"", stamp, f"it is larger than {MAX_PEM_BYTES} bytes; {too_large}"
+    return data, stamp, None
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
         return False
     return True
 

@@ -17,11 +17,18 @@ where sites came from. The rules it keeps:
 - While the API cannot be read, the last good sites are served. It is checked every few
   seconds; the outage and its end are logged once each and shown in a metric
   (`watcher.source_state`), and a listing on its return heals what the watch missed.
+- A site's `spec.tls.secretName` names a `kubernetes.io/tls` Secret of its namespace; its
+  certificate is attached to the site, under the SDS name `secret/<namespace>/<name>`, and a
+  renewal of the Secret yields a new set. Only the Secrets some site names are held: events
+  and listings of the others are dropped as they arrive. A Secret a site comes to name is read
+  with a GET, and the site is judged once the answer is in (never "not found" meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import threading
@@ -33,9 +40,21 @@ from typing import Any
 
 import kopf
 
-from snapshot.model import GROUP, PLURAL, VERSION, InvalidSite, Problem, SiteKey, StaticSite, parse_site
+from snapshot.certificates import BadCertificate, load_certificate, with_certificate
+from snapshot.model import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    Certificate,
+    InvalidSite,
+    Problem,
+    SiteKey,
+    StaticSite,
+    describe,
+    parse_site,
+)
 
-from .k8s_api import SERVICES, ApiError, Kind, KubeApi
+from .k8s_api import SECRETS, SERVICES, ApiError, Kind, KubeApi
 from .siteset import DEFAULT_MAX_SITES, SiteLimit, SiteSet
 from .source_state import SourceState
 
@@ -49,6 +68,11 @@ _RETRY = (1.0, 2.0, 5.0, 10.0)  # seconds between listings while the API cannot 
 CHECK_PERIOD = 3.0  # seconds between our checks that the API can be read, between listings
 
 ObjectKey = tuple[str, str]  # namespace, name
+
+TLS_SECRET_TYPE = "kubernetes.io/tls"
+SECRET_FIELD = "spec.tls.secretName"
+SECRET_NOT_FOUND = "SecretNotFound"  # the status reason of a site whose Secret does not exist
+INVALID_SECRET = "InvalidSecret"  # the status reason of a site whose Secret cannot be served
 
 
 class _NoSignalsNote(logging.Filter):
@@ -109,6 +133,54 @@ def _uid(body: Mapping[str, Any]) -> str | None:
     return str(value) if value else None
 
 
+def certificate_name(namespace: str, name: str) -> str:
+    """The SDS name of the certificate of a TLS Secret: the same across its renewals."""
+    return f"secret/{namespace}/{name}"
+
+
+def secret_ref(body: Mapping[str, Any]) -> ObjectKey | None:
+    """The Secret a StaticSite object names in `spec.tls.secretName`, read as it is, unparsed."""
+    spec = body.get("spec")
+    tls = spec.get("tls") if isinstance(spec, Mapping) else None
+    name = tls.get("secretName") if isinstance(tls, Mapping) else None
+    namespace = object_key(body)[0]
+    return (namespace, name) if isinstance(name, str) and name and namespace else None
+
+
+def load_secret(key: ObjectKey, body: Mapping[str, Any]) -> Certificate | Problem:
+    """The certificate a TLS Secret holds, or the problem (without origin) that keeps it unserved."""
+    namespace, name = key
+
+    def invalid(why: str) -> Problem:
+        return Problem("", SECRET_FIELD, f"Secret {namespace}/{name} cannot be used: {why}", INVALID_SECRET)
+
+    kind = body.get("type")
+    if kind != TLS_SECRET_TYPE:
+        return invalid(f"its type is {describe(kind)}, not {TLS_SECRET_TYPE}")
+    data = body.get("data")
+    data = data if isinstance(data, Mapping) else {}
+    plain = body.get("stringData")  # only the API server's input, but a stored object may carry it
+    plain = plain if isinstance(plain, Mapping) else {}
+    pem: dict[str, bytes] = {}
+    for field in ("tls.crt", "tls.key"):
+        value = data.get(field)
+        if value is None and isinstance(plain.get(field), str):
+            pem[field] = plain[field].encode()
+        elif value is None:
+            return invalid(f"it has no {field}")
+        else:
+            try:
+                if not isinstance(value, str):
+                    raise ValueError(value)
+                pem[field] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return invalid(f"its {field} is not base64")
+    try:
+        return load_certificate(certificate_name(namespace, name), pem["tls.crt"], pem["tls.key"])
+    except BadCertificate as exc:
+        return invalid(str(exc))
+
+
 @dataclass(slots=True)
 class _Entry:
     body: dict[str, Any]
@@ -151,6 +223,35 @@ class ObjectCache:
         self.objects[key] = _Entry(body, now)
         return key
 
+    def fetched(
+        self, key: ObjectKey, body: dict[str, Any] | None, started: float, now: float
+    ) -> ObjectKey | None:
+        """Apply the answer to a GET of one object requested at `started` (None: not found).
+
+        What an event brought or removed after `started` is newer than the answer and stays.
+        """
+        if body is None:
+            entry = self.objects.get(key)
+            if entry is None or entry.seen >= started:
+                return None
+            del self.objects[key]
+            self._tombstones[key] = (_uid(entry.body), now)
+            return key
+        tomb = self._tombstones.get(key)
+        if tomb is not None and tomb[1] >= started and (tomb[0] is None or tomb[0] == _uid(body)):
+            return None  # deleted after the GET was answered
+        return self.event(None, body, now)
+
+    def bury(self, key: ObjectKey, uid: str | None, now: float) -> None:
+        """Remember that an object not held was deleted: a GET or listing older than this is stale."""
+        if key not in self.objects:
+            self._tombstones[key] = (uid, now)
+
+    def forget(self, key: ObjectKey) -> None:
+        """Hold nothing more of one object."""
+        self.objects.pop(key, None)
+        self._tombstones.pop(key, None)
+
     def reconcile(self, items: Iterable[dict[str, Any]], started: float, now: float) -> set[ObjectKey]:
         """Make the cache agree with a complete listing that was requested at `started`.
 
@@ -180,7 +281,10 @@ def _older(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
 
 
 class KubernetesSource:
-    """Watches StaticSites and Services (all namespaces, or the ones given) and yields site sets."""
+    """Watches StaticSites and Services (all namespaces, or the ones given) and yields site sets.
+
+    It also watches the TLS Secrets the sites name, and holds those only.
+    """
 
     def __init__(
         self,
@@ -201,6 +305,7 @@ class KubernetesSource:
         self.settings = settings or kopf.OperatorSettings()
         self.sites = ObjectCache()
         self.services = ObjectCache()
+        self.secrets = ObjectCache()  # the Secrets some site names, and no other
         self.ready = asyncio.Event()  # the initial listings are complete
         self.on_objects: list[Listener] = []  # StaticSite objects changed (their status too)
         self.on_services: list[Listener] = []  # the backend Service of these sites changed
@@ -210,6 +315,12 @@ class KubernetesSource:
         self._invalid: dict[SiteKey, tuple[Problem, ...]] = {}
         self._invalid_generations: dict[SiteKey, int] = {}
         self._by_backend: dict[ObjectKey, set[SiteKey]] = {}
+        self._secret_users: dict[ObjectKey, set[SiteKey]] = {}  # a Secret -> the sites naming it
+        self._site_secret: dict[SiteKey, ObjectKey] = {}  # a site -> the Secret it names
+        self._absent: set[ObjectKey] = set()  # Secrets named, and known not to exist
+        self._loaded: dict[ObjectKey, tuple[dict[str, Any], Certificate | Problem]] = {}
+        self._fetches: dict[ObjectKey, asyncio.Task[None]] = {}  # GETs of Secrets in flight
+        self._secret_problems: dict[SiteKey, str] = {}  # the Secret problem last logged per site
         self._changed: set[SiteKey] = set()
         self._dirty = asyncio.Event()
         self._relisted = asyncio.Event()
@@ -223,6 +334,14 @@ class KubernetesSource:
 
     def service(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.services.get((namespace, name))
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret some site names, as last seen (None: not named, not found, or not read yet)."""
+        return self.secrets.get((namespace, name))
+
+    def secret_users(self, namespace: str, name: str) -> frozenset[SiteKey]:
+        """The sites whose current declaration names this Secret."""
+        return frozenset(self._secret_users.get((namespace, name), ()))
 
     def current(self, changed: frozenset[SiteKey] | None = None) -> SiteSet:
         problems = tuple(p for key in sorted(self._invalid) for p in self._invalid[key])
@@ -261,6 +380,8 @@ class KubernetesSource:
             self._kopf_stop.set()
             resync.cancel()
             stopped.cancel()
+            for fetch in list(self._fetches.values()):
+                fetch.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(operator, timeout=10)
 
@@ -270,9 +391,10 @@ class KubernetesSource:
             try:
                 await self.relist()
                 log.info(
-                    "initial listing complete: %d StaticSites, %d Services (%s)",
+                    "initial listing complete: %d StaticSites, %d Services, %d Secrets they name (%s)",
                     len(self.sites.objects),
                     len(self.services.objects),
+                    len(self.secrets.objects),
                     ", ".join(self.namespaces) if self.namespaces else "all namespaces",
                 )
                 return True
@@ -285,26 +407,55 @@ class KubernetesSource:
         return False
 
     async def relist(self) -> None:
-        """List every StaticSite and Service ourselves and make the caches agree."""
+        """List every StaticSite, Service and Secret ourselves and make the caches agree.
+
+        Of the Secrets, only those a site names are kept: the ones the sites of this listing
+        name, and the ones named when the listing of Secrets began. For those, the listing is
+        the truth; a Secret named since then is read by its own GET.
+        """
         started = time.monotonic()
         try:
             sites = await self._list(SITES)
             services = await self._list(SERVICES)
+            named = {ref for body in sites if (ref := secret_ref(body)) is not None}
+            named.update(self._secret_users)
+            users = self._secret_users
+
+            def wanted(body: dict[str, Any]) -> bool:
+                key = object_key(body)
+                return key in named or key in users
+
+            # With no Secret named, there is nothing to keep of a listing of them all: none is made.
+            secrets = await self._list(SECRETS, keep=wanted) if named else []
         except ApiError as exc:
             self.state.report(_explain(exc))
             raise
         self.state.report(None)
         now = time.monotonic()
-        self._sites_changed(self.sites.reconcile(sites, started, now))
+        site_keys = self.sites.reconcile(sites, started, now)
+        secret_keys = self.secrets.reconcile(secrets, started, now)
+        for key in named | secret_keys:  # what the listing says of each: there, or not
+            if key in self._fetches:
+                continue  # a GET asked later than the listing began: its answer is newer
+            if self.secrets.get(key) is not None:
+                self._absent.discard(key)
+            elif key not in self._absent:
+                self._absent.add(key)
+                secret_keys.add(key)
+        self._sites_changed(site_keys)
+        self._prune_secrets()
+        self._secrets_changed(secret_keys)
         self._services_changed(self.services.reconcile(services, started, now))
         self.listings += 1
 
-    async def _list(self, kind: Kind) -> list[dict[str, Any]]:
+    async def _list(
+        self, kind: Kind, keep: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
         if not self.namespaces:
-            return await self.api.list_objects(kind)
+            return await self.api.list_objects(kind, keep=keep)
         items: list[dict[str, Any]] = []
         for namespace in self.namespaces:
-            items.extend(await self.api.list_objects(kind, namespace))
+            items.extend(await self.api.list_objects(kind, namespace, keep=keep))
         return items
 
     async def check(self) -> None:
@@ -373,6 +524,14 @@ class KubernetesSource:
         async def service_event(event: Mapping[str, Any], **_: Any) -> None:
             loop.call_soon_threadsafe(self._event, self.services, event, self._services_changed)
 
+        @kopf.on.event("v1", "secrets", registry=registry)
+        async def secret_event(event: Mapping[str, Any], **_: Any) -> None:
+            # Most Secrets are no site's: dropped here, in kopf's thread, before they go further.
+            # (A lookup in a dict of tuples of strings is atomic: no lock is needed to read it.)
+            body = event.get("object")
+            if isinstance(body, Mapping) and object_key(body) in self._secret_users:
+                loop.call_soon_threadsafe(self._secret_event, event)
+
         return registry
 
     def _event(
@@ -387,6 +546,28 @@ class KubernetesSource:
         key = cache.event(kind, body, time.monotonic())
         if key is not None:
             then({key})
+
+    def _secret_event(self, event: Mapping[str, Any]) -> None:
+        """One event of a Secret: kept if a site names it, and those sites judged again."""
+        body = event.get("object")
+        if not isinstance(body, dict):
+            return
+        key = object_key(body)
+        if key not in self._secret_users:
+            return  # no site names it (any more)
+        kind = event.get("type")
+        if kind is None and self.ready.is_set():
+            self._relisted.set()
+        now = time.monotonic()
+        was = self._secret_known(key)
+        changed = self.secrets.event(kind, body, now)
+        if self.secrets.get(key) is not None:
+            self._absent.discard(key)
+        elif kind == "DELETED":
+            self.secrets.bury(key, _uid(body), now)  # a GET in flight may answer with it still
+            self._absent.add(key)
+        if changed is not None or self._secret_known(key) != was:
+            self._secrets_changed({key})
 
     async def _operator(self, stop: asyncio.Event) -> None:
         """Run kopf in a thread with its own event loop until `_kopf_stop` is set.
@@ -459,6 +640,8 @@ class KubernetesSource:
     def _parse(self, key: SiteKey, body: dict[str, Any] | None) -> bool:
         """Update the site of one object; True if the site set changed."""
         if body is None:
+            self._refer(key, None)
+            self._secret_problems.pop(key, None)
             self._invalid_generations.pop(key, None)
             gone = self._sites.pop(key, None)
             self.limit.offer(key, None)
@@ -466,16 +649,18 @@ class KubernetesSource:
             was_invalid = self._invalid.pop(key, None) is not None  # its problems go with it
             return gone is not None or was_invalid
         try:
-            site = parse_site(body, origin=f"StaticSite {key}")
+            parsed = parse_site(body, origin=f"StaticSite {key}")
         except InvalidSite as exc:
-            problems = tuple(exc.problems)
-            generation = _meta(body).get("generation")
-            generation = generation if isinstance(generation, int) else 0
-            if self._invalid.get(key) == problems and self._invalid_generations.get(key) == generation:
-                return False
-            self._invalid[key] = problems
-            self._invalid_generations[key] = generation
-            return True
+            self._refer(key, None)
+            self._secret_problems.pop(key, None)
+            return self._invalidate(key, body, tuple(exc.problems))
+        try:
+            served = self._with_certificate(parsed)
+        except InvalidSite as exc:
+            return self._invalidate(key, body, tuple(exc.problems))
+        if served is None:
+            return False  # its Secret is being read: the site stays as it was until the answer
+        site = served
         self._invalid_generations.pop(key, None)
         was_invalid = self._invalid.pop(key, None) is not None
         old = self._sites.get(key)
@@ -487,6 +672,160 @@ class KubernetesSource:
         backend = (site.backend.namespace, site.backend.service_name)
         self._by_backend.setdefault(backend, set()).add(key)
         return True
+
+    def _invalidate(self, key: SiteKey, body: Mapping[str, Any], problems: tuple[Problem, ...]) -> bool:
+        """Record the problems of an object's current version; True if they changed."""
+        generation = _meta(body).get("generation")
+        generation = generation if isinstance(generation, int) else 0
+        if self._invalid.get(key) == problems and self._invalid_generations.get(key) == generation:
+            return False
+        self._invalid[key] = problems
+        self._invalid_generations[key] = generation
+        return True
+
+    def _with_certificate(self, site: StaticSite) -> StaticSite | None:
+        """The site with the certificate of the Secret it names; None while that is being read.
+
+        Raises `InvalidSite` when the Secret is missing or unusable, or when the site names
+        certificate files (only a folder of sites reads files).
+        """
+        tls = site.tls
+        if tls is None or tls.secret_name is None:
+            self._refer(site.key, None)
+            self._secret_problems.pop(site.key, None)
+            if tls is not None:
+                message = "only a folder of sites reads certificate files; name a Secret with secretName"
+                raise InvalidSite([Problem(site.origin, "spec.tls.certificateFile", message)], site.key)
+            return site
+        ref = (site.key.namespace, tls.secret_name)
+        self._refer(site.key, ref)
+        loaded = self._certificate(ref)
+        if loaded is None:
+            self._request_secret(ref)
+            return None
+        if isinstance(loaded, Certificate):
+            if self._secret_problems.pop(site.key, None) is not None:
+                log.info(
+                    "site %s: Secret %s/%s can be used again (its certificate expires %s)",
+                    site.key,
+                    *ref,
+                    loaded.not_after,
+                )
+            return with_certificate(site, loaded)
+        if self._secret_problems.get(site.key) != loaded.message:
+            self._secret_problems[site.key] = loaded.message
+            log.warning("site %s: %s", site.key, loaded.message)
+        problem = Problem(site.origin, loaded.field, loaded.message, loaded.reason)
+        raise InvalidSite([problem], site.key)
+
+    def _certificate(self, ref: ObjectKey) -> Certificate | Problem | None:
+        """What a named Secret gives: its certificate, a problem, or None if not read yet."""
+        body = self.secrets.get(ref)
+        if body is None:
+            if ref in self._absent:
+                message = (
+                    f"Secret {ref[0]}/{ref[1]} not found (a {TLS_SECRET_TYPE} Secret in the site's namespace)"
+                )
+                return Problem("", SECRET_FIELD, message, SECRET_NOT_FOUND)
+            return None
+        cached = self._loaded.get(ref)
+        if cached is not None and cached[0] is body:
+            return cached[1]
+        loaded = load_secret(ref, body)  # once per version of a Secret, however many sites name it
+        self._loaded[ref] = (body, loaded)
+        return loaded
+
+    def _secret_known(self, key: ObjectKey) -> bool | None:
+        """Whether a Secret exists: True (held), False (known missing), None (not read yet)."""
+        if self.secrets.get(key) is not None:
+            return True
+        return False if key in self._absent else None
+
+    def _refer(self, site: SiteKey, ref: ObjectKey | None) -> None:
+        """Record the Secret a site names (None: none); a Secret no site names is dropped."""
+        old = self._site_secret.get(site)
+        if old == ref:
+            return
+        if old is not None:
+            users = self._secret_users.get(old)
+            if users is not None:
+                users.discard(site)
+                if not users:
+                    del self._secret_users[old]
+                    self._drop_secret(old)
+        if ref is None:
+            self._site_secret.pop(site, None)
+        else:
+            self._site_secret[site] = ref
+            self._secret_users.setdefault(ref, set()).add(site)
+
+    def _drop_secret(self, key: ObjectKey) -> None:
+        self.secrets.forget(key)
+        self._absent.discard(key)
+        self._loaded.pop(key, None)
+
+    def _prune_secrets(self) -> None:
+        """Drop every Secret no site names (after a listing that judged many sites at once)."""
+        users = self._secret_users
+        for key in [k for k in self.secrets.objects if k not in users]:
+            self._drop_secret(key)
+        self._absent.intersection_update(users)
+        for key in [k for k in self._loaded if k not in users]:
+            del self._loaded[key]
+
+    def _request_secret(self, key: ObjectKey) -> None:
+        """Read a Secret a site names and that is not held, unless a GET of it is in flight."""
+        if key in self._fetches:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a source fed by hand, with no loop: the next listing reads it
+        self._fetches[key] = loop.create_task(self._fetch_secret(key), name=f"GET Secret {key[0]}/{key[1]}")
+
+    async def _fetch_secret(self, key: ObjectKey) -> None:
+        """GET one Secret (a 404: it does not exist), then judge the sites that name it again."""
+        namespace, name = key
+        failures = 0
+        try:
+            while key in self._secret_users and self._secret_known(key) is None:
+                started = time.monotonic()
+                try:
+                    body = await self.api.get(SECRETS, namespace, name)
+                except ApiError as exc:
+                    delay = _RETRY[min(failures, len(_RETRY) - 1)]
+                    failures += 1
+                    level = logging.WARNING if failures == 1 else logging.DEBUG
+                    log.log(
+                        level,
+                        "cannot read Secret %s/%s, retrying in %gs: %s",
+                        namespace,
+                        name,
+                        delay,
+                        _explain(exc),
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                if key not in self._secret_users:
+                    return  # no site names it any more
+                self.secrets.fetched(key, body, started, time.monotonic())
+                if self.secrets.get(key) is None:
+                    self._absent.add(key)
+                else:
+                    self._absent.discard(key)
+                self._secrets_changed({key})
+                return
+        finally:
+            if self._fetches.get(key) is asyncio.current_task():
+                del self._fetches[key]
+
+    def _secrets_changed(self, keys: set[ObjectKey]) -> None:
+        """Judge again every site that names one of these Secrets."""
+        affected: set[SiteKey] = set()
+        for key in keys:
+            affected |= self._secret_users.get(key, set())
+        if affected:
+            self._sites_changed({(site.namespace, site.name) for site in affected})
 
     def _unindex(self, site: StaticSite | None) -> None:
         if site is None:

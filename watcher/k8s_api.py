@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ class Kind:
 
 
 SERVICES = Kind("", "v1", "services")
+SECRETS = Kind("", "v1", "secrets")
 EVENTS = Kind("", "v1", "events")
 LEASES = Kind("coordination.k8s.io", "v1", "leases")
 
@@ -169,8 +170,18 @@ class KubeApi:
 
     # -- what the control plane does -------------------------------------------------------
 
-    async def list_objects(self, kind: Kind, namespace: str | None = None) -> list[dict[str, Any]]:
-        """Every object of a kind (in one namespace, or all), page by page."""
+    async def list_objects(
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        *,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every object of a kind (in one namespace, or all), page by page.
+
+        With `keep`, only the objects it accepts are kept, page by page: a listing of a kind
+        with many objects the caller has no use for (Secrets) holds one page of them at most.
+        """
         items: list[dict[str, Any]] = []
         token = ""
         while True:
@@ -178,8 +189,10 @@ class KubeApi:
             if token:
                 query["continue"] = token
             page = await self.call("GET", kind.path(namespace), query=query)
-            items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue") or ""
+            found = page.get("items") or []
+            items.extend(found if keep is None else (item for item in found if keep(item)))
+            del page, found  # the page's other objects are not held while the next one is read
             if not token:
                 return items
 
