@@ -430,6 +430,7 @@ def test_gateway_deployment_agrees_with_bootstrap_and_control_plane() -> None:
     served = _control_plane_args()
     assert served.listen_address == "0.0.0.0"
     assert _container_port(container, "http") == served.http_port
+    assert _container_port(container, "https") == served.https_port
     assert _container_port(container, container["readinessProbe"]["tcpSocket"]["port"]) == served.http_port
     # Admin is on loopback: the kubelet cannot reach it.
     assert "livenessProbe" not in container
@@ -438,9 +439,10 @@ def test_gateway_deployment_agrees_with_bootstrap_and_control_plane() -> None:
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["spec"]["selector"]
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    (port,) = service["spec"]["ports"]
-    assert port["port"] == 80
-    assert _container_port(container, port["targetPort"]) == served.http_port
+    ports = {port["port"]: port for port in service["spec"]["ports"]}
+    assert set(ports) == {80, 443}
+    assert _container_port(container, ports[80]["targetPort"]) == served.http_port
+    assert _container_port(container, ports[443]["targetPort"]) == served.https_port
 
 
 @pytest.mark.parametrize(
