@@ -117,8 +117,9 @@ def _resource_fields(site: StaticSite) -> tuple[object, ...]:
 def site_claims(site: StaticSite) -> list[tuple[Claim, rs.Mount]]:
     """Every (domain, prefix) a site takes: its domains and aliases, and its redirect domains."""
     prefix = site.path_prefix
-    out = [((host, prefix), rs.Mount(site, prefix)) for host in site.hosts]
-    out.extend(((host, prefix), rs.Mount(site, prefix, redirect=True)) for host in site.redirect_from)
+    cluster = rs.cluster_name(site.backend)
+    out = [((host, prefix), rs.Mount(site, prefix, False, cluster)) for host in site.hosts]
+    out.extend(((host, prefix), rs.Mount(site, prefix, True, cluster)) for host in site.redirect_from)
     return out
 
 
@@ -308,7 +309,7 @@ class SnapshotBuilder:
         restate: set[SiteKey] = set()
         hosts: set[str] = set()
         for claim in touched:
-            self._decide(claim, backends, restate)
+            self._decide(claim, backends, restate, changed_states)
             hosts.add(claim[0])
         for key in restate:
             current = self._sites.get(key)
@@ -353,6 +354,15 @@ class SnapshotBuilder:
     # -- claims and decisions ----------------------------------------------------------------
 
     def _claim(self, site: StaticSite) -> list[Claim]:
+        if not site.aliases and not site.redirect_from:  # the common case, kept short
+            claim = (site.domain, site.path_prefix)
+            mount = rs.Mount(site, site.path_prefix, False, rs.cluster_name(site.backend))
+            claimants = self._claims.get(claim)
+            if claimants is None:
+                self._claims[claim] = {site.key: mount}
+            else:
+                claimants[site.key] = mount
+            return [claim]
         claims = site_claims(site)
         for claim, mount in claims:
             self._claims.setdefault(claim, {})[site.key] = mount
@@ -391,11 +401,28 @@ class SnapshotBuilder:
                 self._provisioned += 1
         changed.add(key)
 
-    def _decide(self, claim: Claim, backends: set[Backend], restate: set[SiteKey]) -> None:
-        """Re-decide who has `claim`; keep the users of each backend counted."""
-        claimants = self._claims.get(claim, {})
-        winner = min(claimants.values(), key=lambda m: _seniority(m.site)) if claimants else None
-        restate.update(claimants)
+    def _decide(
+        self, claim: Claim, backends: set[Backend], restate: set[SiteKey], changed_states: set[SiteKey]
+    ) -> None:
+        """Re-decide who has `claim`; keep the users of each backend counted.
+
+        The sites whose state may have changed are added to `restate`; a lone claimant with no
+        other claim is settled here (the common case, kept short).
+        """
+        claimants = self._claims.get(claim)
+        winner: rs.Mount | None = None
+        if claimants:
+            if len(claimants) == 1:
+                (winner,) = claimants.values()
+                site = winner.site
+                if site.aliases or site.redirect_from:
+                    restate.add(site.key)
+                else:
+                    accepted = SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
+                    self._set_state(site.key, accepted, changed_states)
+            else:
+                restate.update(claimants)
+                winner = min(claimants.values(), key=lambda m: _seniority(m.site))
         previous = self._winners.get(claim)
         if previous is winner:
             return
@@ -420,6 +447,10 @@ class SnapshotBuilder:
         self._mounts.setdefault(host, {})[prefix] = winner
 
     def _state_of(self, site: StaticSite) -> SiteState:
+        if not site.aliases and not site.redirect_from:
+            winner = self._winners.get((site.domain, site.path_prefix))
+            if winner is None or winner.site.key == site.key:
+                return SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
         lost: list[str] = []
         won = 0
         for claim, _ in site_claims(site):
@@ -440,6 +471,17 @@ class SnapshotBuilder:
     def _render(self, host: str, certificates_changed: set[str]) -> None:
         """Rebuild the virtual hosts of one domain, and note a change of its certificate."""
         mounts = self._mounts.get(host)
+        if mounts is not None and len(mounts) == 1 and host not in self._host_cert:
+            (only,) = mounts.values()
+            site = only.site
+            if not only.redirect and only.prefix == "/" and rs.is_plain(site):  # the shared shape
+                vhost = rs.serialized.virtual_host(str(site.key), host, only.cluster)
+                if self.resource_hook is not None:
+                    vhost = self.resource_hook(site, vhost)
+                self._http.set(host, wire.field_bytes(2, vhost))
+                if host in self._https.vhosts:
+                    self._https.set(host, None)
+                return
         certificate: Certificate | None = None
         if not mounts:
             self._http.set(host, None)
@@ -470,12 +512,7 @@ class SnapshotBuilder:
             certificates_changed.add(certificate.name)
 
     def _virtual_host(self, host: str, mounts: list[rs.Mount], *, secure: bool) -> bytes:
-        only = mounts[0]
-        if len(mounts) == 1 and not only.redirect and only.prefix == "/" and rs.is_plain(only.site):
-            site = only.site
-            vhost = rs.serialized.virtual_host(str(site.key), host, rs.cluster_name(site.backend))
-        else:
-            vhost = rs.mounted_virtual_host(host, mounts, secure).SerializeToString(deterministic=True)
+        vhost = rs.mounted_virtual_host(host, mounts, secure).SerializeToString(deterministic=True)
         if self.resource_hook is not None:
             for mount in mounts:
                 vhost = self.resource_hook(mount.site, vhost)
@@ -527,7 +564,7 @@ class SnapshotBuilder:
             for mount in self._mounts.get(host, {}).values():
                 if mount.redirect:
                     continue
-                target = rs.cluster_name(mount.site.backend)
+                target = mount.cluster
                 if target not in clusters:
                     problems.append(
                         f"site {mount.site.key} on domain {host} routes to cluster {target}, which does not exist"
@@ -551,11 +588,7 @@ class SnapshotBuilder:
                 (
                     domain,
                     domain,
-                    tuple(
-                        rs.cluster_name(m.site.backend)
-                        for m in self._mounts[domain].values()
-                        if not m.redirect
-                    ),
+                    tuple(m.cluster for m in self._mounts[domain].values() if not m.redirect),
                 )
                 for domain in table.domains
             )

@@ -147,6 +147,7 @@ class Mount(NamedTuple):
     site: StaticSite
     prefix: str  # "/" or "/a/b"
     redirect: bool = False  # a domain of spec.redirectFrom: answered with a 301 to spec.domain
+    cluster: str = ""  # the site's cluster (computed once, when the site claims)
 
 
 def is_plain(site: StaticSite) -> bool:
@@ -219,7 +220,7 @@ def site_routes(mount: Mount, secure: bool) -> list[route_components_pb2.Route]:
             routes.append(route)
             continue
         action = route.route
-        action.cluster = cluster_name(site.backend)
+        action.cluster = mount.cluster or cluster_name(site.backend)
         if site.rewrite_prefix is not None:
             rewrite = site.rewrite_prefix
             # "/docs/" -> "/", "/docs" -> "/": a trailing slash stays a trailing slash.
