@@ -311,13 +311,13 @@ class SnapshotBuilder:
         for claim in touched:
             self._decide(claim, backends, restate, changed_states)
             hosts.add(claim[0])
+        certificates_changed: set[str] = set()
+        for host in hosts:
+            self._render(host, certificates_changed, restate)
         for key in restate:
             current = self._sites.get(key)
             if current is not None and (current.tls is None or current.certificate is not None):
                 self._set_state(key, self._state_of(current), changed_states)
-        certificates_changed: set[str] = set()
-        for host in hosts:
-            self._render(host, certificates_changed)
 
         upserts: list[Resource] = []
         gone: list[str] = []
@@ -415,7 +415,7 @@ class SnapshotBuilder:
             if len(claimants) == 1:
                 (winner,) = claimants.values()
                 site = winner.site
-                if site.aliases or site.redirect_from:
+                if site.aliases or site.redirect_from or site.certificate is not None:
                     restate.add(site.key)
                 else:
                     accepted = SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
@@ -447,7 +447,7 @@ class SnapshotBuilder:
         self._mounts.setdefault(host, {})[prefix] = winner
 
     def _state_of(self, site: StaticSite) -> SiteState:
-        if not site.aliases and not site.redirect_from:
+        if not site.aliases and not site.redirect_from and site.certificate is None:
             winner = self._winners.get((site.domain, site.path_prefix))
             if winner is None or winner.site.key == site.key:
                 return SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
@@ -460,7 +460,18 @@ class SnapshotBuilder:
             else:
                 won += 1
         if not lost:
-            return SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
+            message = "sent to the gateways"
+            mine = site.certificate
+            if mine is not None:
+                others = sorted(
+                    f"domain {host} is served with certificate {served.name}, of an older TLS site on it"
+                    for host in (*site.hosts, *site.redirect_from)
+                    for served in (self._host_cert.get(host),)
+                    if served is not None and served.name != mine.name
+                )
+                if others:
+                    message += "; " + "; ".join(others)
+            return SiteState(site.key, Phase.PROVISIONED, "Accepted", message)
         message = "; ".join(lost)
         if won:
             message += " (its other domains are served)"
@@ -468,8 +479,12 @@ class SnapshotBuilder:
 
     # -- resources -------------------------------------------------------------------------
 
-    def _render(self, host: str, certificates_changed: set[str]) -> None:
-        """Rebuild the virtual hosts of one domain, and note a change of its certificate."""
+    def _render(self, host: str, certificates_changed: set[str], restate: set[SiteKey]) -> None:
+        """Rebuild the virtual hosts of one domain, and note a change of its certificate.
+
+        When the certificate of a domain changes, every site on it is told again (a TLS site
+        whose own certificate is not the one served there says so).
+        """
         mounts = self._mounts.get(host)
         if mounts is not None and len(mounts) == 1 and host not in self._host_cert:
             (only,) = mounts.values()
@@ -499,6 +514,8 @@ class SnapshotBuilder:
         before = self._host_cert.get(host)
         if before == certificate:
             return
+        if mounts:
+            restate.update(m.site.key for m in mounts.values() if m.site.certificate is not None)
         if before is not None:
             self._host_cert.pop(host)
             hosts = self._cert_hosts[before.name]

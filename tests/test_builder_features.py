@@ -287,6 +287,23 @@ def test_the_oldest_tls_site_on_a_domain_gives_its_certificate() -> None:
     (chain,) = listener(result, rs.HTTPS_LISTENER_NAME).filter_chains
     assert chain.name == CERT_A.name
     assert set(result.snapshot.of_type(rs.SECRET_TYPE).resources) == {CERT_A.name}
+    told = result.sites[SiteKey("docs", "new")]
+    assert told.phase is Phase.PROVISIONED
+    assert f"domain docs.example.test is served with certificate {CERT_A.name}" in told.message
+    assert result.sites[SiteKey("docs", "old")].message == "sent to the gateways"
+
+
+def test_a_site_is_told_when_an_older_tls_site_arrives_on_its_domain() -> None:
+    builder = SnapshotBuilder()
+    new = tls_site("new", "docs.example.test", CERT_B, created="2025-01-01T00:00:00Z", path_prefix="/api")
+    alone = builder.build([new])
+    assert alone.sites[new.key].message == "sent to the gateways"
+    old = tls_site("old", "docs.example.test", CERT_A, created="2024-01-01T00:00:00Z")
+    both = builder.build([new, old], changed={old.key})
+    assert new.key in both.changed
+    assert CERT_A.name in both.sites[new.key].message
+    gone = builder.build([new], changed={old.key})
+    assert gone.sites[new.key].message == "sent to the gateways"
 
 
 def test_a_tls_site_without_its_certificate_is_not_served() -> None:
