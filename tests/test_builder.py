@@ -224,7 +224,11 @@ def test_listener_uses_options_and_rds_over_ads(address: str, port: int) -> None
     source = manager.rds.config_source
     assert source.WhichOneof("config_source_specifier") == "ads"
     assert source.resource_api_version == config_source_pb2.V3
-    assert [f.name for f in manager.http_filters] == ["compressor-brotli", "compressor-gzip", "envoy.filters.http.router"]
+    assert [f.name for f in manager.http_filters] == [
+        "compressor-brotli",
+        "compressor-gzip",
+        "envoy.filters.http.router",
+    ]
 
 
 # -- versions ---------------------------------------------------------------------------------
