@@ -188,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--xds-port", type=int, default=18000)
     demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument("--https-port", type=int, default=8443, help="port of Envoy's HTTPS listener (8443)")
     demo.add_argument("--admin-port", type=int, default=9901)
     return parser
 
@@ -218,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     from .demo import run_demo
 
-    return run_demo(args.sites, args.xds_port, args.http_port, args.admin_port)
+    return run_demo(args.sites, args.xds_port, args.http_port, args.admin_port, args.https_port)
 
 
 def _at_least_one(text: str) -> int:
