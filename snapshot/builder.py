@@ -45,11 +45,18 @@ class BuildOptions:
     backend_host_template: str = rs.DEFAULT_HOST_TEMPLATE
     access_log: str = rs.ACCESS_LOG_STDOUT  # stdout, stderr, off, or a path on the gateways
     https_port: int = 8443
+    # The HTTPS port clients reach (a Service or load balancer in front of the gateways): where
+    # redirects to HTTPS point. 443 is left out of the URL.
+    public_https_port: int = 443
 
     def __post_init__(self) -> None:
         rs.check_host_template(self.backend_host_template)
         rs.check_access_log(self.access_log)
-        for name, port in (("HTTP", self.http_port), ("HTTPS", self.https_port)):
+        for name, port in (
+            ("HTTP", self.http_port),
+            ("HTTPS", self.https_port),
+            ("public HTTPS", self.public_https_port),
+        ):
             if not 1 <= port <= 65535:
                 raise ValueError(f"{name} port must be from 1 to 65535, got {port}")
         if self.http_port == self.https_port:
@@ -529,7 +536,8 @@ class SnapshotBuilder:
             certificates_changed.add(certificate.name)
 
     def _virtual_host(self, host: str, mounts: list[rs.Mount], *, secure: bool) -> bytes:
-        vhost = rs.mounted_virtual_host(host, mounts, secure).SerializeToString(deterministic=True)
+        port = self.options.public_https_port
+        vhost = rs.mounted_virtual_host(host, mounts, secure, port).SerializeToString(deterministic=True)
         if self.resource_hook is not None:
             for mount in mounts:
                 vhost = self.resource_hook(mount.site, vhost)

@@ -179,14 +179,16 @@ def virtual_host(site_name: str, domain: str, target_cluster: str) -> route_comp
     )
 
 
-def mounted_virtual_host(host: str, mounts: list[Mount], secure: bool) -> route_components_pb2.VirtualHost:
+def mounted_virtual_host(
+    host: str, mounts: list[Mount], secure: bool, https_port: int = 443
+) -> route_components_pb2.VirtualHost:
     """The virtual host of a domain: the routes of every site mounted on it, longest prefix first.
 
     `secure`: for the HTTPS listener. On plain HTTP, a site that wants HTTPS only answers
     with a 301 to the same URL over HTTPS.
     """
     ordered = sorted(mounts, key=lambda m: (-len(m.prefix), m.prefix))
-    routes = [route for mount in ordered for route in site_routes(mount, secure)]
+    routes = [route for mount in ordered for route in site_routes(mount, secure, https_port)]
     return route_components_pb2.VirtualHost(name=host, domains=[host], routes=routes)
 
 
@@ -203,7 +205,9 @@ def _matches(prefix: str) -> list[tuple[route_components_pb2.RouteMatch, str]]:
     ]
 
 
-def site_routes(mount: Mount, secure: bool) -> list[route_components_pb2.Route]:
+def site_routes(mount: Mount, secure: bool, https_port: int = 443) -> list[route_components_pb2.Route]:
+    """The routes of one mount. A redirect to HTTPS names `https_port` unless it is 443, the
+    port clients use for HTTPS (the gateways' Service or load balancer port)."""
     site = mount.site
     name = str(site.key)
     to_https = not secure and site.https_only
@@ -217,6 +221,8 @@ def site_routes(mount: Mount, secure: bool) -> list[route_components_pb2.Route]:
                 redirect.host_redirect = site.domain
             if to_https or (secure and mount.redirect):
                 redirect.https_redirect = True
+                if https_port != 443:
+                    redirect.port_redirect = https_port
             routes.append(route)
             continue
         action = route.route

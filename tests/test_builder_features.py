@@ -326,3 +326,12 @@ def test_a_percent_sign_in_a_header_value_is_sent_as_written() -> None:
     )
     (added,) = routes(result)["a.example.test"].routes[0].response_headers_to_add
     assert added.header.value == "50%% off %%START_TIME%%"  # Envoy reads %% as one literal %
+
+
+def test_redirects_to_https_name_the_public_port_unless_it_is_443() -> None:
+    sites = [tls_site("a", "a.example.test", CERT_A, redirect_from=("www.a.example.test",))]
+    default = routes(SnapshotBuilder().build(sites))
+    assert default["a.example.test"].routes[0].redirect.port_redirect == 0
+    moved = routes(SnapshotBuilder(BuildOptions(public_https_port=8443)).build(sites))
+    assert moved["a.example.test"].routes[0].redirect.port_redirect == 8443
+    assert moved["www.a.example.test"].routes[0].redirect.port_redirect == 8443

@@ -158,12 +158,12 @@ def test_demo_serves_the_example_sites_and_new_ones(tmp_path: Path) -> None:
         for host in ["secure.example.test", "www.secure.example.test"]:
             redirect = wait_until(lambda h=host: http_answer(http_port, h), what=host)
             assert redirect.status == 301, (host, redirect)
-            assert redirect.headers["location"].startswith("https://secure.example.test"), redirect
+            assert redirect.headers["location"] == f"https://secure.example.test:{https_port}/", redirect
         redirect = wait_until(
             lambda: https_answer(https_port, "www.secure.example.test", ca_file), what="www"
         )
         assert redirect.status == 301, redirect
-        assert redirect.headers["location"].startswith("https://secure.example.test"), redirect
+        assert redirect.headers["location"] == f"https://secure.example.test:{https_port}/", redirect
 
         # /api on docs.example.test reaches its own backend, which sees the path without /api.
         mounted = wait_until(lambda: http_answer(http_port, "docs.example.test", "/api/hello"), what="/api")

@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
             help="port of the gateways' HTTPS listener, opened once a site has spec.tls (8443)",
         )
         p.add_argument(
+            "--public-https-port",
+            type=int,
+            default=443,
+            help="the HTTPS port clients reach (the gateways' Service or load balancer); redirects "
+            "to HTTPS name it unless it is 443",
+        )
+        p.add_argument(
             "--listen-address", default="0.0.0.0", help="address the gateways' HTTP listener binds (0.0.0.0)"
         )
         p.add_argument(
@@ -237,6 +244,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(
         http_port=args.http_port,
         https_port=args.https_port,
+        public_https_port=args.public_https_port,
         listen_address=args.listen_address,
         backend_host_template=args.backend_host_template,
         access_log=args.access_log,

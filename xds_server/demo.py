@@ -230,6 +230,7 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_
     options = BuildOptions(
         http_port=http_port,
         https_port=https_port,
+        public_https_port=https_port,  # no load balancer here: redirects name the gateway's port
         listen_address="127.0.0.1",
         backend_host_template="127.0.0.1",
     )
@@ -348,7 +349,9 @@ def _try_lines(folder: Path, served: Iterable[StaticSite], http_port: int, https
                         f"curl -i --compressed -H 'Host: {host}' {gw}/     # content-encoding: br or gzip"
                     )
             else:
-                secure.append(f"curl -i -H 'Host: {host}' {gw}{path}     # plain HTTP: 301 to https")
+                secure.append(
+                    f"curl -i -H 'Host: {host}' {gw}{path}     # plain HTTP: 301 to https://{host}:{https_port}{path}"
+                )
             if certificate is not None:
                 secure.append(https(host, certificate, path))
             if site.headers_set and host == _example_host(site.domain):
@@ -357,9 +360,9 @@ def _try_lines(folder: Path, served: Iterable[StaticSite], http_port: int, https
                     headers.append(f"{https(host, certificate, path, '-I ')}     # {names}")
                 elif over_http:
                     headers.append(f"curl -I -H 'Host: {host}' {gw}{path}     # {names}")
-        scheme = "https" if site.https_only else "http"
+        target = _example_host(site.domain)
         for host in map(_example_host, site.redirect_from):
-            to = f"{scheme}://{_example_host(site.domain)}{path}"
+            to = f"https://{target}:{https_port}{path}" if site.https_only else f"http://{target}{path}"
             redirects.append(f"curl -i -H 'Host: {host}' {gw}{path}     # 301 to {to}")
             if certificate is not None:
                 redirects.append(f"{https(host, certificate, path, '-i ')}     # 301 to {to}")
