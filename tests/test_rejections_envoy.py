@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from types import MappingProxyType
 
 import prometheus_client
 import pytest
@@ -22,11 +21,11 @@ from conftest import free_port, try_get
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from site_source import Sites
 from waiting import eventually
 
 from snapshot.builder import BuildOptions, Phase
 from snapshot.model import Backend, SiteKey, StaticSite
-from watcher.siteset import SiteSet
 from xds_server.ads import AdsServer
 from xds_server.app import ControlPlane
 from xds_server.local_envoy import LocalEnvoy, local_bootstrap
@@ -50,34 +49,6 @@ def refuse_in_envoy(obj: StaticSite | Backend, body: bytes) -> bytes:
         cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
         return cluster.SerializeToString(deterministic=True)
     return body
-
-
-class Sites:
-    """A source of site sets the test writes to."""
-
-    def __init__(self) -> None:
-        self.sites: dict[SiteKey, StaticSite] = {}
-        self.queue: asyncio.Queue[SiteSet] = asyncio.Queue()
-
-    def declare(self, *sites: StaticSite) -> None:
-        for s in sites:
-            self.sites[s.key] = s
-        self.queue.put_nowait(
-            SiteSet(MappingProxyType(dict(self.sites)), changed=frozenset(s.key for s in sites))
-        )
-
-    async def watch(self, stop: asyncio.Event) -> AsyncIterator[SiteSet]:
-        stopped = asyncio.ensure_future(stop.wait())
-        try:
-            while True:
-                got = asyncio.ensure_future(self.queue.get())
-                await asyncio.wait({got, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                if not got.done():
-                    got.cancel()
-                    return
-                yield got.result()
-        finally:
-            stopped.cancel()
 
 
 def site(name: str, backend: SampleBackend, *, service: str | None = None, generation: int = 1) -> StaticSite:
