@@ -225,8 +225,7 @@ class SnapshotBuilder:
         self.resource_hook: Callable[[StaticSite | Backend, bytes], bytes] | None = None
         self._sites: Mapping[SiteKey, StaticSite] = {}
         self._claims: dict[Claim, dict[SiteKey, rs.Mount]] = {}  # every claimant
-        self._winners: dict[Claim, rs.Mount] = {}  # the mount that has each claim
-        self._mounts: dict[str, dict[str, rs.Mount]] = {}  # domain -> prefix -> winning mount
+        self._mounts: dict[str, dict[str, rs.Mount]] = {}  # domain -> prefix -> the mount that has it
         self._states: dict[SiteKey, SiteState] = {}
         self._provisioned = 0
         self._users: dict[Backend, int] = {}  # backend -> how many winning mounts route to it
@@ -389,9 +388,8 @@ class SnapshotBuilder:
         """Same resources and age: only the bookkeeping objects change."""
         for claim, mount in site_claims(site):
             self._claims[claim][site.key] = mount
-            winner = self._winners.get(claim)
+            winner = self._winner(claim)
             if winner is not None and winner.site is prev:
-                self._winners[claim] = mount
                 self._mounts[claim[0]][claim[1]] = mount
 
     def _set_state(self, key: SiteKey, state: SiteState | None, changed: set[SiteKey]) -> None:
@@ -430,7 +428,7 @@ class SnapshotBuilder:
             else:
                 restate.update(claimants)
                 winner = min(claimants.values(), key=lambda m: _seniority(m.site))
-        previous = self._winners.get(claim)
+        previous = self._winner(claim)
         if previous is winner:
             return
         host, prefix = claim
@@ -441,7 +439,6 @@ class SnapshotBuilder:
                 backends.add(previous.site.backend)
         if winner is None:
             if previous is not None:
-                del self._winners[claim]
                 mounts = self._mounts[host]
                 del mounts[prefix]
                 if not mounts:
@@ -450,18 +447,22 @@ class SnapshotBuilder:
         if not winner.redirect:
             self._users[winner.site.backend] = self._users.get(winner.site.backend, 0) + 1
             backends.add(winner.site.backend)
-        self._winners[claim] = winner
         self._mounts.setdefault(host, {})[prefix] = winner
+
+    def _winner(self, claim: Claim) -> rs.Mount | None:
+        """The mount that has a claim, if any."""
+        mounts = self._mounts.get(claim[0])
+        return mounts.get(claim[1]) if mounts is not None else None
 
     def _state_of(self, site: StaticSite) -> SiteState:
         if not site.aliases and not site.redirect_from and site.certificate is None:
-            winner = self._winners.get((site.domain, site.path_prefix))
+            winner = self._winner((site.domain, site.path_prefix))
             if winner is None or winner.site.key == site.key:
                 return SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
         lost: list[str] = []
         won = 0
         for claim, _ in site_claims(site):
-            winner = self._winners.get(claim)
+            winner = self._winner(claim)
             if winner is not None and winner.site.key != site.key:
                 lost.append(f"{_where(claim)} is already served by site {winner.site.key}")
             else:
