@@ -235,3 +235,15 @@ def test_bad_http_port_is_a_clear_error(port: str, sites: Path) -> None:
     no_traceback(proc)
     assert proc.returncode == 2
     assert "HTTP port" in proc.stderr
+
+
+def test_validate_accepts_a_kubernetes_manifest_naming_a_secret_and_finds_its_conflicts(
+    tmp_path: Path,
+) -> None:
+    tls = "  tls: {secretName: docs-tls}\n"
+    write(tmp_path / "a.yaml", manifest("a", "a.example.com", "web", 80) + tls)
+    assert run_cli("validate", tmp_path).returncode == 0
+    write(tmp_path / "b.yaml", manifest("b", "a.example.com", "web", 80) + tls)  # after a, by name
+    proc = run_cli("validate", tmp_path)
+    assert proc.returncode == 1
+    assert "domain a.example.com is already served by site default/a" in proc.stdout

@@ -35,6 +35,7 @@ import yaml
 
 from snapshot.certificates import MAX_PEM_BYTES, BadCertificate, load_certificate, with_certificate
 from snapshot.model import (
+    Certificate,
     InvalidSite,
     Problem,
     SiteKey,
@@ -88,12 +89,17 @@ class FolderSource:
         force_polling: bool = False,
         max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         max_sites: int = DEFAULT_MAX_SITES,
+        secret_names: bool = False,
     ) -> None:
+        """`secret_names`: accept `spec.tls.secretName` without reading the Secret (for
+        checking Kubernetes manifests offline): the site gets an empty certificate under the
+        Secret's SDS name, enough to decide conflicts, never to serve."""
         if max_manifest_bytes < 1:
             raise ValueError(
                 f"the limit of bytes per manifest file must be at least 1, got {max_manifest_bytes}"
             )
         self.root = Path(root).absolute()  # watchfiles reports absolute paths
+        self.secret_names = secret_names
         self.force_polling = force_polling
         self.max_manifest_bytes = max_manifest_bytes
         self.limit = SiteLimit(max_sites)  # the sites served, of `_sites`
@@ -283,6 +289,9 @@ class FolderSource:
         tls = site.tls
         if tls is None:
             return site
+        if tls.secret_name is not None and self.secret_names:
+            name = f"secret/{site.key.namespace}/{tls.secret_name}"
+            return with_certificate(site, Certificate(name, b"", b""))
         if tls.secret_name is not None:
             raise InvalidSite(
                 [
@@ -467,9 +476,12 @@ class FolderSource:
                     return
 
 
-def read_manifests(paths: Iterable[Path]) -> SiteSet:
-    """Read manifest files, and every manifest file below folders, once (no watching)."""
-    source = FolderSource(Path("."))
+def read_manifests(paths: Iterable[Path], *, secret_names: bool = False) -> SiteSet:
+    """Read manifest files, and every manifest file below folders, once (no watching).
+
+    `secret_names`: Kubernetes manifests may name TLS Secrets (see `FolderSource`).
+    """
+    source = FolderSource(Path("."), secret_names=secret_names)
     for path in paths:
         if path.is_dir():
             try:
