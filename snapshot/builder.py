@@ -11,8 +11,9 @@ import bisect
 import enum
 import gc
 import hashlib
+import operator
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 from . import resources as rs
@@ -97,37 +98,36 @@ _LARGE_BUILD = 1000  # sites changed at once
 Claim = tuple[str, str]  # a domain and a path prefix: what one site at a time may have
 
 
+# Every field of a site but its identity and where and when it was declared: what the gateways
+# get from it (and its age, which decides conflicts). Derived, so a new field counts by itself.
+_resource_fields = operator.attrgetter(
+    *(f.name for f in fields(StaticSite) if f.name not in ("key", "generation", "origin"))
+)
+
+
 def same_resources(a: StaticSite, b: StaticSite) -> bool:
     """Whether two declarations of a site give the gateways the same resources and standing."""
-    return _resource_fields(a) == _resource_fields(b)
+    return bool(_resource_fields(a) == _resource_fields(b))
 
 
-def _resource_fields(site: StaticSite) -> tuple[object, ...]:
-    return (
-        site.domain,
-        site.backend,
-        site.creation_timestamp,
-        site.aliases,
-        site.redirect_from,
-        site.path_prefix,
-        site.rewrite_prefix,
-        site.tls,
-        site.certificate,
-        site.headers_set,
-        site.headers_remove,
-        site.compression,
-        site.request_timeout_ms,
-        site.connect_retries,
-    )
+def claims_of(site: StaticSite) -> list[Claim]:
+    """Every (domain, prefix) a site takes: its domains and aliases, then its redirect domains."""
+    prefix = site.path_prefix
+    return [(host, prefix) for host in (*site.hosts, *site.redirect_from)]
 
 
 def site_claims(site: StaticSite) -> list[tuple[Claim, rs.Mount]]:
-    """Every (domain, prefix) a site takes: its domains and aliases, and its redirect domains."""
-    prefix = site.path_prefix
+    """Each claim of a site with the mount that would have it."""
     cluster = rs.cluster_name(site.backend)
-    out = [((host, prefix), rs.Mount(site, prefix, False, cluster)) for host in site.hosts]
-    out.extend(((host, prefix), rs.Mount(site, prefix, True, cluster)) for host in site.redirect_from)
-    return out
+    served = len(site.hosts)
+    return [
+        (claim, rs.Mount(site, claim[1], index >= served, cluster))
+        for index, claim in enumerate(claims_of(site))
+    ]
+
+
+def _accepted(key: SiteKey, message: str = "sent to the gateways") -> SiteState:
+    return SiteState(key, Phase.PROVISIONED, "Accepted", message)
 
 
 def _digest(data: bytes) -> int:
@@ -338,9 +338,15 @@ class SnapshotBuilder:
         self._clusters = self._clusters.evolve(upserts, gone)
         if certificates_changed:
             self._update_tls(certificates_changed)
-        route_upserts = [table.resource() for table in (self._http, self._https) if table.settle()]
-        route_gone = [rs.HTTPS_ROUTE_NAME] if not self._https.vhosts else []
-        route_upserts = [r for r in route_upserts if r.name not in route_gone]
+        route_upserts: list[Resource] = []
+        route_gone: list[str] = []
+        for table in (self._http, self._https):
+            if not table.settle():
+                continue
+            if table.vhosts or table is self._http:  # the HTTP routes always exist
+                route_upserts.append(table.resource())
+            else:
+                route_gone.append(table.name)
         self._routes = self._routes.evolve(route_upserts, route_gone)
 
         self._check(hosts)
@@ -375,7 +381,7 @@ class SnapshotBuilder:
         return [claim for claim, _ in claims]
 
     def _unclaim(self, site: StaticSite) -> list[Claim]:
-        claims = [claim for claim, _ in site_claims(site)]
+        claims = claims_of(site)
         for claim in claims:
             claimants = self._claims.get(claim)
             if claimants is not None:
@@ -423,8 +429,7 @@ class SnapshotBuilder:
                 if site.aliases or site.redirect_from or site.certificate is not None:
                     restate.add(site.key)
                 else:
-                    accepted = SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
-                    self._set_state(site.key, accepted, changed_states)
+                    self._set_state(site.key, _accepted(site.key), changed_states)
             else:
                 restate.update(claimants)
                 winner = min(claimants.values(), key=lambda m: _seniority(m.site))
@@ -458,10 +463,10 @@ class SnapshotBuilder:
         if not site.aliases and not site.redirect_from and site.certificate is None:
             winner = self._winner((site.domain, site.path_prefix))
             if winner is None or winner.site.key == site.key:
-                return SiteState(site.key, Phase.PROVISIONED, "Accepted", "sent to the gateways")
+                return _accepted(site.key)
         lost: list[str] = []
         won = 0
-        for claim, _ in site_claims(site):
+        for claim in claims_of(site):
             winner = self._winner(claim)
             if winner is not None and winner.site.key != site.key:
                 lost.append(f"{_where(claim)} is already served by site {winner.site.key}")
@@ -479,7 +484,7 @@ class SnapshotBuilder:
                 )
                 if others:
                     message += "; " + "; ".join(others)
-            return SiteState(site.key, Phase.PROVISIONED, "Accepted", message)
+            return _accepted(site.key, message)
         message = "; ".join(lost)
         if won:
             message += " (its other domains are served)"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as _field
 from datetime import UTC, date, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 GROUP = "staticsite-xds.dev"
 VERSION = "v1alpha1"
@@ -454,13 +454,7 @@ def _parse_host(value: Any, field: str, bad: _Reporter, *, required: bool = Fals
 
 
 def _parse_hosts(value: Any, field: str, bad: _Reporter) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        bad(field, f"must be a list of domains, got {_type_name(value)}")
-        return ()
-    if len(value) > MAX_DOMAINS:
-        bad(field, f"has {len(value)} domains; at most {MAX_DOMAINS} are allowed")
+    if not _is_collection(value, list, field, "a list of domains", "domains", MAX_DOMAINS, bad):
         return ()
     # An invalid entry stays in place (empty), so later messages name the right positions.
     return tuple(
@@ -541,60 +535,64 @@ def _parse_headers(value: Any, bad: _Reporter) -> tuple[tuple[tuple[str, str], .
         return (), ()
     _check_unknown(value, _HEADERS_FIELDS, "spec.responseHeaders.", bad)
     set_value = value.get("set")
-    chosen: dict[str, tuple[str, str]] = {}  # lower-cased name -> (field, value)
-    if set_value is not None:
-        if not isinstance(set_value, Mapping):
-            bad(
-                "spec.responseHeaders.set",
-                f"must be a mapping of header names to values, got {_type_name(set_value)}",
-            )
-        elif len(set_value) > MAX_HEADERS:
-            bad(
-                "spec.responseHeaders.set", f"has {len(set_value)} headers; at most {MAX_HEADERS} are allowed"
-            )
-        else:
-            for name, header in set_value.items():
-                where = f"spec.responseHeaders.set.{field_name(name)}"
-                if not _header_name_ok(name, where, bad):
-                    continue
-                if not isinstance(header, str):
-                    bad(where, f"must be a string, got {_type_name(header)}")
-                elif len(header) > MAX_HEADER_VALUE or not re.fullmatch(HEADER_VALUE_PATTERN, header):
-                    bad(
-                        where,
-                        f"{describe(header)} is not a header value (printable ASCII, at most "
-                        f"{MAX_HEADER_VALUE} characters)",
-                    )
-                elif name.lower() in chosen:
-                    bad(where, f"header {name} is set twice (header names ignore case)")
-                else:
-                    chosen[name.lower()] = (where, header)
+    chosen: dict[str, str] = {}  # lower-cased name -> value
+    field = "spec.responseHeaders.set"
+    if _is_collection(
+        set_value, Mapping, field, "a mapping of header names to values", "headers", MAX_HEADERS, bad
+    ):
+        for name, header in set_value.items():
+            where = f"{field}.{field_name(name)}"
+            if not _header_name_ok(name, where, bad):
+                continue
+            if not isinstance(header, str):
+                bad(where, f"must be a string, got {_type_name(header)}")
+            elif len(header) > MAX_HEADER_VALUE or not re.fullmatch(HEADER_VALUE_PATTERN, header):
+                bad(
+                    where,
+                    f"{describe(header)} is not a header value (printable ASCII, at most "
+                    f"{MAX_HEADER_VALUE} characters)",
+                )
+            elif name.lower() in chosen:
+                bad(where, f"header {name} is set twice (header names ignore case)")
+            else:
+                chosen[name.lower()] = header
     remove_value = value.get("remove")
     removed: list[str] = []
-    if remove_value is not None:
-        if not isinstance(remove_value, list):
-            bad(
-                "spec.responseHeaders.remove",
-                f"must be a list of header names, got {_type_name(remove_value)}",
-            )
-        elif len(remove_value) > MAX_HEADERS:
-            bad(
-                "spec.responseHeaders.remove",
-                f"has {len(remove_value)} headers; at most {MAX_HEADERS} are allowed",
-            )
-        else:
-            for index, name in enumerate(remove_value):
-                where = f"spec.responseHeaders.remove[{index}]"
-                if not _header_name_ok(name, where, bad):
-                    continue
-                lower = name.lower()
-                if lower in chosen:
-                    bad(where, f"header {name} is both set and removed")
-                elif lower in removed:
-                    bad(where, f"header {name} is listed twice")
-                else:
-                    removed.append(lower)
-    return tuple((name, v) for name, (_, v) in chosen.items()), tuple(removed)
+    field = "spec.responseHeaders.remove"
+    if _is_collection(remove_value, list, field, "a list of header names", "headers", MAX_HEADERS, bad):
+        for index, name in enumerate(remove_value):
+            where = f"{field}[{index}]"
+            if not _header_name_ok(name, where, bad):
+                continue
+            lower = name.lower()
+            if lower in chosen:
+                bad(where, f"header {name} is both set and removed")
+            elif lower in removed:
+                bad(where, f"header {name} is listed twice")
+            else:
+                removed.append(lower)
+    return tuple(chosen.items()), tuple(removed)
+
+
+def _is_collection(
+    value: Any,
+    kind: type[list[Any]] | type[Mapping[Any, Any]],
+    field: str,
+    expected: str,
+    noun: str,
+    limit: int,
+    bad: _Reporter,
+) -> TypeGuard[Any]:
+    """Whether an optional list or mapping is given, of the right kind and within its limit."""
+    if value is None:
+        return False
+    if not isinstance(value, kind):
+        bad(field, f"must be {expected}, got {_type_name(value)}")
+        return False
+    if len(value) > limit:
+        bad(field, f"has {len(value)} {noun}; at most {limit} are allowed")
+        return False
+    return True
 
 
 def _header_name_ok(name: Any, where: str, bad: _Reporter) -> bool:

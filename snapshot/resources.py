@@ -146,8 +146,8 @@ class Mount(NamedTuple):
 
     site: StaticSite
     prefix: str  # "/" or "/a/b"
-    redirect: bool = False  # a domain of spec.redirectFrom: answered with a 301 to spec.domain
-    cluster: str = ""  # the site's cluster (computed once, when the site claims)
+    redirect: bool  # a domain of spec.redirectFrom: answered with a 301 to spec.domain
+    cluster: str  # the site's cluster (its name computed once, when the site claims)
 
 
 def is_plain(site: StaticSite) -> bool:
@@ -226,7 +226,7 @@ def site_routes(mount: Mount, secure: bool, https_port: int = 443) -> list[route
             routes.append(route)
             continue
         action = route.route
-        action.cluster = mount.cluster or cluster_name(site.backend)
+        action.cluster = mount.cluster
         if site.rewrite_prefix is not None:
             rewrite = site.rewrite_prefix
             # "/docs/" -> "/", "/docs" -> "/": a trailing slash stays a trailing slash.
@@ -385,13 +385,7 @@ def connection_manager(stat_prefix: str, route_name: str, access_log: str) -> hc
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        rds=hcm_pb2.Rds(
-            route_config_name=route_name,
-            config_source=config_source_pb2.ConfigSource(
-                ads=config_source_pb2.AggregatedConfigSource(),
-                resource_api_version=config_source_pb2.V3,
-            ),
-        ),
+        rds=hcm_pb2.Rds(route_config_name=route_name, config_source=_ads_source()),
         strip_any_host_port=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
