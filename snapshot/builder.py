@@ -223,6 +223,10 @@ class SnapshotBuilder:
         # Tests only: rewrites the bytes of a site's virtual host or a backend's cluster, to
         # produce what Envoy refuses though the model accepts it.
         self.resource_hook: Callable[[StaticSite | Backend, bytes], bytes] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every earlier build: the next one starts afresh, with the same options."""
         self._sites: Mapping[SiteKey, StaticSite] = {}
         self._claims: dict[Claim, dict[SiteKey, rs.Mount]] = {}  # every claimant
         self._mounts: dict[str, dict[str, rs.Mount]] = {}  # domain -> prefix -> the mount that has it

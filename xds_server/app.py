@@ -78,9 +78,7 @@ class ControlPlane:
             result = self.builder.build(built, changed)
         except InconsistentSnapshot as exc:  # a builder bug: keep serving the last good snapshot
             log.error("the new snapshot failed its consistency check and was not published: %s", exc)
-            hook = self.builder.resource_hook
-            self.builder = SnapshotBuilder(self.builder.options)  # start the next build afresh
-            self.builder.resource_hook = hook
+            self.builder.reset()  # start the next build afresh
             return None
         took = (time.perf_counter() - started) * 1000
         for observe in self.on_build:

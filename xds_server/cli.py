@@ -20,6 +20,7 @@ from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
 from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
 from .app import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY, ControlPlane
+from .inspect import DEFAULT_TIMEOUT
 from .tls import ServingCertificate
 
 log = logging.getLogger("staticsite_xds")
@@ -186,7 +187,10 @@ def _parser() -> argparse.ArgumentParser:
         "--tls-key", type=Path, metavar="FILE", help="with --tls-cert: the client certificate's key (PEM)"
     )
     status.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default %(default)g)"
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for an answer (default %(default)g)",
     )
 
     demo = sub.add_parser("demo", help="run the control plane, a real Envoy and sample backends locally")

@@ -33,13 +33,13 @@ INSPECTION_SERVICE = "staticsite_xds.v1.Inspection"
 LIST_ENVOYS = f"/{INSPECTION_SERVICE}/ListEnvoys"
 DEFAULT_TIMEOUT = 5.0  # seconds the status command waits for an answer
 
-# How the table names the types: the xDS service that carries each.
+# How the table names the types (by their short names): the xDS service that carries each.
 _SERVICE_NAMES = {
-    CLUSTER_TYPE: "CDS",
-    ENDPOINT_TYPE: "EDS",
-    SECRET_TYPE: "SDS",
-    LISTENER_TYPE: "LDS",
-    ROUTE_TYPE: "RDS",
+    short(CLUSTER_TYPE): "CDS",
+    short(ENDPOINT_TYPE): "EDS",
+    short(SECRET_TYPE): "SDS",
+    short(LISTENER_TYPE): "LDS",
+    short(ROUTE_TYPE): "RDS",
 }
 
 
@@ -199,8 +199,9 @@ def _version(version: str) -> str:
 
 
 def _versions(types: Mapping[str, str]) -> str:
-    by_short = {short(t): _SERVICE_NAMES[t] for t in TYPE_ORDER}
-    return " ".join(f"{by_short.get(name, name)}:{_version(version)}" for name, version in types.items())
+    return " ".join(
+        f"{_SERVICE_NAMES.get(name, name)}:{_version(version)}" for name, version in types.items()
+    )
 
 
 def _ago(at: str | None, now: float) -> str:
@@ -217,11 +218,10 @@ def _ago(at: str | None, now: float) -> str:
 def _nack_summary(nack: Mapping[str, Any] | None, now: float, width: int = 60) -> str:
     if nack is None:
         return "-"
-    by_short = {short(t): _SERVICE_NAMES[t] for t in TYPE_ORDER}
     message = " ".join(str(nack["message"]).split())
     if len(message) > width:
         message = message[: width - 1] + "…"
-    return f"{by_short.get(nack['type'], nack['type'])} {_ago(nack['at'], now)}: {message}"
+    return f"{_SERVICE_NAMES.get(nack['type'], nack['type'])} {_ago(nack['at'], now)}: {message}"
 
 
 def format_table(data: Mapping[str, Any], now: float | None = None) -> str:

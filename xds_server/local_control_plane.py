@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .local_envoy import REPO_ROOT
+from .local_envoy import REPO_ROOT, stop_process
 
 
 class ControlPlaneProcess:
@@ -91,13 +91,7 @@ class ControlPlaneProcess:
         """Signal it, wait (bounded), then kill it; return its exit status."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        stop_process(self.process, sig, timeout)
         return self.process.returncode
 
 

@@ -10,6 +10,7 @@ import copy
 import importlib.metadata
 import json
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -57,6 +58,20 @@ def validate_config(path: Path, timeout: float = 60.0) -> subprocess.CompletedPr
         timeout=timeout,
         check=False,
     )
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> None:
+    """Stop a process started here, if it still runs: `sig`, a bounded wait, then a kill."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
 
 
 def load_bootstrap(path: Path = LOCAL_BOOTSTRAP) -> dict[str, Any]:
@@ -170,14 +185,7 @@ class LocalEnvoy:
             return ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout)
+        stop_process(self.process, timeout=timeout)
 
     def __enter__(self) -> LocalEnvoy:
         return self.start()

@@ -38,18 +38,18 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(delay / 1000)
         if checking and not backend.healthy:
             status = 503
-            body = f"{self.server.site_name} is unhealthy\n".encode()
+            body = f"{backend.name} is unhealthy\n".encode()
         else:
             status = 200
             body = (
-                f"<!doctype html><title>{self.server.site_name}</title>"
-                f"<p>Hello from {self.server.site_name}: you asked for {self.path}</p>\n"
+                f"<!doctype html><title>{backend.name}</title>"
+                f"<p>Hello from {backend.name}: you asked for {self.path}</p>\n"
             ).encode()
         self.send_response(status)
         if not head:
             self.send_header("content-type", "text/html; charset=utf-8")
         self.send_header("content-length", "0" if head else str(len(body)))
-        self.send_header("x-backend", self.server.site_name)
+        self.send_header("x-backend", backend.name)
         for name, value in backend.headers.items():
             self.send_header(name, value)
         self.end_headers()
@@ -80,7 +80,6 @@ def _delay_ms(query: str) -> int:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    site_name = ""
     backend: SampleBackend
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -96,7 +95,6 @@ class SampleBackend:
         self, name: str, port: int = 0, host: str = "127.0.0.1", *, health_path: str = "/healthz"
     ) -> None:
         self._server = _Server((host, port), _Handler)
-        self._server.site_name = name
         self._server.backend = self
         self.name = name
         self.port: int = self._server.server_address[1]
