@@ -28,6 +28,11 @@ class BadCertificate(ValueError):
     """The chain or key cannot be served; the message says why."""
 
 
+def secret_certificate_name(namespace: str, name: str) -> str:
+    """The SDS name of the certificate of a Kubernetes TLS Secret: the same across its renewals."""
+    return f"secret/{namespace}/{name}"
+
+
 def load_certificate(name: str, chain: bytes, key: bytes) -> Certificate:
     """Check a PEM certificate chain and its private key; the certificate served under `name`."""
     if not chain.strip():

@@ -33,7 +33,13 @@ from pathlib import Path
 
 import yaml
 
-from snapshot.certificates import MAX_PEM_BYTES, BadCertificate, load_certificate, with_certificate
+from snapshot.certificates import (
+    MAX_PEM_BYTES,
+    BadCertificate,
+    load_certificate,
+    secret_certificate_name,
+    with_certificate,
+)
 from snapshot.model import (
     Certificate,
     InvalidSite,
@@ -46,14 +52,19 @@ from snapshot.model import (
     site_key_of,
 )
 
-from .manifest_file import DEFAULT_MAX_MANIFEST_BYTES, read_documents
+from .manifest_file import (
+    DEFAULT_MAX_MANIFEST_BYTES,
+    FileTooLarge,
+    NotRegularFile,
+    read_bounded,
+    read_documents,
+)
 from .siteset import DEFAULT_MAX_SITES, SiteLimit, SiteSet
 from .source_state import SourceState
 
 log = logging.getLogger("staticsite_xds.watcher.folder")
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-MAX_MANIFEST_BYTES = DEFAULT_MAX_MANIFEST_BYTES
 
 # How long the watcher waits for a change before it reports a timeout; the first timeout
 # (or batch) tells that the watcher is in place, see `watch`.
@@ -111,6 +122,8 @@ class FolderSource:
         self._changed: set[SiteKey] | None = None  # since the last `current()`; None: unknown
         # Certificate and key files (and the files their links lead to) -> the manifests naming them:
         self._certificate_users: dict[Path, set[Path]] = {}
+        # The certificate last made of each chain file: the sites that share it check it once.
+        self._loaded: dict[Path, Certificate] = {}
         # Manifests naming certificate files outside the folder: no event tells when those
         # change, so the watcher compares them between batches (see `watch`).
         self._outside: set[Path] = set()
@@ -198,16 +211,18 @@ class FolderSource:
 
     def _index_certificates(self, path: Path, old: _FileState | None, new: _FileState | None) -> None:
         """Keep the map from certificate files to the manifests naming them up to date."""
-        for watched in old.watched if old is not None else ():
+        now = new.watched if new is not None else set()
+        for watched in old.watched - now if old is not None else ():
             users = self._certificate_users.get(watched)
             if users is not None:
                 users.discard(path)
                 if not users:
                     del self._certificate_users[watched]
+                    self._loaded.pop(watched, None)
         self._outside.discard(path)
         if new is None:
             return
-        for watched in new.watched:
+        for watched in now:
             self._certificate_users.setdefault(watched, set()).add(path)
         if any(not _within(watched, self.root) for watched in new.watched):
             self._outside.add(path)
@@ -290,7 +305,7 @@ class FolderSource:
         if tls is None:
             return site
         if tls.secret_name is not None and self.secret_names:
-            name = f"secret/{site.key.namespace}/{tls.secret_name}"
+            name = secret_certificate_name(site.key.namespace, tls.secret_name)
             return with_certificate(site, Certificate(name, b"", b""))
         if tls.secret_name is not None:
             raise InvalidSite(
@@ -324,16 +339,19 @@ class FolderSource:
         if problems:
             raise InvalidSite(problems, site.key)
         (chain_file, chain), (key_file, key) = read
-        try:
-            certificate = load_certificate(f"file/{chain_file}", chain, key)
-        except BadCertificate as exc:
-            problem = Problem(
-                site.origin,
-                "spec.tls",
-                f"the certificate {chain_file} and key {key_file} cannot be served: {exc}",
-                reason="InvalidCertificate",
-            )
-            raise InvalidSite([problem], site.key) from None
+        certificate = self._loaded.get(chain_file)
+        if certificate is None or (certificate.chain, certificate.key) != (chain, key):
+            try:
+                certificate = load_certificate(f"file/{chain_file}", chain, key)
+            except BadCertificate as exc:
+                problem = Problem(
+                    site.origin,
+                    "spec.tls",
+                    f"the certificate {chain_file} and key {key_file} cannot be served: {exc}",
+                    reason="InvalidCertificate",
+                )
+                raise InvalidSite([problem], site.key) from None
+            self._loaded[chain_file] = certificate  # checked once per content, however many sites share it
         return with_certificate(site, certificate)
 
     def _classify(self, paths: Iterable[Path]) -> tuple[set[Path], bool]:
@@ -594,26 +612,19 @@ def _read_pem(path: Path) -> tuple[bytes, _CertificateStamp | None, str | None]:
     Like a manifest, it is read within bounds: a FIFO, a device or a huge file is refused
     before it costs more than reading its bytes once.
     """
+    opened: list[os.stat_result] = []  # how the file looked when it was opened, before reading
+    data, error = b"", None
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for a file.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        data = read_bounded(path, MAX_PEM_BYTES, opened.append)
+    except NotRegularFile:
+        error = "it is not a regular file"
+    except FileTooLarge as exc:
+        error = f"it is {exc.size}; a certificate or key file may have at most {MAX_PEM_BYTES} bytes"
     except (OSError, ValueError) as exc:
-        return b"", _stamp_now(path), _describe(exc)
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        stamp = _certificate_stamp(info)  # taken before reading: a later change shows
-        if not stat.S_ISREG(info.st_mode):
-            return b"", stamp, "it is not a regular file"
-        too_large = f"a certificate or key file may have at most {MAX_PEM_BYTES} bytes"
-        if info.st_size > MAX_PEM_BYTES:
-            return b"", stamp, f"it is {info.st_size} bytes; {too_large}"
-        try:
-            data = file.read(MAX_PEM_BYTES + 1)  # checked again: the file may have grown meanwhile
-        except OSError as exc:
-            return b"", stamp, _describe(exc)
-    if len(data) > MAX_PEM_BYTES:
-        return b"", stamp, f"it is larger than {MAX_PEM_BYTES} bytes; {too_large}"
-    return data, stamp, None
+        error = _describe(exc)
+    # Taken before reading, so that a later change shows; as the path looks now if not opened.
+    stamp = _certificate_stamp(opened[0]) if opened else _stamp_now(path)
+    return data, stamp, error
 
 
 def _within(path: Path, root: Path) -> bool:

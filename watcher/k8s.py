@@ -40,7 +40,7 @@ from typing import Any
 
 import kopf
 
-from snapshot.certificates import BadCertificate, load_certificate, with_certificate
+from snapshot.certificates import BadCertificate, load_certificate, secret_certificate_name, with_certificate
 from snapshot.model import (
     GROUP,
     PLURAL,
@@ -133,9 +133,7 @@ def _uid(body: Mapping[str, Any]) -> str | None:
     return str(value) if value else None
 
 
-def certificate_name(namespace: str, name: str) -> str:
-    """The SDS name of the certificate of a TLS Secret: the same across its renewals."""
-    return f"secret/{namespace}/{name}"
+certificate_name = secret_certificate_name  # the SDS name of a TLS Secret's certificate
 
 
 def secret_ref(body: Mapping[str, Any]) -> ObjectKey | None:
@@ -237,10 +235,14 @@ class ObjectCache:
             del self.objects[key]
             self._tombstones[key] = (_uid(entry.body), now)
             return key
-        tomb = self._tombstones.get(key)
-        if tomb is not None and tomb[1] >= started and (tomb[0] is None or tomb[0] == _uid(body)):
+        if self._deleted_since(key, body, started):
             return None  # deleted after the GET was answered
         return self.event(None, body, now)
+
+    def _deleted_since(self, key: ObjectKey, body: Mapping[str, Any], started: float) -> bool:
+        """Whether this incarnation of the object was deleted at `started` or later."""
+        tomb = self._tombstones.get(key)
+        return tomb is not None and tomb[1] >= started and (tomb[0] is None or tomb[0] == _uid(body))
 
     def bury(self, key: ObjectKey, uid: str | None, now: float) -> None:
         """Remember that an object not held was deleted: a GET or listing older than this is stale."""
@@ -263,8 +265,7 @@ class ObjectCache:
         for body in items:
             key = object_key(body)
             listed.add(key)
-            tomb = self._tombstones.get(key)
-            if tomb is not None and tomb[1] >= started and (tomb[0] is None or tomb[0] == _uid(body)):
+            if self._deleted_since(key, body, started):
                 continue  # deleted after the listing was taken
             if self.event(None, body, now) is not None:
                 changed.add(key)
@@ -641,7 +642,6 @@ class KubernetesSource:
         """Update the site of one object; True if the site set changed."""
         if body is None:
             self._refer(key, None)
-            self._secret_problems.pop(key, None)
             self._invalid_generations.pop(key, None)
             gone = self._sites.pop(key, None)
             self.limit.offer(key, None)
@@ -652,7 +652,6 @@ class KubernetesSource:
             parsed = parse_site(body, origin=f"StaticSite {key}")
         except InvalidSite as exc:
             self._refer(key, None)
-            self._secret_problems.pop(key, None)
             return self._invalidate(key, body, tuple(exc.problems))
         try:
             served = self._with_certificate(parsed)
@@ -692,7 +691,6 @@ class KubernetesSource:
         tls = site.tls
         if tls is None or tls.secret_name is None:
             self._refer(site.key, None)
-            self._secret_problems.pop(site.key, None)
             if tls is not None:
                 message = "only a folder of sites reads certificate files; name a Secret with secretName"
                 raise InvalidSite([Problem(site.origin, "spec.tls.certificateFile", message)], site.key)
@@ -743,16 +741,13 @@ class KubernetesSource:
 
     def _refer(self, site: SiteKey, ref: ObjectKey | None) -> None:
         """Record the Secret a site names (None: none); a Secret no site names is dropped."""
+        if ref is None:
+            self._secret_problems.pop(site, None)
         old = self._site_secret.get(site)
         if old == ref:
             return
-        if old is not None:
-            users = self._secret_users.get(old)
-            if users is not None:
-                users.discard(site)
-                if not users:
-                    del self._secret_users[old]
-                    self._drop_secret(old)
+        if old is not None and _unlink(self._secret_users, old, site):
+            self._drop_secret(old)
         if ref is None:
             self._site_secret.pop(site, None)
         else:
@@ -821,29 +816,37 @@ class KubernetesSource:
 
     def _secrets_changed(self, keys: set[ObjectKey]) -> None:
         """Judge again every site that names one of these Secrets."""
-        affected: set[SiteKey] = set()
-        for key in keys:
-            affected |= self._secret_users.get(key, set())
+        affected = _users(self._secret_users, keys)
         if affected:
             self._sites_changed({(site.namespace, site.name) for site in affected})
 
     def _unindex(self, site: StaticSite | None) -> None:
         if site is None:
             return
-        backend = (site.backend.namespace, site.backend.service_name)
-        users = self._by_backend.get(backend)
-        if users is not None:
-            users.discard(site.key)
-            if not users:
-                del self._by_backend[backend]
+        _unlink(self._by_backend, (site.backend.namespace, site.backend.service_name), site.key)
 
     def _services_changed(self, keys: set[ObjectKey]) -> None:
-        affected: set[SiteKey] = set()
-        for key in keys:
-            affected |= self._by_backend.get(key, set())
+        affected = _users(self._by_backend, keys)
         if affected:
             for listener in self.on_services:
                 listener(affected)
+
+
+def _users(index: Mapping[ObjectKey, set[SiteKey]], keys: Iterable[ObjectKey]) -> set[SiteKey]:
+    """The sites an index (a Secret's users, a Service's sites) lists under any of these keys."""
+    return set().union(*(index.get(key, ()) for key in keys))
+
+
+def _unlink(index: dict[ObjectKey, set[SiteKey]], key: ObjectKey, site: SiteKey) -> bool:
+    """Take a site off an index's key; True if no site is left under the key (it is removed)."""
+    users = index.get(key)
+    if users is None:
+        return False
+    users.discard(site)
+    if users:
+        return False
+    del index[key]
+    return True
 
 
 def _explain(exc: ApiError) -> str:

@@ -27,6 +27,8 @@ log = logging.getLogger("staticsite_xds.leader")
 
 DEFAULT_LEASE_NAME = "staticsite-xds-leader"
 DEFAULT_LEASE_NAMESPACE = "staticsite-xds"
+# How long a lease lasts, by when the leader must have renewed it, and how often to try (seconds).
+DEFAULT_LEASE_TIMINGS = (15.0, 10.0, 2.0)
 
 
 def _now() -> str:
@@ -41,9 +43,9 @@ class LeaderElector:
         identity: str,
         *,
         name: str = DEFAULT_LEASE_NAME,
-        lease_duration: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_period: float = 2.0,
+        lease_duration: float = DEFAULT_LEASE_TIMINGS[0],
+        renew_deadline: float = DEFAULT_LEASE_TIMINGS[1],
+        retry_period: float = DEFAULT_LEASE_TIMINGS[2],
     ) -> None:
         if not 0 < retry_period < renew_deadline < lease_duration:
             raise ValueError("lease timings must satisfy 0 < retry period < renew deadline < lease duration")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ _OPENERS = "[{-?:"
 
 class ManifestRefused(ValueError):
     """A manifest file that is not read, and why."""
+
+
+class NotRegularFile(ValueError):
+    """The path leads to no regular file (a FIFO, a device, a folder): it is not read."""
+
+
+class FileTooLarge(ValueError):
+    """The file has more bytes than allowed; `size` says how many ("N bytes", "larger than N bytes")."""
+
+    def __init__(self, size: str) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 def read_documents(path: Path, max_bytes: int = DEFAULT_MAX_MANIFEST_BYTES) -> list[Any]:
@@ -61,18 +74,35 @@ def load_documents(text: str) -> list[Any]:
     return docs
 
 
-def _read_text(path: Path, max_bytes: int) -> str:
+def read_bounded(path: Path, max_bytes: int, opened: Callable[[os.stat_result], None] | None = None) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, read once, whatever the path leads to.
+
+    Raises OSError (it cannot be opened or read), `NotRegularFile` or `FileTooLarge`.
+    `opened` is told how the file looked when it was opened, before it is read.
+    """
     # O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for a file.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(fd)
+        if opened is not None:
+            opened(info)
         if not stat.S_ISREG(info.st_mode):
-            raise ManifestRefused("the file is not a regular file")
+            raise NotRegularFile(str(path))
         if info.st_size > max_bytes:
-            raise ManifestRefused(_too_large(f"{info.st_size} bytes", max_bytes))
+            raise FileTooLarge(f"{info.st_size} bytes")
         data = file.read(max_bytes + 1)  # checked again: the file may have grown meanwhile
-        if len(data) > max_bytes:
-            raise ManifestRefused(_too_large(f"larger than {max_bytes} bytes", max_bytes))
+    if len(data) > max_bytes:
+        raise FileTooLarge(f"larger than {max_bytes} bytes")
+    return data
+
+
+def _read_text(path: Path, max_bytes: int) -> str:
+    try:
+        data = read_bounded(path, max_bytes)
+    except NotRegularFile:
+        raise ManifestRefused("the file is not a regular file") from None
+    except FileTooLarge as exc:
+        raise ManifestRefused(_too_large(exc.size, max_bytes)) from None
     return data.decode("utf-8")
 
 

@@ -76,7 +76,7 @@ class SiteLimit:
         self._queue: list[tuple[tuple[int, int], SiteKey]] = []  # a heap of places; stale ones skipped
         self._pending: dict[SiteKey, StaticSite | None] = {}
         self._batches = 0
-        self._problems: tuple[Problem, ...] | None = ()  # the refused sites' problems; None: to redo
+        self._problems: dict[SiteKey, Problem] | None = {}  # the refused sites' problems; None: to redo
 
     @property
     def sites(self) -> Mapping[SiteKey, StaticSite]:
@@ -97,6 +97,7 @@ class SiteLimit:
             site.origin,
             "metadata.name",
             f"not served: the limit of {self.maximum} sites (--max-sites) is reached",
+            SITE_LIMIT_REASON,
         )
 
     def settle(self) -> set[SiteKey]:
@@ -178,18 +179,19 @@ class SiteLimit:
                 MappingProxyType(dict(invalid_generations or {})),
             )
         if self._problems is None:
-            self._problems = tuple(self.problem(site) for _, (_, site) in sorted(self._waiting.items()))
+            self._problems = {key: self.problem(site) for key, (_, site) in sorted(self._waiting.items())}
+        refusals = self._problems
         all_invalid = dict(invalid)
         generations = dict(invalid_generations or {})
         refused: set[SiteKey] = set()
         for key, (_, site) in self._waiting.items():
             if key not in all_invalid:
-                all_invalid[key] = (self.problem(site),)
+                all_invalid[key] = (refusals[key],)
                 generations[key] = site.generation
                 refused.add(key)
         return SiteSet(
             MappingProxyType(dict(self._served)),
-            (*problems, *self._problems),
+            (*problems, *refusals.values()),
             MappingProxyType(all_invalid),
             changed,
             MappingProxyType(generations),

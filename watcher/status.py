@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from snapshot.builder import BuildResult, Phase, SiteState
 from snapshot.model import Problem, SiteKey
 
-from .siteset import SITE_LIMIT_REASON, SiteSet
+from .siteset import SiteSet
 
 log = logging.getLogger("staticsite_xds.status")
 
@@ -22,10 +22,13 @@ log = logging.getLogger("staticsite_xds.status")
 StatusListener = Callable[[SiteSet, Mapping[SiteKey, SiteState], frozenset[SiteKey] | None], None]
 
 
-def invalid_state(
-    key: SiteKey, problems: tuple[Problem, ...], still_served: bool, reason: str = "InvalidSpec"
-) -> SiteState:
-    """The state of a site whose declaration is invalid (or refused), naming where and which field."""
+def invalid_state(key: SiteKey, problems: tuple[Problem, ...], still_served: bool) -> SiteState:
+    """The state of a site whose declaration is invalid (or refused), naming where and which field.
+
+    The reason is the first a problem names (a missing Secret: SecretNotFound; a site over the
+    limit: SiteLimitReached), else InvalidSpec.
+    """
+    reason = next((p.reason for p in problems if p.reason), "InvalidSpec")
     detail = "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
     if still_served:
         detail += " (the last good version is still served)"
@@ -43,11 +46,7 @@ def state_of(
     problems = sites.invalid.get(key)
     state = built.get(key)
     if problems is not None:
-        if key in sites.refused:
-            reason = SITE_LIMIT_REASON
-        else:  # a problem may name its own reason (a missing Secret: SecretNotFound)
-            reason = next((p.reason for p in problems if p.reason), "InvalidSpec")
-        return invalid_state(key, problems, state is not None and state.phase is Phase.PROVISIONED, reason)
+        return invalid_state(key, problems, state is not None and state.phase is Phase.PROVISIONED)
     if rejected is not None and key in rejected:
         return rejected[key]
     return state

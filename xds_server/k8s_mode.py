@@ -17,7 +17,7 @@ import kopf
 from watcher.k8s import DEFAULT_RESYNC, KubernetesSource
 from watcher.k8s_api import KubeApi
 from watcher.k8s_status import StatusWriter
-from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE, LeaderElector
+from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE, DEFAULT_LEASE_TIMINGS, LeaderElector
 from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
 from .app import ControlPlane
@@ -51,7 +51,7 @@ class KubernetesMode:
         resync: float = DEFAULT_RESYNC,
         max_sites: int = DEFAULT_MAX_SITES,
         settings: kopf.OperatorSettings | None = None,
-        lease_timings: tuple[float, float, float] = (15.0, 10.0, 2.0),
+        lease_timings: tuple[float, float, float] = DEFAULT_LEASE_TIMINGS,
     ) -> KubernetesMode:
         """Create the parts and connect them to `plane`'s status reports."""
         identity = identity or default_identity()
