@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import StreamRequestHandler
@@ -415,14 +415,3 @@ def pick(items: Sequence[T], count: int) -> list[T]:
         return list(items)
     step = len(items) / count
     return [items[int(k * step)] for k in range(count)]
-
-
-def chunks(items: Iterable[T], size: int) -> Iterable[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -238,6 +238,10 @@ class Ours:
     envoy: LocalEnvoy
     api_type: str
 
+    def envoy_mb(self) -> float | None:
+        """Envoy's RSS in MiB (None once it is gone)."""
+        return rss_mb(self.envoy.process.pid) if self.envoy.process else None
+
 
 def start_ours(stack: ExitStack, workdir: Path, size: int, backend_count: int) -> Ours:
     """Start it with `size` sites; return once Envoy serves the last of them."""
@@ -266,47 +270,39 @@ def run_ours(size: int, quick: bool, workdir: Path, do_change: bool, do_load: bo
         log(f"ours @{size}: starting the control plane and Envoy")
         started = time.perf_counter()
         ours = start_ours(stack, workdir, size, BACKENDS)
-        backends, sites_dir, http_port, plane, envoy = (
-            ours.backends,
-            ours.sites_dir,
-            ours.http_port,
-            ours.plane,
-            ours.envoy,
-        )
-        api_type = ours.api_type
         notes.append(
-            f"ours @{size}: Envoy with envoy/bootstrap-local.yaml ({api_type}); all {size} sites served "
+            f"ours @{size}: Envoy with envoy/bootstrap-local.yaml ({ours.api_type}); all {size} sites served "
             f"{time.perf_counter() - started:.1f} s after start"
         )
-        system = OursSystem(sites_dir, http_port)
+        system = OursSystem(ours.sites_dir, ours.http_port)
         next_index = size
         if do_change:
             log(f"ours @{size}: {changes} one-site changes")
-            result = measure_changes(system, backends, next_index, changes, budget(quick))
+            result = measure_changes(system, ours.backends, next_index, changes, budget(quick))
             next_index += changes
             figures.append(
                 {
                     "figure": "change",
                     "size": size,
                     **result,
-                    "rss_control_plane_mb": plane.rss_mb(),
-                    "rss_envoy_mb": rss_mb(envoy.process.pid) if envoy.process else None,
-                    "api_type": api_type,
+                    "rss_control_plane_mb": ours.plane.rss_mb(),
+                    "rss_envoy_mb": ours.envoy_mb(),
+                    "api_type": ours.api_type,
                 }
             )
         if do_load:
             log(f"ours @{size}: {load_changes} changes under keep-alive load")
-            result = measure_load(system, backends, size, next_index, load_changes, quick)
+            result = measure_load(system, ours.backends, size, next_index, load_changes, quick)
             figures.append(
                 {
                     "figure": "load",
                     "size": size,
                     **result,
-                    "rss_control_plane_mb": plane.rss_mb(),
-                    "rss_envoy_mb": rss_mb(envoy.process.pid) if envoy.process else None,
+                    "rss_control_plane_mb": ours.plane.rss_mb(),
+                    "rss_envoy_mb": ours.envoy_mb(),
                 }
             )
-        if not plane.alive():
+        if not ours.plane.alive():
             raise RuntimeError("the control plane exited during the scenario")
     return {"figures": figures, "notes": notes}
 
@@ -462,39 +458,32 @@ def run_memory(quick: bool, workdir: Path) -> Result:
     with ExitStack() as stack:
         log(f"memory: control plane with {n_plane} sites, Envoy and {streams} more ADS streams")
         ours = start_ours(stack, workdir, n_plane, 2)
-        backends, sites_dir, http_port, plane, envoy = (
-            ours.backends,
-            ours.sites_dir,
-            ours.http_port,
-            ours.plane,
-            ours.envoy,
-        )
+        plane = ours.plane
         client = start_stream_client(plane.xds_port, streams, "memory")
         stack.callback(close_client, client)
         wait_ready(client, 120 + n_plane / 100)
         time.sleep(1.0)
-        envoy_pid = envoy.process.pid if envoy.process else 0
         figures.append(
             {
                 "figure": "memory-plane",
                 "size": n_plane,
                 "streams": streams + 1,
                 "mb": plane.rss_mb(),
-                "envoy_mb": rss_mb(envoy_pid),
+                "envoy_mb": ours.envoy_mb(),
             }
         )
         if n_envoy > n_plane:
             log(f"memory: growing to {n_envoy} sites")
-            write_sites(sites_dir, {i: backends.port_for(i) for i in range(n_plane, n_envoy)})
+            write_sites(ours.sites_dir, {i: ours.backends.port_for(i) for i in range(n_plane, n_envoy)})
             wait_served(
-                http_port, site_domain(n_envoy - 1), startup_timeout(n_envoy), "Envoy at the larger size"
+                ours.http_port, site_domain(n_envoy - 1), startup_timeout(n_envoy), "Envoy at the larger size"
             )
             time.sleep(1.0)
         figures.append(
             {
                 "figure": "memory-envoy",
                 "size": n_envoy,
-                "mb": rss_mb(envoy_pid),
+                "mb": ours.envoy_mb(),
                 "plane_mb": plane.rss_mb(),
                 "api_type": ours.api_type,
             }

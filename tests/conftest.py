@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from waiting import wait_until
@@ -19,6 +21,9 @@ from xds_server.local_control_plane import ControlPlaneProcess
 from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, local_bootstrap
 from xds_server.sample_backend import SampleBackend
 
+if TYPE_CHECKING:
+    from k8s_cluster import Cluster
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -27,17 +32,28 @@ def free_port() -> int:
         return port
 
 
-def run_cli(*args: str | Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run `staticsite-xds ARGS...` in a process of its own, from the project's root."""
+def run_cli(
+    *args: str | Path, timeout: float = 30.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `staticsite-xds ARGS...` in a process of its own, from the project's root
+    (with the environment `env` when given, else this one's)."""
     return subprocess.run(
         [sys.executable, "-m", "xds_server.cli", *(str(a) for a in args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO_ROOT,
+        env=env,
         stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def write(path: Path, text: str) -> Path:
+    """Write a file, making its folders first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def manifest(name: str, domain: str, service: str, port: int, namespace: str = "default") -> str:
@@ -122,14 +138,17 @@ def backends() -> Iterator[Callable[[str], SampleBackend]]:
         backend.stop()
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    """A running control plane (a real process) and a real Envoy, on free loopback ports."""
+@contextlib.contextmanager
+def running_gateway(
+    tmp_path: Path, *, extra: Sequence[str] = (), envoy_log_level: str = "info"
+) -> Iterator[Gateway]:
+    """A control plane process serving `tmp_path`/sites (made if missing; `extra`: more flags
+    of `serve`) and a real Envoy that took its first configuration, on free loopback ports."""
     sites = tmp_path / "sites"
-    sites.mkdir()
+    sites.mkdir(exist_ok=True)
     xds_port, http_port, admin_port = free_port(), free_port(), free_port()
-    plane = ControlPlaneProcess(sites, tmp_path, xds_port, http_port).start()
-    envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), tmp_path / "envoy", log_level="info")
+    plane = ControlPlaneProcess(sites, tmp_path, xds_port, http_port, extra=extra).start()
+    envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), tmp_path / "envoy", log_level=envoy_log_level)
     gw = Gateway(sites, plane, envoy, http_port)
     try:
         envoy.start()
@@ -139,3 +158,27 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         envoy.stop()
         plane.stop()
         gw.control_plane.stop()  # a test may have replaced it with a restarted one
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A running control plane (a real process) and a real Envoy, on free loopback ports."""
+    with running_gateway(tmp_path) as gw:
+        yield gw
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty folder for manifests: `tmp_path`/sites."""
+    folder = tmp_path / "sites"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def cluster(kmock: Any) -> Cluster:
+    """kmock's Kubernetes API emulator, showing our resources, and the test's client of it."""
+    from k8s_cluster import Cluster, declare_resources  # kopf is loaded by the tests that need it
+
+    declare_resources(kmock)
+    return Cluster(kmock)

@@ -10,27 +10,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kopf
-from waiting import eventually
 
 from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
-from watcher.k8s import SITES
+from watcher.k8s import SITES, KubernetesSource
 from watcher.k8s_api import EVENTS, LEASES, SERVICES, KubeApi
+from watcher.siteset import DEFAULT_MAX_SITES
 from xds_server.ads import AdsServer
 from xds_server.app import ControlPlane
 from xds_server.k8s_mode import KubernetesMode
-
-T = TypeVar("T")
+from xds_server.local_envoy import REPO_ROOT
 
 SITES_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
 LEASE_NAMESPACE = "staticsite-xds"
@@ -61,9 +62,6 @@ def fast_settings(watch_timeout: float | None = None) -> kopf.OperatorSettings:
     if watch_timeout is not None:  # the watch request is cut after this long: kopf reconnects
         settings.watching.client_timeout = watch_timeout
     return settings
-
-
-eventually_async = eventually  # the one helper takes coroutine checks too
 
 
 def route_domains(snapshot: Snapshot | None) -> list[str]:
@@ -192,16 +190,66 @@ class Cluster:
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig whose current context is this emulator, with no credentials."""
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "anonymous", "user": {}}],
-            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "anonymous"}}],
-            "current-context": "emulator",
-        }
-        path.write_text(json.dumps(config))  # JSON is YAML
-        return path
+        return write_kubeconfig(self.url, path)
+
+
+def write_kubeconfig(server: str, path: Path) -> Path:
+    """A kubeconfig whose current context is the API server at `server`, with no credentials."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "anonymous", "user": {}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "anonymous"}}],
+        "current-context": "emulator",
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def no_cluster_env(kubeconfig: Path, home: Path) -> dict[str, str]:
+    """This environment for a child process, minus any in-cluster variables: it finds the API
+    server through `kubeconfig` alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env.update(KUBECONFIG=str(kubeconfig), HOME=str(home), PYTHONUNBUFFERED="1")
+    return env
+
+
+async def start_serve_process(
+    kubeconfig: Path,
+    workdir: Path,
+    log_path: Path,
+    *,
+    identity: str,
+    xds_port: int,
+    http_port: int,
+    metrics_port: int,
+) -> asyncio.subprocess.Process:
+    """`staticsite-xds serve --kubernetes` as a real process on loopback ports, reaching the API
+    server named by `kubeconfig`, its output written to `log_path`."""
+    with log_path.open("wb") as log_file:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "xds_server.cli", "serve", "--kubernetes",
+            "--xds-address", f"127.0.0.1:{xds_port}",
+            "--metrics-address", f"127.0.0.1:{metrics_port}",
+            "--http-port", str(http_port),
+            "--listen-address", "127.0.0.1",
+            "--backend-host-template", "127.0.0.1",
+            "--identity", identity,
+            "--lease-namespace", LEASE_NAMESPACE,
+            cwd=REPO_ROOT, env=no_cluster_env(kubeconfig, workdir),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def offline_source(**options: Any) -> KubernetesSource:
+    """A source fed by hand (see `feed`): its API client points nowhere and is never called."""
+    return KubernetesSource(KubeApi.for_server("http://127.0.0.1:9"), **options)
+
+
+def feed(source: KubernetesSource, kind: str | None, body: dict[str, Any]) -> None:
+    """One watch event (kind None: an object of a listing), as kopf hands it to the source."""
+    source._event(source.sites, {"type": kind, "object": body}, source._sites_changed)
 
 
 @dataclass
@@ -240,7 +288,10 @@ async def start_replica(
     resync: float = 300.0,
     watch_timeout: float | None = None,
     lease: tuple[float, float, float] = (3.0, 2.0, 0.2),
+    max_sites: int = DEFAULT_MAX_SITES,
+    xds_port: int = 0,
 ) -> Replica:
+    """A replica started in this event loop, serving xDS on 127.0.0.1:`xds_port` (0: any)."""
     plane = ControlPlane(BuildOptions(), AdsServer(), hold_off=0.002, max_delay=0.02)
     api = KubeApi.for_server(cluster.url, user_agent=f"staticsite-xds/{identity}")
     mode = KubernetesMode.attach(
@@ -250,11 +301,13 @@ async def start_replica(
         identity=identity,
         lease_namespace=LEASE_NAMESPACE,
         resync=resync,
+        max_sites=max_sites,
         settings=fast_settings(watch_timeout),
         lease_timings=lease,
     )
     stop = asyncio.Event()
     published: list[Any] = []
     plane.on_publish.append(lambda sites, snapshot: published.append((sites, snapshot)))
-    task = asyncio.create_task(plane.run(mode.sites(stop), "127.0.0.1:0", stop, mode.companions(stop)))
+    address = f"127.0.0.1:{xds_port}"
+    task = asyncio.create_task(plane.run(mode.sites(stop), address, stop, mode.companions(stop)))
     return Replica(plane, mode, stop, task, identity, published)

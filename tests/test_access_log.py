@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Gateway, free_port, manifest, run_cli, try_get, wait_until
+from conftest import Gateway, manifest, run_cli, running_gateway, try_get
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from google.protobuf import json_format
+from waiting import wait_until
 
 from snapshot.builder import BuildOptions, SnapshotBuilder
 from snapshot.model import Backend, SiteKey, StaticSite
 from snapshot.resources import ACCESS_LOG_FIELDS, LISTENER_TYPE
-from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap
 from xds_server.sample_backend import SampleBackend
 
 Backends = Callable[[str], SampleBackend]
@@ -114,21 +113,11 @@ def test_the_default_is_a_json_line_per_request_on_stdout(gateway: Gateway, back
 @pytest.fixture
 def gateway_logging_to(tmp_path: Path) -> Iterator[tuple[Path, Gateway]]:
     """A control plane telling its gateway to log to a file, and that gateway."""
-    sites = tmp_path / "sites"
-    sites.mkdir()
     target = tmp_path / "access" / "gateway.json"
     target.parent.mkdir()
-    xds_port, http_port, admin_port = free_port(), free_port(), free_port()
-    plane = ControlPlaneProcess(sites, tmp_path, xds_port, http_port, extra=["--access-log", str(target)])
-    envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), tmp_path / "envoy")
-    try:
-        plane.start()
-        envoy.start()
-        wait_until(envoy.ready, timeout=20, what="Envoy to receive its first configuration")
-        yield target, Gateway(sites, plane, envoy, http_port)
-    finally:
-        envoy.stop()
-        plane.stop()
+    extra = ["--access-log", str(target)]
+    with running_gateway(tmp_path, extra=extra, envoy_log_level="warning") as gateway:
+        yield target, gateway
 
 
 def test_a_file_destination_gets_the_lines_and_stdout_none(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ControlPlaneProcess, free_port, manifest, try_get, wait_until
+from conftest import free_port, manifest, try_get
+from waiting import wait_until
 
+from xds_server.local_control_plane import ControlPlaneProcess
 from xds_server.local_envoy import (
     CLUSTER_BOOTSTRAP,
     LOCAL_BOOTSTRAP,

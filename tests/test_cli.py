@@ -8,13 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import manifest, run_cli
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+from conftest import manifest, run_cli, write
 
 
 def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
@@ -22,30 +16,23 @@ def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in proc.stdout, proc.stdout
 
 
-@pytest.fixture
-def sites(tmp_path: Path) -> Path:
-    folder = tmp_path / "sites"
-    folder.mkdir()
-    return folder
-
-
 # -- validate ---------------------------------------------------------------------------------
 
 
-def test_validate_valid_files_and_folders(sites: Path) -> None:
-    a = write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
-    write(sites / "team" / "b.yml", manifest("b", "b.example.com", "web", 81, namespace="team"))
-    for args in ([a], [sites], [a, sites / "team" / "b.yml"]):
+def test_validate_valid_files_and_folders(root: Path) -> None:
+    a = write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    write(root / "team" / "b.yml", manifest("b", "b.example.com", "web", 81, namespace="team"))
+    for args in ([a], [root], [a, root / "team" / "b.yml"]):
         proc = run_cli("validate", *args)
         no_traceback(proc)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert proc.stdout == ""
-    assert "2 sites, all valid" in run_cli("validate", sites).stderr
+    assert "2 sites, all valid" in run_cli("validate", root).stderr
 
 
-def test_validate_reports_one_line_per_problem(sites: Path) -> None:
+def test_validate_reports_one_line_per_problem(root: Path) -> None:
     a = write(
-        sites / "a.yaml",
+        root / "a.yaml",
         "---\n".join(
             [
                 manifest("good", "good.example.com", "web", 80),
@@ -55,9 +42,9 @@ def test_validate_reports_one_line_per_problem(sites: Path) -> None:
         ),
     )
     b = write(
-        sites / "b.yaml", manifest("typo", "typo.example.com", "web", 80).replace("servicePort", "servicePrt")
+        root / "b.yaml", manifest("typo", "typo.example.com", "web", 80).replace("servicePort", "servicePrt")
     )
-    c = write(sites / "c.yaml", "apiVersion: [unclosed\n")
+    c = write(root / "c.yaml", "apiVersion: [unclosed\n")
     proc = run_cli("validate", a, b, c)
     no_traceback(proc)
     assert proc.returncode != 0
@@ -77,10 +64,10 @@ def test_validate_reports_one_line_per_problem(sites: Path) -> None:
     assert "cannot be read" in syntax
 
 
-def test_validate_reports_a_domain_conflict_between_two_files(sites: Path) -> None:
-    write(sites / "a.yaml", manifest("a", "blog.example.com", "one", 80))
-    b = write(sites / "b.yaml", manifest("b", "Blog.Example.com", "two", 80))
-    proc = run_cli("validate", sites)
+def test_validate_reports_a_domain_conflict_between_two_files(root: Path) -> None:
+    write(root / "a.yaml", manifest("a", "blog.example.com", "one", 80))
+    b = write(root / "b.yaml", manifest("b", "Blog.Example.com", "two", 80))
+    proc = run_cli("validate", root)
     no_traceback(proc)
     assert proc.returncode != 0
     (line,) = proc.stdout.splitlines()
@@ -89,9 +76,9 @@ def test_validate_reports_a_domain_conflict_between_two_files(sites: Path) -> No
     assert "default/a" in line
 
 
-def test_validate_reports_the_same_site_in_two_files(sites: Path) -> None:
-    a = write(sites / "a.yaml", manifest("blog", "a.example.com", "web", 80))
-    b = write(sites / "b.yaml", manifest("blog", "b.example.com", "web", 80))
+def test_validate_reports_the_same_site_in_two_files(root: Path) -> None:
+    a = write(root / "a.yaml", manifest("blog", "a.example.com", "web", 80))
+    b = write(root / "b.yaml", manifest("blog", "b.example.com", "web", 80))
     proc = run_cli("validate", a, b)
     assert proc.returncode != 0
     (line,) = proc.stdout.splitlines()
@@ -121,13 +108,13 @@ def vhosts(rendered: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["routes"][0].get("name", v["name"]): v for v in route["virtualHosts"]}
 
 
-def test_render_prints_the_resources_as_json(sites: Path) -> None:
-    write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
-    write(sites / "b.yaml", manifest("b", "b.example.com", "web", 80))
-    write(sites / "c.yaml", manifest("c", "c.example.com", "api", 8080, namespace="team"))
+def test_render_prints_the_resources_as_json(root: Path) -> None:
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    write(root / "b.yaml", manifest("b", "b.example.com", "web", 80))
+    write(root / "c.yaml", manifest("c", "c.example.com", "api", 8080, namespace="team"))
     proc = run_cli(
         "render",
-        sites,
+        root,
         "--http-port",
         "10080",
         "--listen-address",
@@ -161,29 +148,29 @@ def test_render_prints_the_resources_as_json(sites: Path) -> None:
     assert hosts["unknown-domain"]["routes"][0]["directResponse"]["status"] == 404
 
 
-def test_render_is_deterministic(sites: Path) -> None:
-    write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
-    first, second = run_cli("render", sites), run_cli("render", sites)
+def test_render_is_deterministic(root: Path) -> None:
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    first, second = run_cli("render", root), run_cli("render", root)
     assert first.returncode == second.returncode == 0
     assert first.stdout == second.stdout
 
 
-def test_render_puts_problems_on_stderr(sites: Path) -> None:
-    write(sites / "a.yaml", manifest("a", "a.example.com", "web", 80))
-    bad = write(sites / "bad.yaml", manifest("bad", "bad.example.com", "web", 70000))
-    write(sites / "c.yaml", manifest("c", "a.example.com", "other", 80))
-    proc = run_cli("render", sites, "--backend-host-template", "127.0.0.1")
+def test_render_puts_problems_on_stderr(root: Path) -> None:
+    write(root / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    bad = write(root / "bad.yaml", manifest("bad", "bad.example.com", "web", 70000))
+    write(root / "c.yaml", manifest("c", "a.example.com", "other", 80))
+    proc = run_cli("render", root, "--backend-host-template", "127.0.0.1")
     no_traceback(proc)
     assert proc.returncode != 0
     rendered = json.loads(proc.stdout)  # the JSON is still complete and alone on stdout
     assert set(vhosts(rendered)) == {"default/a", "unknown-domain"}
     assert [c["name"] for c in rendered["Cluster"]] == ["default/web/80"]
     assert f"{bad}: spec.backend.servicePort: " in proc.stderr
-    assert f"{sites / 'c.yaml'}: spec.domain: " in proc.stderr
+    assert f"{root / 'c.yaml'}: spec.domain: " in proc.stderr
 
 
-def test_render_of_an_empty_folder(sites: Path) -> None:
-    proc = run_cli("render", sites)
+def test_render_of_an_empty_folder(root: Path) -> None:
+    proc = run_cli("render", root)
     assert proc.returncode == 0
     rendered = json.loads(proc.stdout)
     assert rendered["Cluster"] == []
@@ -217,8 +204,8 @@ def test_serve_without_sites_is_a_usage_error() -> None:
 
 @pytest.mark.parametrize("template", ["{nope}", "{0}", "{service.nope}", "{service[x]}", "{"])
 @pytest.mark.parametrize("command", ["render", "serve"])
-def test_bad_backend_host_template_is_a_clear_error(command: str, template: str, sites: Path) -> None:
-    args = [sites] if command == "render" else ["--sites", sites, "--xds-address", "127.0.0.1:0"]
+def test_bad_backend_host_template_is_a_clear_error(command: str, template: str, root: Path) -> None:
+    args = [root] if command == "render" else ["--sites", root, "--xds-address", "127.0.0.1:0"]
     proc = run_cli(command, *args, "--backend-host-template", template)
     no_traceback(proc)
     assert proc.returncode == 2
@@ -230,8 +217,8 @@ def test_bad_backend_host_template_is_a_clear_error(command: str, template: str,
 
 
 @pytest.mark.parametrize("port", ["0", "65536"])
-def test_bad_http_port_is_a_clear_error(port: str, sites: Path) -> None:
-    proc = run_cli("render", sites, "--http-port", port)
+def test_bad_http_port_is_a_clear_error(port: str, root: Path) -> None:
+    proc = run_cli("render", root, "--http-port", port)
     no_traceback(proc)
     assert proc.returncode == 2
     assert "HTTP port" in proc.stderr

@@ -25,25 +25,22 @@ from test_ads_protocol import (
     CLUSTER_B,
     SITE_A,
     SITE_B,
+    UNKNOWN_TYPE,
     AdsClient,
     StreamClient,
     build,
-    eventually,
     serving,
     site,
 )
 from test_ads_protocol import names as sotw_names
 from test_ads_protocol import route_clusters as sotw_route_clusters
+from waiting import eventually
 
 from snapshot import EMPTY, SnapshotBuilder, StaticSite
 from snapshot.builder import BuildOptions
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, MESSAGE_CLASSES, ROUTE_TYPE, TYPE_ORDER
 from snapshot.snapshot import Resource, ResourceSet, Snapshot
 from xds_server.ads import AdsServer, Nack, StreamInfo
-
-READ_TIMEOUT = 5.0  # deadline for a response we expect
-QUIET = 0.3  # bounded wait that proves no response is sent
-UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 
 DeltaRequest = discovery_pb2.DeltaDiscoveryRequest
 DeltaResponse = discovery_pb2.DeltaDiscoveryResponse

@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port, http_get, manifest, try_get, wait_until
+from conftest import free_port, http_get, manifest, run_cli, try_get
+from waiting import wait_until
 
 from watcher.folder import read_manifests
 from xds_server.demo import EXAMPLE_SITES, banner, seed, write_certificates
@@ -189,28 +190,18 @@ def test_demo_serves_the_example_sites_and_new_ones(tmp_path: Path) -> None:
 
 def test_demo_refuses_ports_given_twice(tmp_path: Path) -> None:
     port = free_port()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xds_server.cli",
-            "demo",
-            "--sites",
-            str(tmp_path / "sites"),
-            "--http-port",
-            str(port),
-            "--https-port",
-            str(port),
-            "--xds-port",
-            str(free_port()),
-            "--admin-port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-        check=False,
+    result = run_cli(
+        "demo",
+        "--sites",
+        tmp_path / "sites",
+        "--http-port",
+        str(port),
+        "--https-port",
+        str(port),
+        "--xds-port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
     )
     assert result.returncode == 2
     assert "--https-port and --http-port" in result.stdout

@@ -7,8 +7,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from conftest import ControlPlaneProcess, Gateway, Response, manifest, try_get, wait_until
+from conftest import Gateway, Response, manifest, try_get
+from waiting import wait_until
 
+from xds_server.local_control_plane import ControlPlaneProcess
 from xds_server.sample_backend import SampleBackend
 
 Backends = Callable[[str], SampleBackend]

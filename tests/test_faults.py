@@ -16,12 +16,10 @@ import asyncio
 import contextlib
 import functools
 import http.client
-import json
 import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -35,19 +33,19 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Gateway, free_port, manifest, try_get
+from conftest import Gateway, free_port, manifest, running_gateway, try_get
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
-from k8s_cluster import Cluster, declare_resources
+from k8s_cluster import Cluster, start_serve_process, write_kubeconfig
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually, wait_until
 
 from bench.adsclient import DELTA_METHOD, SOTW_METHOD, AdsClient
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, local_bootstrap
+from xds_server.local_envoy import LocalEnvoy, local_bootstrap
 from xds_server.sample_backend import SampleBackend
 
 Backends = Callable[[str], SampleBackend]
@@ -248,19 +246,9 @@ class Observed:
 @pytest.fixture
 def observed(tmp_path: Path) -> Iterator[Observed]:
     """The `gateway` of conftest, with the control plane's metrics port open."""
-    sites = tmp_path / "sites"
-    sites.mkdir()
-    xds_port, http_port, admin_port, metrics_port = free_port(), free_port(), free_port(), free_port()
-    extra = ["--metrics-address", f"127.0.0.1:{metrics_port}"]
-    plane = ControlPlaneProcess(sites, tmp_path, xds_port, http_port, extra=extra).start()
-    envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), tmp_path / "envoy", log_level="info")
-    try:
-        envoy.start()
-        wait_until(envoy.ready, timeout=20, what="Envoy to receive its first configuration")
-        yield Observed(Gateway(sites, plane, envoy, http_port), metrics_port)
-    finally:
-        envoy.stop()
-        plane.stop()
+    metrics_port = free_port()
+    with running_gateway(tmp_path, extra=["--metrics-address", f"127.0.0.1:{metrics_port}"]) as gateway:
+        yield Observed(gateway, metrics_port)
 
 
 # -- 1. the control plane killed and restarted under load --------------------------------------
@@ -576,25 +564,9 @@ async def more(value: Awaitable[float], than: float) -> bool:
     return await value > than
 
 
-def kubeconfig(url: str, path: Path) -> Path:
-    """A kubeconfig whose current context is the API server at `url`, with no credentials."""
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "api", "cluster": {"server": url}}],
-        "users": [{"name": "anonymous", "user": {}}],
-        "contexts": [{"name": "api", "context": {"cluster": "api", "user": "anonymous"}}],
-        "current-context": "api",
-    }
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
-
-
 async def test_an_unreachable_kubernetes_api_keeps_the_last_good_sites(
-    kmock: Any, backends: Backends, tmp_path: Path
+    cluster: Cluster, backends: Backends, tmp_path: Path
 ) -> None:
-    declare_resources(kmock)
-    cluster = Cluster(kmock)
     backend = backends("docs")
     await cluster.create_service("docs", "web", ports=[backend.port])
     await cluster.create_site("docs", "main", "docs.example.test", port=backend.port)
@@ -621,19 +593,15 @@ async def test_an_unreachable_kubernetes_api_keeps_the_last_good_sites(
         return got[0] if got is not None else None
 
     async with relayed(api_port) as relay:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-        env.update(KUBECONFIG=str(kubeconfig(relay.url, tmp_path / "kubeconfig")), HOME=str(tmp_path))
-        with log_path.open("wb") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "xds_server.cli", "serve", "--kubernetes",
-                "--xds-address", f"127.0.0.1:{xds_port}",
-                "--metrics-address", f"127.0.0.1:{metrics_port}",
-                "--http-port", str(http_port), "--listen-address", "127.0.0.1",
-                "--backend-host-template", "127.0.0.1",
-                "--identity", "replica-a", "--lease-namespace", "staticsite-xds",
-                cwd=REPO_ROOT, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
+        process = await start_serve_process(
+            write_kubeconfig(relay.url, tmp_path / "kubeconfig"),
+            tmp_path,
+            log_path,
+            identity="replica-a",
+            xds_port=xds_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+        )
         envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), tmp_path / "envoy")
         try:
             await asyncio.to_thread(envoy.start)

@@ -57,13 +57,6 @@ def replace(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "sites"
-    folder.mkdir()
-    return folder
-
-
 # -- reading ----------------------------------------------------------------------------------
 
 

@@ -11,19 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import manifest
+from conftest import manifest, write
 
 from snapshot.model import API_VERSION, Backend, SiteKey
 from watcher.folder import FolderSource, read_manifests
 from watcher.siteset import SiteSet
 
 CONFIG_MAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n"
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 def docs(*texts: str) -> str:
@@ -39,13 +33,6 @@ def domains(sites: SiteSet) -> dict[str, str]:
 
 def key(name: str, namespace: str = "default") -> SiteKey:
     return SiteKey(namespace, name)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "sites"
-    folder.mkdir()
-    return folder
 
 
 # -- reading ----------------------------------------------------------------------------------

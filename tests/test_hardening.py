@@ -9,7 +9,6 @@ shared limit, both sources, the status and the `serve` command.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
@@ -26,9 +25,9 @@ import yaml
 from conftest import free_port, manifest, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from k8s_cluster import LEASE_NAMESPACE, Cluster, declare_resources, eventually, fast_settings
+from k8s_cluster import Cluster, feed, offline_source, start_replica
 from test_crd import _crd_accepts, _model_accepts
-from waiting import wait_until
+from waiting import eventually, wait_until
 
 from snapshot.builder import BuildOptions, Phase, SnapshotBuilder
 from snapshot.model import (
@@ -43,14 +42,10 @@ from snapshot.model import (
 )
 from snapshot.snapshot import Snapshot
 from watcher.folder import FolderSource, read_manifests
-from watcher.k8s import KubernetesSource
-from watcher.k8s_api import KubeApi
 from watcher.k8s_status import event_name
 from watcher.manifest_file import MAX_ALIAS_NODES, MAX_DEPTH, MAX_DOCUMENTS, ManifestRefused, load_documents
 from watcher.siteset import SITE_LIMIT_REASON, SiteLimit, SiteSet
 from watcher.status import StatusLog, state_of
-from xds_server.app import ControlPlane
-from xds_server.k8s_mode import KubernetesMode
 from xds_server.local_control_plane import ControlPlaneProcess
 from xds_server.local_envoy import validate_config
 
@@ -73,6 +68,17 @@ def valid_doc(**spec: Any) -> dict[str, Any]:
         "metadata": {"name": "blog", "namespace": "web"},
         "spec": {"domain": "blog.example.com", "backend": {"serviceName": "blog", "servicePort": 80}, **spec},
     }
+
+
+def valid_doc_with(path: str, value: Any) -> dict[str, Any]:
+    """`valid_doc()` with the field at the dotted `path` set to `value`."""
+    doc = valid_doc()
+    *parents, last = path.split(".")
+    node = doc
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return doc
 
 
 def shared_bomb(levels: int = 40, width: int = 10) -> list[Any]:
@@ -267,12 +273,7 @@ FIELD_PATHS = [
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(FIELD_PATHS), junk)
 def test_one_wrong_field_is_the_one_named(path: str, value: Any) -> None:
-    doc = valid_doc()
-    *parents, last = path.split(".")
-    node = doc
-    for part in parents:
-        node = node[part]
-    node[last] = value
+    doc = valid_doc_with(path, value)
     problems = []
     try:
         parse_site(doc, ORIGIN)
@@ -286,13 +287,7 @@ def test_one_wrong_field_is_the_one_named(path: str, value: Any) -> None:
 @pytest.mark.parametrize("value", HUGE_VALUES, ids=lambda v: type(v).__name__)
 @pytest.mark.parametrize("path", FIELD_PATHS)
 def test_huge_and_hostile_values_are_reported_in_a_bounded_line(path: str, value: Any) -> None:
-    doc = valid_doc()
-    *parents, last = path.split(".")
-    node = doc
-    for part in parents:
-        node = node[part]
-    node[last] = value
-    check_outcome(doc)
+    check_outcome(valid_doc_with(path, value))
 
 
 def test_a_timestamp_out_of_range_or_of_another_type_is_named() -> None:
@@ -443,16 +438,6 @@ def test_any_file_gives_sites_or_problems_naming_the_file(text: str) -> None:
         check_site(site, site.origin)
 
 
-def _depth(value: Any) -> int:
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        node, level = todo.pop()
-        if isinstance(node, list | dict):
-            deepest = max(deepest, level)
-            todo.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return deepest
-
-
 @settings(max_examples=150, deadline=2000)
 @given(st.integers(1, 80), st.sampled_from([None, True, False]), st.booleans())
 def test_nesting_is_read_up_to_the_limit_and_refused_beyond_it(
@@ -512,7 +497,6 @@ def test_an_integer_too_long_to_print_is_a_problem_of_its_field(tmp_path: Path) 
 # -- the builder: what passed validation, Envoy accepts ---------------------------------------
 
 _ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
-_LDH = _ALNUM + "-"
 
 
 def _label(alnum: str = _ALNUM, first: str = _ALNUM, longest: int = 63) -> st.SearchStrategy[str]:
@@ -688,13 +672,6 @@ def test_an_event_name_cut_after_a_hyphen_is_still_valid() -> None:
 
 
 # -- the size of a manifest file --------------------------------------------------------------
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "sites"
-    folder.mkdir()
-    return folder
 
 
 def test_an_oversized_file_is_not_read_and_its_sites_keep_their_last_good_version(root: Path) -> None:
@@ -912,18 +889,10 @@ def test_an_invalid_declaration_of_a_refused_site_shows_its_own_problem(root: Pa
     assert state_of(b, sites, {}).reason == "InvalidSpec"  # type: ignore[union-attr]
 
 
-def offline_source(max_sites: int) -> KubernetesSource:
-    return KubernetesSource(KubeApi.for_server("http://127.0.0.1:9"), max_sites=max_sites)
-
-
 def site_object(name: str, generation: int = 1) -> dict[str, Any]:
     body = valid_doc(domain=f"{name}.example.com")
     body["metadata"] = {"name": name, "namespace": "docs", "uid": name, "generation": generation}
     return body
-
-
-def feed(source: KubernetesSource, kind: str, body: dict[str, Any]) -> None:
-    source._event(source.sites, {"type": kind, "object": body}, source._sites_changed)
 
 
 def test_the_kubernetes_source_applies_the_same_limit() -> None:
@@ -946,22 +915,9 @@ def test_the_kubernetes_source_applies_the_same_limit() -> None:
     assert sites.invalid == {}
 
 
-async def test_a_refused_site_shows_site_limit_reached_in_its_status(kmock: Any) -> None:
-    declare_resources(kmock)
-    cluster = Cluster(kmock)
-    plane = ControlPlane(BuildOptions(), hold_off=0.002, max_delay=0.02)
-    api = KubeApi.for_server(cluster.url, user_agent="staticsite-xds/replica-a")
-    mode = KubernetesMode.attach(
-        plane,
-        api,
-        identity="replica-a",
-        lease_namespace=LEASE_NAMESPACE,
-        settings=fast_settings(),
-        lease_timings=(3.0, 2.0, 0.2),
-        max_sites=1,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(plane.run(mode.sites(stop), "127.0.0.1:0", stop, mode.companions(stop)))
+async def test_a_refused_site_shows_site_limit_reached_in_its_status(cluster: Cluster) -> None:
+    replica = await start_replica(cluster, "replica-a", max_sites=1)
+    plane = replica.plane
     try:
         await cluster.create_service("docs", "web")
         await cluster.create_site("docs", "first", "first.example.com")
@@ -984,8 +940,7 @@ async def test_a_refused_site_shows_site_limit_reached_in_its_status(kmock: Any)
         await eventually(lambda: reason("second", "Accepted"), what="the waiting site admitted")
         assert list(plane.sites.sites) == [SiteKey("docs", "second")]
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+        await replica.close()
 
 
 # -- the serve command ------------------------------------------------------------------------

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import aiohttp
 import grpc
 import prometheus_client
 import pytest
-from conftest import free_port, manifest, run_cli
+from conftest import free_port, manifest, run_cli, running_gateway, write
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from test_ads_protocol import AdsClient
@@ -35,7 +33,7 @@ from xds_server.app import ControlPlane
 from xds_server.health import GrpcHealth, HealthServer
 from xds_server.inspect import LIST_ENVOYS, Inspection, behind, format_table, report
 from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap
+from xds_server.local_envoy import LocalEnvoy
 from xds_server.metrics import Metrics
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -352,21 +350,11 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Served, LocalEnvoy]]:
-    sites = tmp_path / "sites"
-    sites.mkdir()
-    (sites / "a.yaml").write_text(manifest("a", "a.example.test", "web-a", free_port()))
-    xds_port, http_port, admin_port, metrics_port = free_port(), free_port(), free_port(), free_port()
-    process = ControlPlaneProcess(
-        sites, tmp_path, xds_port, http_port, extra=["--metrics-address", f"127.0.0.1:{metrics_port}"]
-    ).start()
-    envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), tmp_path / "envoy")
-    try:
-        envoy.start()
-        wait_until(envoy.ready, timeout=20, what="Envoy to receive its first configuration")
-        yield Served(sites, process, metrics_port), envoy
-    finally:
-        envoy.stop()
-        process.stop()
+    write(tmp_path / "sites" / "a.yaml", manifest("a", "a.example.test", "web-a", free_port()))
+    metrics_port = free_port()
+    extra = ["--metrics-address", f"127.0.0.1:{metrics_port}"]
+    with running_gateway(tmp_path, extra=extra, envoy_log_level="warning") as gateway:
+        yield Served(gateway.sites, gateway.control_plane, metrics_port), gateway.envoy
 
 
 def test_a_real_envoy_through_metrics_inspection_status_and_health(served: tuple[Served, LocalEnvoy]) -> None:
@@ -393,21 +381,7 @@ def test_a_real_envoy_through_metrics_inspection_status_and_health(served: tuple
         == envoys["snapshot"]["types"]["RouteConfiguration"]
     )
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xds_server.cli",
-            "status",
-            "--xds-address",
-            f"127.0.0.1:{cp.process.xds_port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    proc = run_cli("status", "--xds-address", f"127.0.0.1:{cp.process.xds_port}")
     assert proc.returncode == 0, proc.stderr
     [row] = [line for line in proc.stdout.splitlines() if line.startswith("local-gateway")]
     assert row.split()[1:3] == ["gateways", "delta"]

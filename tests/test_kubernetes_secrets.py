@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 import trustme
-from k8s_cluster import Cluster, declare_resources, eventually, fast_settings, start_replica
+from k8s_cluster import Cluster, fast_settings, start_replica
+from waiting import eventually
 
 from snapshot.model import Certificate, Problem, SiteKey, StaticSite
 from watcher.k8s import (
@@ -39,14 +40,6 @@ SECRETS_RESOURCE = "v1/secrets"
 TLS = "kubernetes.io/tls"
 KEY = SiteKey("docs", "main")
 TLS_SPEC = {"tls": {"secretName": "web-tls"}}
-
-
-@pytest.fixture
-def cluster(kmock: Any) -> Cluster:
-    declare_resources(kmock)
-    every = {"get", "list", "watch", "create", "update", "patch", "delete"}
-    kmock.resources[SECRETS_RESOURCE] = kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=every)
-    return Cluster(kmock)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,33 +19,28 @@ from typing import Any
 import aiohttp
 import prometheus_client
 import pytest
-from conftest import free_port, try_get
+from conftest import free_port, run_cli, try_get
 from k8s_cluster import (
     Cluster,
-    declare_resources,
-    eventually,
-    eventually_async,
+    feed,
+    no_cluster_env,
+    offline_source,
     route_domains,
     site_body,
     start_replica,
+    start_serve_process,
 )
 from kmock import KubernetesError, KubernetesResourceNotFoundError
+from waiting import eventually
 
 from snapshot.model import GROUP, PLURAL, VERSION, SiteKey
 from watcher import k8s
-from watcher.k8s import KubernetesSource, ObjectCache
-from watcher.k8s_api import KubeApi
+from watcher.k8s import ObjectCache
 from xds_server.health import HealthServer
-from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, local_bootstrap
+from xds_server.local_envoy import LocalEnvoy, local_bootstrap
 from xds_server.sample_backend import SampleBackend
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def cluster(kmock: Any) -> Cluster:
-    declare_resources(kmock)
-    return Cluster(kmock)
 
 
 def sites_resource(cluster: Cluster) -> Any:
@@ -96,7 +88,7 @@ async def test_status_and_events_follow_the_verdict(cluster: Cluster) -> None:
             status = await cluster.status("docs", "main")
             return status if status.get("phase") == "Provisioned" else None
 
-        await eventually_async(provisioned, what="status written")
+        await eventually(provisioned, what="status written")
     finally:
         await replica.close()
 
@@ -392,7 +384,7 @@ async def test_the_control_plane_writes_nothing_to_sites_but_their_status(cluste
             phases = [(await cluster.status("docs", f"site-{i}")).get("phase") for i in range(3)]
             return phases == ["Provisioned", "Invalid", "Provisioned"]
 
-        await eventually_async(all_reported, what="status on every site")
+        await eventually(all_reported, what="status on every site")
         await cluster.delete_site("docs", "site-2")
         await eventually(lambda: "site-2.example.com" not in replica.domains(), what="the deletion")
         assert await cluster.site("docs", "site-2") is None, "deleted at once: nothing holds it back"
@@ -557,15 +549,6 @@ def test_a_listing_keeps_a_newer_version_an_event_brought_and_adopts_newer_ones(
     assert (cache.get(KEY) or {})["spec"]["domain"] == "later.example.com"
 
 
-def offline_source() -> KubernetesSource:
-    """A source fed by hand: its API client points nowhere and is never called."""
-    return KubernetesSource(KubeApi.for_server("http://127.0.0.1:9"))
-
-
-def feed(source: KubernetesSource, kind: str | None, body: dict[str, Any]) -> None:
-    source._event(source.sites, {"type": kind, "object": body}, source._sites_changed)
-
-
 @pytest.mark.parametrize(
     "order",
     list(itertools.permutations(["added-a", "modified-a", "deleted-a", "added-b"])),
@@ -604,12 +587,6 @@ def test_deleting_a_site_whose_current_version_is_invalid_forgets_its_problems()
 # -- the real process --------------------------------------------------------------------------
 
 
-def _no_cluster_env(kubeconfig: Path, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-    env.update(KUBECONFIG=str(kubeconfig), HOME=str(home), PYTHONUNBUFFERED="1")
-    return env
-
-
 async def test_the_serve_process_routes_a_site_from_the_cluster(
     cluster: Cluster, backends: Callable[[str], SampleBackend], tmp_path: Path
 ) -> None:
@@ -623,19 +600,15 @@ async def test_the_serve_process_routes_a_site_from_the_cluster(
         return NotImplemented if crd_installed else KubernetesResourceNotFoundError()
 
     cluster.kmock[cluster.kmock.action.LIST, sites_resource(cluster)] << list_answer
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "xds_server.cli", "serve", "--kubernetes",
-            "--xds-address", f"127.0.0.1:{xds_port}",
-            "--metrics-address", f"127.0.0.1:{metrics_port}",
-            "--http-port", str(http_port),
-            "--listen-address", "127.0.0.1",
-            "--backend-host-template", "127.0.0.1",
-            "--identity", "test-a",
-            "--lease-namespace", "staticsite-xds",
-            cwd=REPO_ROOT, env=_no_cluster_env(kubeconfig, tmp_path),
-            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+    process = await start_serve_process(
+        kubeconfig,
+        tmp_path,
+        log_path,
+        identity="test-a",
+        xds_port=xds_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+    )
     envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), tmp_path / "envoy")
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
@@ -655,11 +628,11 @@ async def test_the_serve_process_routes_a_site_from_the_cluster(
             async def ready() -> bool:
                 return await answer_to("/readyz") == 200
 
-            await eventually_async(healthy, within=20, what="/healthz 200")
+            await eventually(healthy, within=20, what="/healthz 200")
             await eventually(lambda: "is the StaticSite CRD installed?" in log_path.read_text(), what="why")
             assert await answer_to("/readyz") == 503
             crd_installed = True
-            await eventually_async(ready, within=10, what="/readyz 200")
+            await eventually(ready, within=10, what="/readyz 200")
             assert await answer_to("/metrics") == 200
 
             await asyncio.to_thread(envoy.start)
@@ -670,13 +643,13 @@ async def test_the_serve_process_routes_a_site_from_the_cluster(
                 response = await asyncio.to_thread(try_get, http_port, "docs.example.test")
                 return response is not None and response.status == 200 and response.backend == backend.name
 
-            await eventually_async(served, within=20, what="the site served through Envoy")
+            await eventually(served, within=20, what="the site served through Envoy")
             assert cluster.requests_by("staticsite-xds/test-a"), "the identity names the client"
 
             async def provisioned() -> bool:
                 return (await cluster.status("docs", "main")).get("phase") == "Provisioned"
 
-            await eventually_async(provisioned, what="the status written by the Lease holder")
+            await eventually(provisioned, what="the status written by the Lease holder")
 
             process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -706,14 +679,8 @@ def test_serve_without_credentials_exits_2_naming_the_problem(
     kubeconfig = tmp_path / "kubeconfig"
     if content is not None:
         kubeconfig.write_text(content)
-    done = subprocess.run(
-        [sys.executable, "-m", "xds_server.cli", "serve", "--kubernetes", "--xds-address", "127.0.0.1:0"],
-        cwd=REPO_ROOT,
-        env=_no_cluster_env(kubeconfig, tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    done = run_cli(
+        "serve", "--kubernetes", "--xds-address", "127.0.0.1:0", env=no_cluster_env(kubeconfig, tmp_path)
     )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()

@@ -24,25 +24,19 @@ from k8s_cluster import (
     LEASE_NAMESPACE,
     Cluster,
     Replica,
-    declare_resources,
-    eventually,
-    eventually_async,
-    fast_settings,
     site_body,
     start_replica,
 )
 from test_ads_protocol import AdsClient, names
+from waiting import eventually
 
-from snapshot.builder import BuildOptions, Phase
+from snapshot.builder import Phase
 from snapshot.model import API_VERSION, KIND, SiteKey
 from snapshot.resources import CLUSTER_TYPE
 from watcher.k8s import SITES
-from watcher.k8s_api import LEASES, SERVICES, KubeApi
+from watcher.k8s_api import LEASES, SERVICES
 from watcher.k8s_status import MAX_MESSAGE
 from watcher.leader import DEFAULT_LEASE_NAME
-from xds_server.ads import AdsServer
-from xds_server.app import ControlPlane
-from xds_server.k8s_mode import KubernetesMode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,12 +45,6 @@ PERIOD = LEASE[2]
 QUIET = 0.4  # seconds in which nothing must happen
 ACCEPTED_MESSAGE = "sent to the gateways"
 LEASE_PATH = f"/namespaces/{LEASE_NAMESPACE}/leases"
-
-
-@pytest.fixture
-def cluster(kmock: Any) -> Cluster:
-    declare_resources(kmock)
-    return Cluster(kmock)
 
 
 # -- reading what the emulator holds and received ----------------------------------------------
@@ -173,7 +161,7 @@ async def events_when(
         events = await cluster.events(namespace, name)
         return events if event_summary(events) == expected else []
 
-    events = await eventually_async(probe, 10.0, f"the Events of {namespace}/{name} to be {expected}")
+    events = await eventually(probe, 10.0, f"the Events of {namespace}/{name} to be {expected}")
     await stays(lambda: event_posts(cluster), what="Events posted")
     assert event_summary(await cluster.events(namespace, name)) == expected
     return events
@@ -237,19 +225,7 @@ LEASE_KEY = ("coordination.k8s.io/v1/leases", LEASE_NAMESPACE, DEFAULT_LEASE_NAM
 async def start_serving_replica(cluster: Cluster, identity: str) -> tuple[Replica, int]:
     """A replica as `start_replica` makes it, serving xDS on a port the test knows."""
     port = free_port()
-    plane = ControlPlane(BuildOptions(), AdsServer(), hold_off=0.002, max_delay=0.02)
-    api = KubeApi.for_server(cluster.url, user_agent=agent(identity))
-    mode = KubernetesMode.attach(
-        plane,
-        api,
-        identity=identity,
-        lease_namespace=LEASE_NAMESPACE,
-        settings=fast_settings(),
-        lease_timings=LEASE,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(plane.run(mode.sites(stop), f"127.0.0.1:{port}", stop, mode.companions(stop)))
-    return Replica(plane, mode, stop, task, identity), port
+    return await start_replica(cluster, identity, lease=LEASE, xds_port=port), port
 
 
 @dataclass

@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 import prometheus_client
 import pytest
-from test_ads_protocol import QUIET, AdsClient, StreamClient, names, site
+from test_ads_protocol import QUIET, SITE_A, SITE_B, AdsClient, StreamClient, names, site
 from test_delta_protocol import DeltaClient
 from waiting import eventually
 
@@ -22,8 +22,6 @@ from xds_server.ads import StreamInfo, TypeStatus
 from xds_server.app import ControlPlane
 from xds_server.metrics import OVERFLOW_GROUP, GatewayGroups, Metrics, Propagation
 
-SITE_A = site("a", "a.example.test", "svc-a")
-SITE_B = site("b", "b.example.test", "svc-b")
 SITE_A_MOVED = site("a", "a.example.test", "svc-a2")  # site a, served by another backend
 TYPES = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 
