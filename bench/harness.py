@@ -6,14 +6,11 @@ here has a `stop` that the scenarios call from a `finally` (through an ExitStack
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import math
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -247,22 +244,6 @@ def summarize(samples_ms: Sequence[float]) -> dict[str, Any]:
 
 
 # -- processes -----------------------------------------------------------------------------
-
-
-def stop_process(
-    process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout: float = 10
-) -> None:
-    """Stop one process we started: a signal, a bounded wait, then SIGKILL."""
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(sig)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait(timeout)
 
 
 def tail(path: Path, lines: int = 15) -> str:

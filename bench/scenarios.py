@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from snapshot.builder import BuildOptions
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap
+from xds_server.local_envoy import LocalEnvoy, local_bootstrap, stop_process
 
 from .baselines import NGINX_MISSING, FileFedEnvoy, Nginx, nginx_binary
 from .harness import (
@@ -40,7 +40,6 @@ from .harness import (
     site_domain,
     site_file,
     site_object,
-    stop_process,
     summarize,
     time_until,
     wait_served,

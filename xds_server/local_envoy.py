@@ -6,6 +6,7 @@ Used by the demo, the tests and the benchmarks. The bootstrap is the project's o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import json
@@ -61,16 +62,18 @@ def validate_config(path: Path, timeout: float = 60.0) -> subprocess.CompletedPr
 
 
 def stop_process(
-    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10.0
+    process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout: float = 10.0
 ) -> None:
     """Stop a process started here, if it still runs: `sig`, a bounded wait, then a kill."""
     if process is None or process.poll() is not None:
         return
-    process.send_signal(sig)
+    with contextlib.suppress(ProcessLookupError):  # it may end between the poll and the signal
+        process.send_signal(sig)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
         process.wait(timeout)
 
 
