@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from waiting import eventually
 
 from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
@@ -96,6 +97,22 @@ class Cluster:
         self.kmock = kmock
         self.url = str(kmock.url).rstrip("/")
         self.api = KubeApi.for_server(self.url, user_agent="test-client")
+        self.replicas: list[Replica] = []  # started on this cluster, in order
+
+    async def seen_by_replicas(self, namespace: str, name: str, present: bool) -> None:
+        """Wait until every running replica's cache has (or no longer has) this Service.
+
+        Each resource has a watch of its own, and nothing orders events across them: a site
+        created right after its Service could otherwise be judged before the Service is seen.
+        """
+        for replica in self.replicas:
+            if not replica.task.done():
+                source = replica.mode.source
+                await eventually(
+                    lambda source=source: (source.service(namespace, name) is not None) == present,
+                    what=f"replica {replica.identity} to see Service {namespace}/{name}"
+                    + ("" if present else " gone"),
+                )
 
     def _stamp(self, body: dict[str, Any], *, new: bool) -> dict[str, Any]:
         meta = body.setdefault("metadata", {})
@@ -130,9 +147,11 @@ class Cluster:
             "spec": {"ports": [{"port": p, "protocol": "TCP"} for p in ports]},
         }
         await self.api.create(SERVICES, namespace, self._stamp(body, new=True))
+        await self.seen_by_replicas(namespace, name, present=True)
 
     async def delete_service(self, namespace: str, name: str) -> None:
         await self.api.call("DELETE", SERVICES.path(namespace, name))
+        await self.seen_by_replicas(namespace, name, present=False)
 
     async def site(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.api.get(SITES, namespace, name)
@@ -310,4 +329,6 @@ async def start_replica(
     plane.on_publish.append(lambda sites, snapshot: published.append((sites, snapshot)))
     address = f"127.0.0.1:{xds_port}"
     task = asyncio.create_task(plane.run(mode.sites(stop), address, stop, mode.companions(stop)))
-    return Replica(plane, mode, stop, task, identity, published)
+    replica = Replica(plane, mode, stop, task, identity, published)
+    cluster.replicas.append(replica)
+    return replica

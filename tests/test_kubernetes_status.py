@@ -157,11 +157,17 @@ async def events_when(
 ) -> list[dict[str, Any]]:
     """The site's Events once they are these (type, reason), and no more come."""
 
+    seen: list[tuple[str, str]] = []
+
     async def probe() -> list[dict[str, Any]]:
         events = await cluster.events(namespace, name)
-        return events if event_summary(events) == expected else []
+        seen[:] = event_summary(events)
+        return events if seen == expected else []
 
-    events = await eventually(probe, 10.0, f"the Events of {namespace}/{name} to be {expected}")
+    try:
+        events = await eventually(probe, 10.0, f"the Events of {namespace}/{name} to be {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the Events were {seen}") from None
     await stays(lambda: event_posts(cluster), what="Events posted")
     assert event_summary(await cluster.events(namespace, name)) == expected
     return events
