@@ -146,6 +146,14 @@ class Watching:
         return set(self.source.secrets.objects)
 
 
+async def watch_a_tls_site(cluster: Cluster, watching: Any, pair: Pair) -> Watching:
+    """Site docs/main with the certificate of Secret docs/web-tls (`pair`), and a source watching."""
+    await create_secret(cluster, "docs", "web-tls", pair)
+    await cluster.create_site("docs", "main", "docs.example.com", **TLS_SPEC)
+    watched: Watching = await watching()
+    return watched
+
+
 @pytest.fixture
 async def watching(cluster: Cluster) -> AsyncIterator[Any]:
     """Start a source on demand (after the test has seeded the emulator); stop it at the end."""
@@ -179,9 +187,7 @@ async def test_a_site_carries_the_certificate_of_its_secret(
     cluster: Cluster, watching: Any, ca: trustme.CA
 ) -> None:
     pair = issue(ca)
-    await create_secret(cluster, "docs", "web-tls", pair)
-    await cluster.create_site("docs", "main", "docs.example.com", **TLS_SPEC)
-    watched: Watching = await watching()
+    watched = await watch_a_tls_site(cluster, watching, pair)
 
     # listed at start: the first set has it, and no GET of the Secret was needed
     cert = watched.certificate()
@@ -320,9 +326,7 @@ async def test_only_the_secrets_sites_name_are_held(cluster: Cluster, watching: 
     pair = issue(ca)
     for i in range(12):
         await create_secret(cluster, "docs", f"unrelated-{i}", pair)
-    await create_secret(cluster, "docs", "web-tls", pair)
-    await cluster.create_site("docs", "main", "docs.example.com", **TLS_SPEC)
-    watched: Watching = await watching()
+    watched = await watch_a_tls_site(cluster, watching, pair)
     assert watched.held == {("docs", "web-tls")}
 
     # events of other Secrets are dropped as they arrive
@@ -364,9 +368,7 @@ async def test_a_site_that_comes_to_name_a_secret_keeps_its_version_while_it_is_
     cluster: Cluster, watching: Any, ca: trustme.CA
 ) -> None:
     first, second = issue(ca), issue(ca)
-    await create_secret(cluster, "docs", "web-tls", first)
-    await cluster.create_site("docs", "main", "docs.example.com", **TLS_SPEC)
-    watched: Watching = await watching()
+    watched = await watch_a_tls_site(cluster, watching, first)
     put_secret_silently(cluster, "docs", "next-tls", second)  # not named: never held
     answered = asyncio.Event()
 
@@ -392,9 +394,7 @@ async def test_deleting_the_secret_keeps_the_last_good_version_served(
     cluster: Cluster, watching: Any, ca: trustme.CA
 ) -> None:
     pair = issue(ca)
-    await create_secret(cluster, "docs", "web-tls", pair)
-    await cluster.create_site("docs", "main", "docs.example.com", **TLS_SPEC)
-    watched: Watching = await watching()
+    watched = await watch_a_tls_site(cluster, watching, pair)
     served = watched.certificate()
     assert served is not None
 
@@ -410,6 +410,52 @@ async def test_deleting_the_secret_keeps_the_last_good_version_served(
     await create_secret(cluster, "docs", "web-tls", renewed)
     await eventually(lambda: (c := watched.certificate()) and c.chain == renewed.chain, what="back")
     assert watched.problems() == ()
+
+
+async def test_a_renewal_reaches_the_last_good_version_while_the_newer_one_is_invalid(
+    cluster: Cluster, watching: Any, ca: trustme.CA
+) -> None:
+    first, second = issue(ca), issue(ca)
+    watched = await watch_a_tls_site(cluster, watching, first)
+    served = watched.certificate()
+    assert served is not None
+    assert served.chain == first.chain
+
+    await cluster.update_spec("docs", "main", {"requestTimeout": "soon"})
+    await eventually(lambda: watched.problems(), what="the invalid version")
+    assert [p.field for p in watched.problems()] == ["spec.requestTimeout"]
+    assert watched.held == {("docs", "web-tls")}, "the served version's Secret is still followed"
+
+    await renew_secret(cluster, "docs", "web-tls", second)
+    await eventually(lambda: (c := watched.certificate()) and c.chain == second.chain, what="the renewal")
+    assert watched.certificate() == Certificate(
+        "secret/docs/web-tls", second.chain, second.key, watched.certificate().not_after
+    )
+    assert [p.field for p in watched.problems()] == ["spec.requestTimeout"], "still invalid"
+    site = watched.site()
+    assert site is not None
+    assert site.request_timeout_ms is None, "the last good version, renewed"
+
+
+async def test_the_served_versions_secret_is_followed_until_the_one_a_newer_version_names_exists(
+    cluster: Cluster, watching: Any, ca: trustme.CA
+) -> None:
+    first, second, third = issue(ca), issue(ca), issue(ca)
+    watched = await watch_a_tls_site(cluster, watching, first)
+    assert watched.certificate() is not None
+
+    await cluster.update_spec("docs", "main", {"tls": {"secretName": "new-tls"}})
+    await eventually(lambda: watched.problems(), what="the missing Secret")
+    assert [p.reason for p in watched.problems()] == [SECRET_NOT_FOUND]
+    await renew_secret(cluster, "docs", "web-tls", second)
+    await eventually(lambda: (c := watched.certificate()) and c.chain == second.chain, what="the renewal")
+    assert watched.held == {("docs", "web-tls")}
+
+    await create_secret(cluster, "docs", "new-tls", third)
+    await eventually(lambda: (c := watched.certificate()) and c.chain == third.chain, what="the new Secret")
+    assert watched.certificate().name == "secret/docs/new-tls"
+    assert watched.problems() == ()
+    await eventually(lambda: watched.held == {("docs", "new-tls")}, what="the old Secret let go")
 
 
 async def test_certificate_files_are_refused_in_a_cluster(cluster: Cluster, watching: Any) -> None:

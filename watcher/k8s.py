@@ -317,7 +317,9 @@ class KubernetesSource:
         self._invalid_generations: dict[SiteKey, int] = {}
         self._by_backend: dict[ObjectKey, set[SiteKey]] = {}
         self._secret_users: dict[ObjectKey, set[SiteKey]] = {}  # a Secret -> the sites naming it
-        self._site_secret: dict[SiteKey, ObjectKey] = {}  # a site -> the Secret it names
+        # A site -> the Secrets it names: its current version's and, while that version is not
+        # served, the one of the version still served (whose renewals must still reach Envoy).
+        self._site_secrets: dict[SiteKey, frozenset[ObjectKey]] = {}
         self._absent: set[ObjectKey] = set()  # Secrets named, and known not to exist
         self._loaded: dict[ObjectKey, tuple[dict[str, Any], Certificate | Problem]] = {}
         self._fetches: dict[ObjectKey, asyncio.Task[None]] = {}  # GETs of Secrets in flight
@@ -641,24 +643,27 @@ class KubernetesSource:
     def _parse(self, key: SiteKey, body: dict[str, Any] | None) -> bool:
         """Update the site of one object; True if the site set changed."""
         if body is None:
-            self._refer(key, None)
+            self._refer(key)
             self._invalid_generations.pop(key, None)
             gone = self._sites.pop(key, None)
             self.limit.offer(key, None)
             self._unindex(gone)
             was_invalid = self._invalid.pop(key, None) is not None  # its problems go with it
             return gone is not None or was_invalid
+        last_good = self._secret_of(self._sites.get(key))
         try:
             parsed = parse_site(body, origin=f"StaticSite {key}")
         except InvalidSite as exc:
-            self._refer(key, None)
-            return self._invalidate(key, body, tuple(exc.problems))
+            self._refer(key, last_good)
+            return self._invalidate(key, body, tuple(exc.problems)) | self._renew(key)
+        self._refer(key, self._secret_of(parsed), last_good)
         try:
             served = self._with_certificate(parsed)
         except InvalidSite as exc:
-            return self._invalidate(key, body, tuple(exc.problems))
-        if served is None:
-            return False  # its Secret is being read: the site stays as it was until the answer
+            return self._invalidate(key, body, tuple(exc.problems)) | self._renew(key)
+        if served is None:  # its Secret is being read: the site stays as it was until the answer
+            return self._renew(key)
+        self._refer(key, self._secret_of(served))
         site = served
         self._invalid_generations.pop(key, None)
         was_invalid = self._invalid.pop(key, None) is not None
@@ -689,14 +694,13 @@ class KubernetesSource:
         certificate files (only a folder of sites reads files).
         """
         tls = site.tls
-        if tls is None or tls.secret_name is None:
-            self._refer(site.key, None)
+        ref = self._secret_of(site)
+        if tls is None or ref is None:
+            self._secret_problems.pop(site.key, None)
             if tls is not None:
                 message = "only a folder of sites reads certificate files; name a Secret with secretName"
                 raise InvalidSite([Problem(site.origin, "spec.tls.certificateFile", message)], site.key)
             return site
-        ref = (site.key.namespace, tls.secret_name)
-        self._refer(site.key, ref)
         loaded = self._certificate(ref)
         if loaded is None:
             self._request_secret(ref)
@@ -739,20 +743,53 @@ class KubernetesSource:
             return True
         return False if key in self._absent else None
 
-    def _refer(self, site: SiteKey, ref: ObjectKey | None) -> None:
-        """Record the Secret a site names (None: none); a Secret no site names is dropped."""
-        if ref is None:
-            self._secret_problems.pop(site, None)
-        old = self._site_secret.get(site)
-        if old == ref:
+    @staticmethod
+    def _secret_of(site: StaticSite | None) -> ObjectKey | None:
+        """The Secret a version of a site names, if any."""
+        if site is None or site.tls is None or site.tls.secret_name is None:
+            return None
+        return (site.key.namespace, site.tls.secret_name)
+
+    def _refer(self, site: SiteKey, *refs: ObjectKey | None) -> None:
+        """Record the Secrets a site names (None: none); a Secret no site names is dropped."""
+        new = frozenset(ref for ref in refs if ref is not None)
+        old = self._site_secrets.get(site, frozenset())
+        if old == new:
             return
-        if old is not None and _unlink(self._secret_users, old, site):
-            self._drop_secret(old)
-        if ref is None:
-            self._site_secret.pop(site, None)
-        else:
-            self._site_secret[site] = ref
+        for gone in old - new:
+            if _unlink(self._secret_users, gone, site):
+                self._drop_secret(gone)
+        for ref in new - old:
             self._secret_users.setdefault(ref, set()).add(site)
+        if new:
+            self._site_secrets[site] = new
+        else:
+            self._site_secrets.pop(site, None)
+            self._secret_problems.pop(site, None)
+
+    def _renew(self, key: SiteKey) -> bool:
+        """Give the version of a site still served its Secret's renewed certificate, while a
+        newer version cannot be served; True if it changed. A Secret gone or broken meanwhile
+        leaves it the certificate it has."""
+        served = self._sites.get(key)
+        ref = self._secret_of(served)
+        if served is None or ref is None:
+            return False
+        loaded = self._certificate(ref)
+        if loaded is None:
+            self._request_secret(ref)
+            return False
+        if not isinstance(loaded, Certificate) or loaded == served.certificate:
+            return False
+        renewed = with_certificate(served, loaded)
+        self._sites[key] = renewed
+        self.limit.offer(key, renewed)
+        log.info(
+            "site %s: its last good version is served with the renewed certificate of Secret %s/%s",
+            key,
+            *ref,
+        )
+        return True
 
     def _drop_secret(self, key: ObjectKey) -> None:
         self.secrets.forget(key)
