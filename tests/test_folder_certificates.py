@@ -159,6 +159,40 @@ def test_load_reads_a_renewed_certificate_though_the_manifest_is_unchanged(root:
     assert (after.chain, after.key) == (RENEWED.chain, RENEWED.key)
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param("  requestTimeout: soon\n", id="an invalid field"),
+        pytest.param("  domain: [unclosed\n", id="unreadable YAML"),
+    ],
+)
+def test_a_renewal_reaches_the_last_good_version_while_the_manifest_is_broken(
+    root: Path, broken: str
+) -> None:
+    FIRST.write(root / "tls.crt", root / "tls.key")
+    path = root / "secure.yaml"
+    path.write_text(tls_manifest())
+    source = FolderSource(root)
+    assert served_chain(source.load()) == FIRST.chain
+
+    path.write_text(tls_manifest() + broken)
+    sites = source.load()
+    assert sites.problems
+    assert SITE in sites.invalid
+    assert served_chain(sites) == FIRST.chain
+
+    RENEWED.write(root / "tls.crt", root / "tls.key")  # renewed while the manifest is broken
+    sites = source.load()
+    assert sites.changed == frozenset({SITE})
+    assert served_chain(sites) == RENEWED.chain
+    assert SITE in sites.invalid, "the declaration is still broken"
+    assert sites.sites[SITE].request_timeout_ms is None, "the last good version, renewed"
+
+    replace(root / "tls.key", FIRST.key)  # a broken pair meanwhile leaves the renewed one served
+    sites = source.load()
+    assert served_chain(sites) == RENEWED.chain
+
+
 def test_a_missing_certificate_that_appears_is_read(root: Path) -> None:
     (root / "secure.yaml").write_text(tls_manifest())
     source = FolderSource(root)

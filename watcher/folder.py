@@ -260,7 +260,7 @@ class FolderSource:
             problem = Problem(name, "", f"cannot be read: {_describe(exc)}")
             state.problems.append(problem)
             # The whole file is unreadable: every site it declared keeps its last good version.
-            state.sites = dict(previous)
+            state.sites = {key: self._last_good(site, path, state) for key, site in previous.items()}
             for key in previous:
                 state.invalid[key] = (problem,)
             log.error("%s%s", problem, _kept(previous))
@@ -283,7 +283,7 @@ class FolderSource:
                 if claimed is not None:
                     state.invalid[claimed] = tuple(exc.problems)
                     if kept is not None:
-                        state.sites[claimed] = kept
+                        state.sites[claimed] = kept = self._last_good(kept, path, state)
                 for problem in exc.problems:
                     log.error("%s%s", problem, _kept({claimed: kept} if claimed and kept else {}))
                 continue
@@ -294,6 +294,17 @@ class FolderSource:
                 continue
             state.sites[site.key] = site
         return state
+
+    def _last_good(self, site: StaticSite, manifest: Path, state: _FileState) -> StaticSite:
+        """A site's last good version, kept while its declaration is not valid: its certificate
+        files are still followed, so a renewal on disk is served; files that cannot be used
+        now leave it the certificate it has."""
+        if site.tls is None or site.tls.certificate_file is None:
+            return site
+        try:
+            return self._with_certificate(site, manifest, state)
+        except InvalidSite:
+            return site
 
     def _with_certificate(self, site: StaticSite, manifest: Path, state: _FileState) -> StaticSite:
         """The site with the certificate its `spec.tls` names, read from the files; or InvalidSite.
