@@ -8,21 +8,26 @@ every object with `properties` gets `additionalProperties: false`, and a list of
 
 What the OpenAPI schema cannot state (a domain listed twice in any case, a header both set and
 removed, a redirect to a wildcard domain, the names of the headers set) the CRD states as CEL
-rules (`x-kubernetes-validations`), which the API server runs and this validator does not;
-`_breaks_a_cel_rule` says the same rules in Python for the property tests.
+rules (`x-kubernetes-validations`). The tests run them as the API server does: a CEL
+interpreter (cel-python, whose `matches()` is RE2) with Kubernetes' `lowerAscii()`, each rule
+on the field it is set on, when that field is present.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import re
+import string
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celpy
 import jsonschema
 import pytest
 import yaml
+from celpy import celtypes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,7 +53,6 @@ from snapshot.model import (
     PLURAL,
     VERSION,
     InvalidSite,
-    normalize_domain,
     parse_site,
 )
 
@@ -133,22 +137,57 @@ def _crd_accepts(spec: Any) -> bool:
     return valid
 
 
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _lower_ascii(text: celtypes.StringType) -> celtypes.StringType:
+    """Kubernetes' CEL string extension `lowerAscii()`: ASCII letters lower-cased, no others."""
+    return celtypes.StringType(str(text).translate(_ASCII_LOWER))
+
+
+@functools.cache
+def _cel_programs() -> list[tuple[str, dict[str, str], Any]]:
+    """Every CEL rule of the CRD, compiled: (the path of its field, the rule, the program)."""
+    env = celpy.Environment()
+    return [
+        (path, rule, env.program(env.compile(rule["rule"]), functions={"lowerAscii": _lower_ascii}))
+        for path, rule in _cel_rules(_root_schema())
+    ]
+
+
+def _values_at(value: Any, path: str) -> Iterator[Any]:
+    """The values of an object at a rule's path ("spec.aliases.[]": each alias); none if absent."""
+    if not path:
+        yield value
+        return
+    name, _, rest = path.partition(".")
+    if name == "[]" and isinstance(value, list):
+        children = list(value)
+    elif name == "{}" and isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, dict) and name in value:
+        children = [value[name]]
+    else:
+        children = []
+    for child in children:
+        yield from _values_at(child, rest)
+
+
+def _broken_cel_rules(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """The CRD's CEL rules a spec breaks, run as the API server runs them (an evaluation error
+    breaks the rule too); only for a spec the OpenAPI schema accepts."""
+    doc = {"spec": spec}
+    broken = []
+    for path, rule, program in _cel_programs():
+        for value in _values_at(doc, path):
+            result = program.evaluate({"self": celpy.json_to_cel(value)})
+            if not (isinstance(result, celtypes.BoolType) and bool(result)):
+                broken.append(rule)
+    return broken
+
+
 def _breaks_a_cel_rule(spec: dict[str, Any]) -> bool:
-    """The CRD's CEL rules, said in Python; only for a spec the OpenAPI schema accepts."""
-    fold = normalize_domain  # ASCII letters only, as CEL's lowerAscii()
-    domains = [spec["domain"], *spec.get("aliases", []), *spec.get("redirectFrom", [])]
-    if len({fold(d) for d in domains}) < len(domains):
-        return True
-    if spec.get("redirectFrom") and spec["domain"].startswith("*."):
-        return True
-    headers = spec.get("responseHeaders", {})
-    set_names = list(headers.get("set", {}))
-    if any(len(n) > MAX_HEADER_NAME or not re.fullmatch(HEADER_NAME_PATTERN, n) for n in set_names):
-        return True
-    names = [*set_names, *headers.get("remove", [])]
-    if any(fold(n) == "host" for n in names):
-        return True
-    return len({fold(n) for n in names}) < len(names)
+    return bool(_broken_cel_rules(spec))
 
 
 def _api_server_accepts(spec: Any) -> bool:
@@ -169,9 +208,9 @@ def _cel_rules(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, di
         yield path, rule
     for name, child in schema.get("properties", {}).items():
         yield from _cel_rules(child, f"{path}.{name}" if path else name)
-    for key in ("items", "additionalProperties"):
+    for key, step in (("items", "[]"), ("additionalProperties", "{}")):
         if isinstance(schema.get(key), dict):
-            yield from _cel_rules(schema[key], path)
+            yield from _cel_rules(schema[key], f"{path}.{step}")
 
 
 def test_crd_names_match_the_model() -> None:
@@ -527,17 +566,23 @@ CEL_ONLY: list[tuple[dict[str, Any], str]] = [
 @pytest.mark.parametrize(("spec", "field"), CEL_ONLY)
 def test_what_only_a_cel_rule_rejects(spec: dict[str, Any], field: str) -> None:
     assert _crd_accepts(copy.deepcopy(spec)), "the OpenAPI schema rejects it: it belongs in EXAMPLES"
-    assert _breaks_a_cel_rule(spec)
+    broken = _broken_cel_rules(spec)
+    assert broken, "no CEL rule rejects it"
     with pytest.raises(InvalidSite) as info:
         parse_site(_doc(copy.deepcopy(spec)))
     assert [p.field for p in info.value.problems if p.field.startswith(field)], info.value.problems
-    # A rule on the field (or on the object holding it) whose message names the field.
-    rules = [
-        rule
-        for path, rule in _cel_rules(_root_schema())
-        if field.startswith(path) and re.search(rf"{re.escape(field)}(?![.\w])", rule["message"])
-    ]
-    assert rules, f"no CEL rule names {field}"
+    # What the API server answers names the field: the message of a rule the spec breaks.
+    naming = [rule for rule in broken if re.search(rf"{re.escape(field)}(?![.\w])", rule["message"])]
+    assert naming, f"no broken CEL rule names {field}: {broken}"
+
+
+def test_cel_rules_see_the_fields_they_are_set_on() -> None:
+    assert _broken_cel_rules(copy.deepcopy(GOOD)) == []
+    programs = _cel_programs()
+    assert len(programs) == sum(1 for _ in _cel_rules(_root_schema())) >= 10
+    for path, _, _ in programs:  # a rule on a field the schema does not have is never run
+        _schema_at(path)
+    assert _lower_ascii(celtypes.StringType("ÉCOLE.Example")) == "École.example"
 
 
 # -- property tests: generated values of every field, judged by both ---------------------------
