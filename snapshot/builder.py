@@ -94,6 +94,7 @@ class _Plan:
 
 
 _LARGE_BUILD = 1000  # sites changed at once
+MAX_NAMES_LISTED = 5  # names of a certificate a status message lists
 
 Claim = tuple[str, str]  # a domain and a path prefix: what one site at a time may have
 
@@ -124,6 +125,18 @@ def site_claims(site: StaticSite) -> list[tuple[Claim, rs.Mount]]:
         (claim, rs.Mount(site, claim[1], index >= served, cluster))
         for index, claim in enumerate(claims_of(site))
     ]
+
+
+def _not_covered(certificate: Certificate, hosts: list[str]) -> str:
+    """A note for a site whose certificate is not for some of its domains."""
+    names = certificate.names or ()
+    listed = ", ".join(names[:MAX_NAMES_LISTED]) or "no DNS name"
+    if len(names) > MAX_NAMES_LISTED:
+        listed += f" and {len(names) - MAX_NAMES_LISTED} more"
+    return (
+        f"certificate {certificate.name} is not for {', '.join(hosts)} (it names {listed}): "
+        "HTTPS clients refuse the connection for those domains"
+    )
 
 
 def _accepted(key: SiteKey, message: str = "sent to the gateways") -> SiteState:
@@ -488,6 +501,15 @@ class SnapshotBuilder:
                 )
                 if others:
                     message += "; " + "; ".join(others)
+                uncovered = [
+                    host
+                    for host in (*site.hosts, *site.redirect_from)
+                    if (served := self._host_cert.get(host)) is not None
+                    and served.name == mine.name
+                    and not mine.covers(host)
+                ]
+                if uncovered:
+                    message += "; " + _not_covered(mine, uncovered)
             return _accepted(site.key, message)
         message = "; ".join(lost)
         if won:

@@ -57,7 +57,18 @@ def load_certificate(name: str, chain: bytes, key: bytes) -> Certificate:
     if _public(leaf.public_key()) != _public(private.public_key()):
         raise BadCertificate("the private key does not belong to the certificate (the first of the chain)")
     expiry = leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return Certificate(name, chain, key, expiry)
+    return Certificate(name, chain, key, expiry, _dns_names(leaf))
+
+
+def _dns_names(leaf: x509.Certificate) -> tuple[str, ...]:
+    """The DNS names of a certificate's subjectAltName (clients no longer read the subject's
+    common name), lower-cased and without a trailing dot."""
+    try:
+        extension = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (x509.ExtensionNotFound, ValueError):  # ValueError: a malformed extension
+        return ()
+    names = extension.value.get_values_for_type(x509.DNSName)
+    return tuple(sorted({name.lower().rstrip(".") for name in names}))
 
 
 def _public(key: object) -> bytes:

@@ -151,6 +151,22 @@ class Certificate:
     chain: bytes = _field(repr=False)
     key: bytes = _field(repr=False)
     not_after: str = ""  # the leaf certificate's expiry (RFC 3339), for messages
+    # The DNS names the leaf certificate is for (its subjectAltName), lower-cased; None: not
+    # known (not read). Made from the chain, so not compared.
+    names: tuple[str, ...] | None = _field(default=None, compare=False)
+
+    def covers(self, host: str) -> bool:
+        """Whether clients accept this certificate for `host` (RFC 6125): one of its names, or
+        a wildcard `*.rest` standing for one whole label before `rest`. A wildcard host
+        (`*.docs.example.com`) needs that same wildcard. True when the names are not known."""
+        if self.names is None:
+            return True
+        host = host.lower()
+        label, _, rest = host.partition(".")
+        return any(
+            name == host or (name.startswith("*.") and label not in ("", "*") and rest == name[2:])
+            for name in self.names
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -266,6 +266,70 @@ def test_a_renewed_certificate_changes_the_secret_only() -> None:
     assert body.tls_certificate.certificate_chain.inline_bytes == b"chain-a2"
 
 
+def test_a_site_is_told_which_of_its_domains_its_certificate_is_not_for() -> None:
+    builder = SnapshotBuilder()
+    narrow = Certificate(CERT_A.name, b"chain-a", b"key-a", names=("a.example.test", "*.a.example.test"))
+    declared = dict(aliases=("x.a.example.test", "x.y.a.example.test"), redirect_from=("www.example.test",))
+    first = builder.build([tls_site("a", "a.example.test", narrow, **declared)])
+    told = first.sites[SiteKey("docs", "a")]
+    assert told.phase is Phase.PROVISIONED
+    assert told.reason == "Accepted"
+    assert told.message == (
+        f"sent to the gateways; certificate {CERT_A.name} is not for x.y.a.example.test, www.example.test"
+        " (it names a.example.test, *.a.example.test): HTTPS clients refuse the connection for those domains"
+    )
+
+    wide = Certificate(
+        CERT_A.name,
+        b"chain-a2",
+        b"key-a2",
+        names=("*.a.example.test", "*.y.a.example.test", "a.example.test", "www.example.test"),
+    )
+    second = builder.build([tls_site("a", "a.example.test", wide, **declared)])
+    assert second.sites[SiteKey("docs", "a")].message == "sent to the gateways"
+    assert SiteKey("docs", "a") in second.changed
+
+
+def test_only_the_domains_served_with_a_sites_own_certificate_are_checked_against_it() -> None:
+    none = Certificate(CERT_B.name, b"chain-b", b"key-b", names=())
+    many = Certificate(CERT_A.name, b"chain-a", b"key-a", names=tuple(f"n{i}.example.test" for i in range(7)))
+    result = SnapshotBuilder().build(
+        [
+            tls_site("old", "docs.example.test", many, created="2024-01-01T00:00:00Z"),
+            tls_site(
+                "new",
+                "docs.example.test",
+                none,
+                created="2025-01-01T00:00:00Z",
+                path_prefix="/api",
+                aliases=("api.example.test",),
+            ),
+        ]
+    )
+    old = result.sites[SiteKey("docs", "old")].message
+    assert old.endswith(
+        "is not for docs.example.test (it names n0.example.test, n1.example.test, n2.example.test,"
+        " n3.example.test, n4.example.test and 2 more): HTTPS clients refuse the connection for those domains"
+    )
+    new = result.sites[SiteKey("docs", "new")].message
+    assert f"domain docs.example.test is served with certificate {CERT_A.name}" in new
+    assert f"certificate {CERT_B.name} is not for api.example.test (it names no DNS name)" in new
+    assert "not for docs.example.test" not in new, "that domain is not served with its certificate"
+
+
+def test_a_certificate_is_for_its_names_and_one_label_under_its_wildcards() -> None:
+    certificate = Certificate("c", b"", b"", names=("a.example.test", "*.b.example.test"))
+    assert certificate.covers("a.example.test")
+    assert certificate.covers("A.Example.Test")
+    assert certificate.covers("x.b.example.test")
+    assert certificate.covers("*.b.example.test")
+    assert not certificate.covers("b.example.test")
+    assert not certificate.covers("x.y.b.example.test")
+    assert not certificate.covers("*.a.example.test")
+    assert not certificate.covers("x.a.example.test")
+    assert Certificate("c", b"", b"").covers("anything.example.test"), "names not known: not judged"
+
+
 def test_without_tls_sites_there_is_no_https_listener_route_or_secret() -> None:
     builder = SnapshotBuilder()
     with_tls = builder.build([tls_site("a", "a.example.test", CERT_A), site("b", "b.example.test")])

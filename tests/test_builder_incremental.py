@@ -17,12 +17,12 @@ TIMES = [None, "2024-01-01T00:00:00Z", "2025-01-01T00:00:00Z"]
 
 HOSTS = [*DOMAINS, "*.example.test"]
 PREFIXES = ["/", "/api", "/api/v2"]
-# Two certificates by name, the first in two contents (a renewal).
+# Two certificates by name, the first in two contents (a renewal that covers more names).
 CERTIFICATES = [
     None,
-    Certificate("secret/a/one", b"chain-1", b"key-1"),
-    Certificate("secret/a/one", b"chain-2", b"key-2"),
-    Certificate("secret/b/two", b"chain-3", b"key-3"),
+    Certificate("secret/a/one", b"chain-1", b"key-1", names=("x.example.test", "y.example.test")),
+    Certificate("secret/a/one", b"chain-2", b"key-2", names=("*.example.test", "x.example.test")),
+    Certificate("secret/b/two", b"chain-3", b"key-3", names=("w.example.test",)),
 ]
 
 

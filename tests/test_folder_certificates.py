@@ -13,7 +13,7 @@ import trustme
 from conftest import manifest
 from waiting import eventually
 
-from snapshot.certificates import MAX_PEM_BYTES
+from snapshot.certificates import MAX_PEM_BYTES, load_certificate
 from snapshot.model import SiteKey
 from watcher.folder import FolderSource, read_manifests
 from watcher.siteset import SiteSet
@@ -73,6 +73,14 @@ def test_a_site_is_served_with_the_certificate_its_files_hold(root: Path) -> Non
     assert site.certificate.chain == FIRST.chain
     assert site.certificate.key == FIRST.key
     assert site.certificate.not_after.endswith("Z")
+    assert site.certificate.names == ("secure.example.test",)
+
+
+def test_a_certificates_names_are_those_of_its_subject_alt_name() -> None:
+    pair = Pair("Docs.Example.test", "*.docs.example.test", "docs.example.test.", "10.0.0.1")
+    certificate = load_certificate("c", pair.chain, pair.key)
+    assert certificate.names == ("*.docs.example.test", "docs.example.test")  # no IP, once each
+    assert certificate.covers("api.docs.example.test")
 
 
 def test_absolute_certificate_paths_are_read(root: Path, tmp_path: Path) -> None:
