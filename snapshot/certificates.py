@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .model import Certificate, StaticSite
 
-# A chain and key larger than this is not a certificate (a Secret is at most 1 MiB anyway).
-MAX_PEM_BYTES = 512 * 1024
+# A PEM file (a chain, a key, a CA bundle) larger than this is not one: a Secret is at most
+# 1 MiB anyway. The one limit for the sites' certificates and the xDS server's own files.
+MAX_PEM_BYTES = 1024 * 1024
 
 _KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 

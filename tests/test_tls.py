@@ -33,6 +33,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from waiting import eventually, wait_until
 
+from snapshot.certificates import MAX_PEM_BYTES
 from snapshot.resources import CLUSTER_TYPE
 from xds_server.cli import DEFAULT_XDS_ADDRESS, _parser
 from xds_server.local_control_plane import ControlPlaneProcess
@@ -500,6 +501,8 @@ async def test_the_files_are_followed_while_nobody_connects(pki: Pki) -> None:
     [
         ("--tls-cert", "missing", "no such file"),
         ("--tls-key", "folder", "a folder, not a file"),
+        ("--tls-client-ca", "fifo", "not a regular file (a FIFO or a device)"),
+        ("--tls-cert", "huge", "larger than 1024 KiB, not a PEM file"),
         ("--tls-client-ca", "empty", "empty"),
         ("--tls-cert", "garbage", "no PEM certificate in it"),
         ("--tls-client-ca", "cut", "not a valid PEM certificate"),
@@ -520,6 +523,11 @@ def test_files_that_cannot_serve_are_named_at_start(
     elif damage == "folder":
         target.unlink()
         target.mkdir()
+    elif damage == "fifo":  # opened with no writer: refused at once, never waited on
+        target.unlink()
+        os.mkfifo(target)
+    elif damage == "huge":
+        target.write_bytes(target.read_bytes() + b"\n" * MAX_PEM_BYTES)
     elif damage == "empty":
         target.write_bytes(b"\n")
     elif damage == "garbage":

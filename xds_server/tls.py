@@ -27,12 +27,14 @@ from pathlib import Path
 
 import grpc
 
+from snapshot.certificates import MAX_PEM_BYTES
+from watcher.manifest_file import FileTooLarge, NotRegularFile, read_bounded
+
 log = logging.getLogger("staticsite_xds.tls")
 
 CERTIFICATE_BEGIN = "-----BEGIN CERTIFICATE-----"
 CERTIFICATE_END = "-----END CERTIFICATE-----"
 PRIVATE_KEY_MARK = "PRIVATE KEY-----"
-MAX_PEM_BYTES = 1024 * 1024
 DEFAULT_CHECK_INTERVAL = 5.0  # seconds between checks of the files when nobody connects
 
 FileStamp = tuple[int, int, int, int, int] | None
@@ -66,18 +68,20 @@ class PemFile:
 
     def read(self) -> bytes:
         try:
-            with self.path.open("rb") as f:
-                data = f.read(MAX_PEM_BYTES + 1)
+            data = read_bounded(self.path, MAX_PEM_BYTES)  # a FIFO is refused, never waited on
         except FileNotFoundError:
             raise TlsFileError(f"{self}: no such file") from None
         except IsADirectoryError:
             raise TlsFileError(f"{self}: a folder, not a file") from None
+        except NotRegularFile:
+            what = "a folder, not a file" if self.path.is_dir() else "not a regular file (a FIFO or a device)"
+            raise TlsFileError(f"{self}: {what}") from None
         except PermissionError:
             raise TlsFileError(f"{self}: cannot be read (permission denied)") from None
         except OSError as exc:
             raise TlsFileError(f"{self}: cannot be read ({exc.strerror or exc})") from None
-        if len(data) > MAX_PEM_BYTES:
-            raise TlsFileError(f"{self}: larger than {MAX_PEM_BYTES // 1024} KiB, not a PEM file")
+        except FileTooLarge:
+            raise TlsFileError(f"{self}: larger than {MAX_PEM_BYTES // 1024} KiB, not a PEM file") from None
         if not data.strip():
             raise TlsFileError(f"{self}: empty")
         return data
