@@ -309,6 +309,7 @@ async def start_replica(
     lease: tuple[float, float, float] = (3.0, 2.0, 0.2),
     max_sites: int = DEFAULT_MAX_SITES,
     xds_port: int = 0,
+    backend_grace: float = 0.2,
 ) -> Replica:
     """A replica started in this event loop, serving xDS on 127.0.0.1:`xds_port` (0: any)."""
     plane = ControlPlane(BuildOptions(), AdsServer(), hold_off=0.002, max_delay=0.02)
@@ -324,6 +325,7 @@ async def start_replica(
         settings=fast_settings(watch_timeout),
         lease_timings=lease,
     )
+    mode.writer.backend_grace = backend_grace  # short: the tests wait for what they create
     stop = asyncio.Event()
     published: list[Any] = []
     plane.on_publish.append(lambda sites, snapshot: published.append((sites, snapshot)))

@@ -386,6 +386,28 @@ async def test_missing_backend_service_turns_accepted_when_the_service_appears(
     await status_when(cluster, "docs", "main", "Invalid", "BackendNotFound")
 
 
+async def test_a_service_that_comes_just_after_its_site_is_no_warning(
+    cluster: Cluster, replica: Replica
+) -> None:
+    replica.mode.writer.backend_grace = 1.5
+    await cluster.create_site("docs", "main", "docs.example.com", service="late")
+    await eventually(lambda: SiteKey("docs", "main") in replica.sites, what="the site served")
+    await asyncio.sleep(0.3)  # the site is judged meanwhile: its Service is missing
+    assert await cluster.status("docs", "main") == {}, "not said missing while the Service may be on its way"
+    await cluster.create_service("docs", "late")
+    await status_when(cluster, "docs", "main", "Provisioned", "Accepted")
+    await events_when(cluster, "docs", "main", [("Normal", "Accepted")])
+    assert len([r for r in all_requests(cluster) if is_status_write(r, "main")]) == 1
+
+    # A site that comes to name another backend gets the grace again; one whose Service
+    # never comes is said missing once the grace is over.
+    await cluster.update_spec("docs", "main", {"backend": {"serviceName": "never", "servicePort": 80}})
+    await asyncio.sleep(0.3)
+    assert says(await cluster.status("docs", "main"), "Provisioned", "Accepted")
+    await status_when(cluster, "docs", "main", "Invalid", "BackendNotFound")
+    await events_when(cluster, "docs", "main", [("Normal", "Accepted"), ("Warning", "BackendNotFound")])
+
+
 async def test_service_without_the_port_lists_the_ports_it_has(cluster: Cluster, replica: Replica) -> None:
     await cluster.create_service("docs", "web", ports=(8080, 8443))
     await cluster.create_site("docs", "main", "docs.example.com", port=80)

@@ -33,6 +33,11 @@ COMPONENT = "staticsite-xds"
 CONDITION = "Ready"
 MAX_MESSAGE = 1024  # characters of a message kept in status and Events
 RETRY_DELAY = 2.0  # seconds before a failed write is tried again
+# Seconds a site new to us (or naming another backend) is given for its Service to be seen
+# before it is said to be missing: a Service applied with the site comes over another watch,
+# and nothing orders the two, so a site can arrive first.
+BACKEND_GRACE = 2.0
+BACKEND_REASONS = frozenset({"BackendNotFound", "BackendPortNotFound"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,18 +96,21 @@ class StatusWriter:
         is_leader: Callable[[], bool] = lambda: True,
         identity: str = COMPONENT,
         concurrency: int = 8,
+        backend_grace: float = BACKEND_GRACE,
     ) -> None:
         self.api = api
         self.source = source
         self.is_leader = is_leader
         self.identity = identity
         self.concurrency = concurrency
+        self.backend_grace = backend_grace
         self.writes = 0  # status patches made
         self.events = 0  # Events created
         self._sites = SiteSet()
         self._states: Mapping[SiteKey, SiteState] = {}
         self._dirty: set[SiteKey] = set()
         self._unseen: dict[SiteKey, _Unseen] = {}  # see `_as_written`
+        self._backend_since: dict[SiteKey, tuple[Backend, float]] = {}  # see `_held_back`
         self._wake = asyncio.Event()
         source.on_objects.append(self.mark)
         source.on_services.append(self.mark)
@@ -198,6 +206,9 @@ class StatusWriter:
         verdict = self.verdict(key)
         if body is None or verdict is None:
             self._unseen.pop(key, None)
+            self._backend_since.pop(key, None)
+            return
+        if self._held_back(key, verdict):
             return
         seen = body.get("status") if isinstance(body.get("status"), Mapping) else {}
         assert isinstance(seen, Mapping)
@@ -230,6 +241,23 @@ class StatusWriter:
         told = (current.get("phase"), old.get("reason") if old else None, old.get("message") if old else None)
         if told != (verdict.phase, verdict.reason, verdict.message):
             await self._event(key, body, verdict)
+
+    def _held_back(self, key: SiteKey, verdict: Verdict) -> bool:
+        """Whether a missing backend is not said yet: the site (or its backend) is new to us
+        and the Service may still be on its way. The site is looked at again after the grace."""
+        site = self._sites.sites.get(key)
+        if site is None:
+            return False
+        now = time.monotonic()
+        backend, since = self._backend_since.get(key, (None, now))
+        if backend != site.backend:
+            since = now
+            self._backend_since[key] = (site.backend, now)
+        wait = since + self.backend_grace - now
+        if verdict.reason not in BACKEND_REASONS or wait <= 0:
+            return False
+        asyncio.get_running_loop().call_later(wait, self.mark, (key,))
+        return True
 
     def _as_written(self, key: SiteKey, uid: Any, seen: Mapping[str, Any]) -> Mapping[str, Any]:
         """The status the object has, counting our writes that the watch has not brought back.
