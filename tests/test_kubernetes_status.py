@@ -389,7 +389,7 @@ async def test_missing_backend_service_turns_accepted_when_the_service_appears(
 async def test_a_service_that_comes_just_after_its_site_is_no_warning(
     cluster: Cluster, replica: Replica
 ) -> None:
-    replica.mode.writer.backend_grace = 1.5
+    replica.mode.writer.backend_grace = 2.5
     await cluster.create_site("docs", "main", "docs.example.com", service="late")
     await eventually(lambda: SiteKey("docs", "main") in replica.sites, what="the site served")
     await asyncio.sleep(0.3)  # the site is judged meanwhile: its Service is missing
