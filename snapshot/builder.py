@@ -493,21 +493,20 @@ class SnapshotBuilder:
             message = "sent to the gateways"
             mine = site.certificate
             if mine is not None:
-                others = sorted(
-                    f"domain {host} is served with certificate {served.name}, of an older TLS site on it"
-                    for host in (*site.hosts, *site.redirect_from)
-                    for served in (self._host_cert.get(host),)
-                    if served is not None and served.name != mine.name
-                )
+                others: list[str] = []
+                uncovered: list[str] = []  # domains served with its certificate, which is not for them
+                for host in (*site.hosts, *site.redirect_from):
+                    served = self._host_cert.get(host)
+                    if served is None:
+                        continue
+                    if served.name != mine.name:
+                        others.append(
+                            f"domain {host} is served with certificate {served.name}, of an older TLS site on it"
+                        )
+                    elif not mine.covers(host):
+                        uncovered.append(host)
                 if others:
-                    message += "; " + "; ".join(others)
-                uncovered = [
-                    host
-                    for host in (*site.hosts, *site.redirect_from)
-                    if (served := self._host_cert.get(host)) is not None
-                    and served.name == mine.name
-                    and not mine.covers(host)
-                ]
+                    message += "; " + "; ".join(sorted(others))
                 if uncovered:
                     message += "; " + _not_covered(mine, uncovered)
             return _accepted(site.key, message)

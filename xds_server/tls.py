@@ -74,8 +74,7 @@ class PemFile:
         except IsADirectoryError:
             raise TlsFileError(f"{self}: a folder, not a file") from None
         except NotRegularFile:
-            what = "a folder, not a file" if self.path.is_dir() else "not a regular file (a FIFO or a device)"
-            raise TlsFileError(f"{self}: {what}") from None
+            raise TlsFileError(f"{self}: not a regular file (a FIFO or a device)") from None
         except PermissionError:
             raise TlsFileError(f"{self}: cannot be read (permission denied)") from None
         except OSError as exc:
