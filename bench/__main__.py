@@ -167,7 +167,7 @@ def _label(task: dict[str, Any]) -> str:
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "cpus": str(os.cpu_count())}
     with contextlib.suppress(Exception):
-        from xds_server.local_envoy import envoy_binary
+        from xds_server.local.gateway import envoy_binary
 
         done = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=20)
         out["envoy"] = done.stdout.strip().rsplit(" ", 1)[-1].split("/")[1]

@@ -18,8 +18,8 @@ from typing import Any
 from snapshot.builder import BuildOptions, SnapshotBuilder
 from snapshot.model import StaticSite
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, UNKNOWN_DOMAIN_HOST
-from xds_server.local_control_plane import port_open
-from xds_server.local_envoy import LocalEnvoy, stop_process
+from xds_server.local.control_plane import port_open
+from xds_server.local.gateway import LocalEnvoy, stop_process
 
 from .harness import (
     site_domain,

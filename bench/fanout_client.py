@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from .adsclient import AdsClient, client_class
+from xds_server.local.ads_client import AdsClient, client_class
 
 
 async def run(args: argparse.Namespace) -> int:

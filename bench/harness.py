@@ -22,7 +22,7 @@ from socketserver import StreamRequestHandler
 from typing import Any, TypeVar
 
 from snapshot.model import API_VERSION, StaticSite, parse_site
-from xds_server.local_control_plane import ControlPlaneProcess
+from xds_server.local.control_plane import ControlPlaneProcess
 
 T = TypeVar("T")
 
@@ -267,7 +267,7 @@ class Backends:
     """A few SampleBackends on free ports, named backend-0, backend-1, ..."""
 
     def __init__(self, count: int) -> None:
-        from xds_server.sample_backend import SampleBackend
+        from xds_server.local.sample_backend import SampleBackend
 
         self.servers = [SampleBackend(f"backend-{i}") for i in range(count)]
         for backend in self.servers:

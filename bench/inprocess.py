@@ -1,9 +1,7 @@
 """Scenarios that drive our code in this process: cold build, own share, fan-out, burst.
 
-The interfaces some of them need are checked first (by signature), and a missing one makes
-the figure "not measured" with the reason, instead of a crash:
-- `AdsServer(on_send=fn(info, type_url, version, nbytes))` for `share`;
-- `ControlPlane(options, server, hold_off=..., max_delay=...)` and `.publishes` for `burst`.
+They watch the control plane as any observer does: `share` times the responses it is told
+of, `fanout` the ACKs, and `burst` counts its publishes.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import inspect
 import os
 import statistics
 import sys
@@ -26,22 +23,17 @@ from snapshot.model import SiteKey, StaticSite
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
 from watcher.siteset import SiteSet
-from xds_server.ads import AdsServer, StreamInfo
-from xds_server.app import ControlPlane
+from xds_server.ads.server import AdsServer
+from xds_server.ads.stream import Outgoing, StreamInfo
+from xds_server.local.ads_client import AdsClient, client_class, supports_delta
+from xds_server.process.control_plane import ControlPlane
+from xds_server.process.observer import ObserverFuncs
 
-from .adsclient import AdsClient, client_class, supports_delta
-from .harness import REPO_ROOT, NotMeasured, log, rss_mb, site_object, summarize
+from .harness import REPO_ROOT, log, rss_mb, site_object, summarize
 
 Result = dict[str, Any]
 CHANGED_TYPES = (CLUSTER_TYPE, ROUTE_TYPE)  # what adding a site changes
 OPTIONS = BuildOptions(http_port=8080, listen_address="127.0.0.1", backend_host_template="127.0.0.1")
-
-
-def accepts(callable_: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(callable_).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def make_sites(count: int, start: int = 0) -> dict[SiteKey, StaticSite]:
@@ -122,42 +114,20 @@ async def quiet(clients: list[AdsClient], quiet_for: float = 0.1, within: float 
 
 
 def run_share(size: int, quick: bool) -> Result:
-    if not accepts(AdsServer, "on_send"):
-        # without on_send, what we can still time is apply() itself (build + publish)
-        applied = asyncio.run(_apply_only(size, 5 if quick else 20))
-        raise NotMeasured(
-            "AdsServer has no on_send callback yet (needed to time the first response and count bytes); "
-            f"apply() alone (build + publish) took median {statistics.median(applied):.1f} ms, "
-            f"max {max(applied):.1f} ms at {size} sites"
-        )
     return asyncio.run(_share(size, 5 if quick else 20))
-
-
-async def _apply_only(size: int, changes: int) -> list[float]:
-    plane = ControlPlane(OPTIONS, server=AdsServer())
-    sites = make_sites(size)
-    plane.apply(site_set(sites))
-    out = []
-    for k in range(changes):
-        new = site_set(sites, add_site(sites, size + k))
-        started = time.perf_counter()
-        plane.apply(new)
-        out.append((time.perf_counter() - started) * 1000)
-    return out
 
 
 async def _share(size: int, changes: int) -> Result:
     sends: list[tuple[float, str, str, int]] = []
 
-    def on_send(info: StreamInfo, type_url: str, version: str, nbytes: int) -> None:
-        sends.append((time.perf_counter(), info.node_id, type_url, nbytes))
+    def on_sent(info: StreamInfo, out: Outgoing) -> None:
+        sends.append((time.perf_counter(), info.node_id, out.type_url, len(out.payload)))
 
     def sent_to(node: str, since: int) -> bool:
         return any(s[1] == node for s in sends[since:])
 
-    make_server: Any = AdsServer  # typed loosely: on_send is newer than some servers
-    server: AdsServer = make_server(on_send=on_send)
-    plane = ControlPlane(OPTIONS, server=server)
+    plane = ControlPlane(OPTIONS, observers=[ObserverFuncs(on_sent=on_sent)])
+    server = plane.server
     port = await server.start("127.0.0.1:0")
     clients: list[AdsClient] = []
     figures: list[dict[str, Any]] = []
@@ -320,7 +290,7 @@ async def _fanout(quick: bool) -> Result:
     reps = 3 if quick else 5
     stuck_changes = 20
     watch = AckWatch()
-    server = AdsServer(on_ack=watch.on_ack)
+    server = AdsServer(observer=ObserverFuncs(on_ack=watch.on_ack))
     port = await server.start("127.0.0.1:0")
     builder = SnapshotBuilder(OPTIONS)
     sites = make_sites(size)
@@ -439,36 +409,18 @@ def _sent_version(info: StreamInfo, type_url: str) -> str:
 
 def run_burst(quick: bool) -> Result:
     size, changes = (200, 200) if quick else (1000, 1000)
-    has_coalescing = accepts(ControlPlane, "hold_off") and accepts(ControlPlane, "max_delay")
-    result = asyncio.run(_burst(size, changes, has_coalescing))
-    if not has_coalescing:
-        fig = result["figures"][0]
-        raise NotMeasured(
-            "ControlPlane has no coalescing yet (no hold_off/max_delay, no .publishes); "
-            f"today's run() published {fig['snapshots']} snapshots for {changes} changes "
-            f"made within {fig['burst_s']:.2f} s"
-        )
-    return result
+    return asyncio.run(_burst(size, changes))
 
 
-async def _burst(size: int, changes: int, coalescing: bool) -> Result:
-    counted = 0
-
-    def count(_sites: SiteSet, _snapshot: Snapshot) -> None:
-        nonlocal counted
-        counted += 1
-
+async def _burst(size: int, changes: int) -> Result:
     # The defaults, as `serve` runs them: the figure is what users get.
-    plane: ControlPlane = ControlPlane(OPTIONS, server=AdsServer())
-    plane.on_publish.append(count)
-    if coalescing:
-        log(
-            f"burst: hold-off {plane.hold_off * 1000:g} ms, maximum delay {plane.max_delay * 1000:g} ms (defaults)"
-        )
+    plane = ControlPlane(OPTIONS)
+    log(
+        f"burst: hold-off {plane.hold_off * 1000:g} ms, maximum delay {plane.max_delay * 1000:g} ms (defaults)"
+    )
 
     def publishes() -> int:
-        value = getattr(plane, "publishes", None)
-        return int(value) if isinstance(value, int) else counted
+        return plane.publishes  # new snapshots only
 
     stop = asyncio.Event()
     burst_done = asyncio.Event()

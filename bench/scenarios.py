@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from snapshot.builder import BuildOptions
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap, stop_process
+from xds_server.local.gateway import LocalEnvoy, local_bootstrap, stop_process
 
 from .baselines import NGINX_MISSING, FileFedEnvoy, Nginx, nginx_binary
 from .harness import (

@@ -17,9 +17,9 @@ import pytest
 from waiting import wait_until
 
 from snapshot.model import API_VERSION
-from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, local_bootstrap
-from xds_server.sample_backend import SampleBackend
+from xds_server.local.control_plane import ControlPlaneProcess
+from xds_server.local.gateway import REPO_ROOT, LocalEnvoy, local_bootstrap
+from xds_server.local.sample_backend import SampleBackend
 
 if TYPE_CHECKING:
     from k8s_cluster import Cluster

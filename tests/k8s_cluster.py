@@ -29,10 +29,10 @@ from snapshot.snapshot import Snapshot
 from watcher.k8s import SITES, KubernetesSource
 from watcher.k8s_api import EVENTS, LEASES, SERVICES, KubeApi
 from watcher.siteset import DEFAULT_MAX_SITES
-from xds_server.ads import AdsServer
-from xds_server.app import ControlPlane
-from xds_server.k8s_mode import KubernetesMode
-from xds_server.local_envoy import REPO_ROOT
+from xds_server.local.gateway import REPO_ROOT
+from xds_server.process.control_plane import ControlPlane
+from xds_server.process.kubernetes import KubernetesMode
+from xds_server.process.observer import ObserverFuncs
 
 SITES_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
 LEASE_NAMESPACE = "staticsite-xds"
@@ -312,10 +312,8 @@ async def start_replica(
     backend_grace: float = 0.2,
 ) -> Replica:
     """A replica started in this event loop, serving xDS on 127.0.0.1:`xds_port` (0: any)."""
-    plane = ControlPlane(BuildOptions(), AdsServer(), hold_off=0.002, max_delay=0.02)
     api = KubeApi.for_server(cluster.url, user_agent=f"staticsite-xds/{identity}")
-    mode = KubernetesMode.attach(
-        plane,
+    mode = KubernetesMode.create(
         api,
         namespaces=list(namespaces),
         identity=identity,
@@ -328,7 +326,15 @@ async def start_replica(
     mode.writer.backend_grace = backend_grace  # short: the tests wait for what they create
     stop = asyncio.Event()
     published: list[Any] = []
-    plane.on_publish.append(lambda sites, snapshot: published.append((sites, snapshot)))
+    plane = ControlPlane(
+        BuildOptions(),
+        observers=[
+            mode.observer,
+            ObserverFuncs(on_published=lambda sites, snapshot: published.append((sites, snapshot))),
+        ],
+        hold_off=0.002,
+        max_delay=0.02,
+    )
     address = f"127.0.0.1:{xds_port}"
     task = asyncio.create_task(plane.run(mode.sites(stop), address, stop, mode.companions(stop)))
     replica = Replica(plane, mode, stop, task, identity, published)

@@ -17,7 +17,7 @@ from waiting import wait_until
 from snapshot.builder import BuildOptions, SnapshotBuilder
 from snapshot.model import Backend, SiteKey, StaticSite
 from snapshot.resources import ACCESS_LOG_FIELDS, LISTENER_TYPE
-from xds_server.sample_backend import SampleBackend
+from xds_server.local.sample_backend import SampleBackend
 
 Backends = Callable[[str], SampleBackend]
 SITE = StaticSite(SiteKey("docs", "main"), "docs.example.test", Backend("docs", "web", 80))

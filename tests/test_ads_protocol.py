@@ -27,13 +27,15 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 from waiting import eventually
 
-from bench.adsclient import requests_from
 from snapshot import SnapshotBuilder, parse_site
 from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, StaticSite
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, MESSAGE_CLASSES, ROUTE_TYPE, TYPE_ORDER
 from snapshot.snapshot import Resource, ResourceSet, Snapshot
-from xds_server.ads import AdsServer, Nack, StreamInfo
+from xds_server.ads.server import AdsServer
+from xds_server.ads.stream import Nack, StreamInfo
+from xds_server.local.ads_client import requests_from
+from xds_server.process.observer import ObserverFuncs
 
 READ_TIMEOUT = 5.0  # deadline for a response we expect
 QUIET = 0.3  # bounded wait that proves no response is sent
@@ -291,8 +293,10 @@ async def serving(harness_class: Any, key: Callable[[StreamInfo], Any]) -> Async
     acks: list[tuple[Any, str, str]] = []
     nacks: list[tuple[Any, Nack]] = []
     server = AdsServer(
-        on_ack=lambda info, type_url, version: acks.append((key(info), type_url, version)),
-        on_nack=lambda info, nack: nacks.append((key(info), nack)),
+        ObserverFuncs(
+            on_ack=lambda info, type_url, version: acks.append((key(info), type_url, version)),
+            on_nack=lambda info, nack: nacks.append((key(info), nack)),
+        )
     )
     port = await server.start("127.0.0.1:0")
     harness = harness_class(server, port, acks, nacks)
@@ -796,7 +800,7 @@ async def test_a_failing_ack_listener_does_not_break_the_stream() -> None:
     def broken(*_: object) -> None:
         raise RuntimeError("listener bug")
 
-    server = AdsServer(on_ack=broken, on_nack=broken)
+    server = AdsServer(ObserverFuncs(on_ack=broken, on_nack=broken))
     port = await server.start("127.0.0.1:0")
     client = AdsClient(port)
     try:

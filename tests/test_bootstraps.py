@@ -8,15 +8,15 @@ import pytest
 from conftest import free_port, manifest, try_get
 from waiting import wait_until
 
-from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import (
+from xds_server.local.control_plane import ControlPlaneProcess
+from xds_server.local.gateway import (
     CLUSTER_BOOTSTRAP,
     LOCAL_BOOTSTRAP,
     LocalEnvoy,
     load_bootstrap,
     validate_config,
 )
-from xds_server.sample_backend import SampleBackend
+from xds_server.local.sample_backend import SampleBackend
 
 
 @pytest.mark.parametrize("path", [CLUSTER_BOOTSTRAP, LOCAL_BOOTSTRAP], ids=lambda p: p.name)

@@ -9,8 +9,8 @@ from types import MappingProxyType
 from snapshot.builder import BuildOptions, SnapshotBuilder
 from snapshot.model import Backend, SiteKey, StaticSite
 from watcher.siteset import SiteSet
-from xds_server.ads import AdsServer
-from xds_server.app import ControlPlane
+from xds_server.process.control_plane import ControlPlane
+from xds_server.process.observer import ObserverFuncs
 
 
 def _site(i: int, port: int = 80) -> StaticSite:
@@ -30,7 +30,7 @@ async def _run(plane: ControlPlane, stop: asyncio.Event) -> asyncio.Task[None]:
 
 
 async def test_a_burst_of_changes_is_coalesced_and_the_final_state_is_exact() -> None:
-    plane = ControlPlane(BuildOptions(), AdsServer(), hold_off=0.01, max_delay=0.1)
+    plane = ControlPlane(BuildOptions(), hold_off=0.01, max_delay=0.1)
     stop = asyncio.Event()
     task = await _run(plane, stop)
     sites: dict[SiteKey, StaticSite] = {}
@@ -52,12 +52,16 @@ async def test_a_burst_of_changes_is_coalesced_and_the_final_state_is_exact() ->
 
 
 async def test_a_single_change_is_published_after_the_hold_off() -> None:
-    plane = ControlPlane(BuildOptions(), AdsServer(), hold_off=0.02, max_delay=0.5)
+    published = asyncio.Event()
+    plane = ControlPlane(
+        BuildOptions(),
+        observers=[ObserverFuncs(on_published=lambda *_: published.set())],
+        hold_off=0.02,
+        max_delay=0.5,
+    )
     stop = asyncio.Event()
     task = await _run(plane, stop)
     site = _site(1)
-    published = asyncio.Event()
-    plane.on_publish.append(lambda *_: published.set())
     started = time.monotonic()
     plane.offer(SiteSet(MappingProxyType({site.key: site})))
     await asyncio.wait_for(published.wait(), 2)
@@ -69,7 +73,7 @@ async def test_a_single_change_is_published_after_the_hold_off() -> None:
 
 
 async def test_merged_hints_cover_every_change_in_the_burst() -> None:
-    plane = ControlPlane(BuildOptions(), AdsServer(), hold_off=0.05, max_delay=1.0)
+    plane = ControlPlane(BuildOptions(), hold_off=0.05, max_delay=1.0)
     a, b = _site(1), _site(2)
     plane.apply(SiteSet(MappingProxyType({a.key: a, b.key: b})))
     a2, b2 = _site(1, 81), _site(2, 82)

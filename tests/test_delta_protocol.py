@@ -40,7 +40,9 @@ from snapshot import EMPTY, SnapshotBuilder, StaticSite
 from snapshot.builder import BuildOptions
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, MESSAGE_CLASSES, ROUTE_TYPE, TYPE_ORDER
 from snapshot.snapshot import Resource, ResourceSet, Snapshot
-from xds_server.ads import AdsServer, Nack, StreamInfo
+from xds_server.ads.server import AdsServer
+from xds_server.ads.stream import Nack, StreamInfo
+from xds_server.process.observer import ObserverFuncs
 
 DeltaRequest = discovery_pb2.DeltaDiscoveryRequest
 DeltaResponse = discovery_pb2.DeltaDiscoveryResponse
@@ -964,7 +966,7 @@ async def test_a_garbage_nonce_is_ignored(ads: Harness) -> None:
 async def test_on_send_reports_each_delta_response() -> None:
     sent: list[tuple[str, str, int]] = []
     server = AdsServer(
-        on_send=lambda info, type_url, version, nbytes: sent.append((type_url, version, nbytes))
+        ObserverFuncs(on_sent=lambda info, out: sent.append((out.type_url, out.version, len(out.payload))))
     )
     port = await server.start("127.0.0.1:0")
     client = DeltaClient(port, "gw-1")

@@ -17,8 +17,8 @@ from conftest import free_port, http_get, manifest, run_cli, try_get
 from waiting import wait_until
 
 from watcher.folder import read_manifests
-from xds_server.demo import EXAMPLE_SITES, banner, seed, write_certificates
-from xds_server.demo import manifest as demo_manifest
+from xds_server.local.demo import EXAMPLE_SITES, banner, seed, write_certificates
+from xds_server.local.demo import manifest as demo_manifest
 
 
 @dataclass

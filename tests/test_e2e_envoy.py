@@ -10,8 +10,8 @@ from typing import Any
 from conftest import Gateway, Response, manifest, try_get
 from waiting import wait_until
 
-from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.sample_backend import SampleBackend
+from xds_server.local.control_plane import ControlPlaneProcess
+from xds_server.local.sample_backend import SampleBackend
 
 Backends = Callable[[str], SampleBackend]
 

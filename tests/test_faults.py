@@ -42,11 +42,11 @@ from k8s_cluster import Cluster, start_serve_process, write_kubeconfig
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually, wait_until
 
-from bench.adsclient import DELTA_METHOD, SOTW_METHOD, AdsClient
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap
-from xds_server.sample_backend import SampleBackend
+from xds_server.local.ads_client import DELTA_METHOD, SOTW_METHOD, AdsClient
+from xds_server.local.control_plane import ControlPlaneProcess
+from xds_server.local.gateway import LocalEnvoy, local_bootstrap
+from xds_server.local.sample_backend import SampleBackend
 
 Backends = Callable[[str], SampleBackend]
 UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"

@@ -46,8 +46,8 @@ from watcher.k8s_status import event_name
 from watcher.manifest_file import MAX_ALIAS_NODES, MAX_DEPTH, MAX_DOCUMENTS, ManifestRefused, load_documents
 from watcher.siteset import SITE_LIMIT_REASON, SiteLimit, SiteSet
 from watcher.status import StatusLog, state_of
-from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import validate_config
+from xds_server.local.control_plane import ControlPlaneProcess
+from xds_server.local.gateway import validate_config
 
 ORIGIN = "sites/junk.yaml"
 TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")

@@ -28,13 +28,15 @@ from snapshot.builder import BuildOptions
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from watcher.siteset import SiteSet
 from xds_server import cli
-from xds_server.ads import ADS_SERVICE, StreamInfo, TypeStatus
-from xds_server.app import ControlPlane
-from xds_server.health import GrpcHealth, HealthServer
-from xds_server.inspect import LIST_ENVOYS, Inspection, behind, format_table, report
-from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import LocalEnvoy
-from xds_server.metrics import Metrics
+from xds_server.ads.server import ADS_SERVICE
+from xds_server.ads.stream import StreamInfo, TypeStatus
+from xds_server.local.control_plane import ControlPlaneProcess
+from xds_server.local.gateway import LocalEnvoy
+from xds_server.operations.health import GrpcHealth, HealthServer
+from xds_server.operations.inspection import LIST_ENVOYS, Inspection, behind, format_table, report
+from xds_server.operations.metrics import Metrics
+from xds_server.process.control_plane import ControlPlane
+from xds_server.process.observer import ObserverFuncs
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -87,7 +89,7 @@ def test_the_table_shows_one_line_per_envoy() -> None:
                 "variant": "sotw",
                 "behind": True,
                 "types": {
-                    "Cluster": {"acked_version": "b041834726de7d49+0011223344556677"},
+                    "Cluster": {"acked_version": "b041834726de7d49+0011223344556677", "held_back": True},
                     "Listener": {"acked_version": ""},
                 },
                 "last_nack": {
@@ -133,12 +135,16 @@ class Inspected(Plane):
 
 @pytest.fixture
 async def inspected() -> AsyncIterator[Inspected]:
-    plane = ControlPlane(BuildOptions(backend_host_template="127.0.0.1"))
     registry = prometheus_client.CollectorRegistry()
-    metrics = Metrics.attach(plane, registry)
-    GrpcHealth.attach(plane)
-    Inspection.attach(plane)
-    port = await plane.server.start("127.0.0.1:0", services=plane.xds_services)
+    metrics = Metrics(registry)
+    health = GrpcHealth()
+    plane = ControlPlane(
+        BuildOptions(backend_host_template="127.0.0.1"),
+        observers=[metrics, ObserverFuncs(on_published=lambda *_: health.published())],
+    )
+    metrics.export(plane)
+    inspection = Inspection(lambda: report(plane))
+    port = await plane.server.start("127.0.0.1:0", services=[health.register, inspection.register])
     http = HealthServer(lambda: plane.ready, registry, inspect=lambda: report(plane))
     http_port = await http.start("127.0.0.1:0")
     harness = Inspected(plane, metrics, registry, port, http_port=http_port)
@@ -275,8 +281,13 @@ async def _check(channel: grpc.aio.Channel, service: str) -> int:
 
 
 async def test_grpc_health_serves_once_a_snapshot_is_published_and_not_after_stop() -> None:
-    plane = ControlPlane(BuildOptions(), hold_off=0.001, max_delay=0.01)
-    health = GrpcHealth.attach(plane)
+    health = GrpcHealth()
+    plane = ControlPlane(
+        BuildOptions(),
+        observers=[ObserverFuncs(on_published=lambda *_: health.published())],
+        hold_off=0.001,
+        max_delay=0.01,
+    )
     stop, go = asyncio.Event(), asyncio.Event()
 
     async def source() -> AsyncIterator[SiteSet]:
@@ -284,7 +295,9 @@ async def test_grpc_health_serves_once_a_snapshot_is_published_and_not_after_sto
         yield site_set(SITE_A)
 
     port = free_port()
-    running = asyncio.create_task(plane.run(source(), f"127.0.0.1:{port}", stop, [health.serve(stop)]))
+    running = asyncio.create_task(
+        plane.run(source(), f"127.0.0.1:{port}", stop, [health.serve(stop)], services=[health.register])
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 10)

@@ -36,9 +36,9 @@ from waiting import eventually
 from snapshot.model import GROUP, PLURAL, VERSION, SiteKey
 from watcher import k8s
 from watcher.k8s import ObjectCache
-from xds_server.health import HealthServer
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap
-from xds_server.sample_backend import SampleBackend
+from xds_server.local.gateway import LocalEnvoy, local_bootstrap
+from xds_server.local.sample_backend import SampleBackend
+from xds_server.operations.health import HealthServer
 
 pytestmark = pytest.mark.timeout(60)
 

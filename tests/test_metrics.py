@@ -3,6 +3,7 @@ control plane on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,9 +19,10 @@ from snapshot.model import Problem, SiteKey, StaticSite
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
 from watcher.siteset import SiteSet
-from xds_server.ads import StreamInfo, TypeStatus
-from xds_server.app import ControlPlane
-from xds_server.metrics import OVERFLOW_GROUP, GatewayGroups, Metrics, Propagation
+from xds_server.ads.stream import StreamInfo, TypeStatus
+from xds_server.operations.metrics import OVERFLOW_GROUP, GatewayGroups, Metrics, Propagation
+from xds_server.process.control_plane import ControlPlane
+from xds_server.process.observer import Observer, ObserverFuncs
 
 SITE_A_MOVED = site("a", "a.example.test", "svc-a2")  # site a, served by another backend
 TYPES = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
@@ -101,12 +103,14 @@ class Plane:
         await eventually(holds, what=f"{node} to hold snapshot {snapshot.version}")
 
 
-@pytest.fixture
-async def cp() -> AsyncIterator[Plane]:
-    plane = ControlPlane(BuildOptions(backend_host_template="127.0.0.1"))
+@contextlib.asynccontextmanager
+async def serving(*others: Observer) -> AsyncIterator[Plane]:
+    """A control plane with its metrics (told first) and `others` as observers, serving ADS."""
     registry = prometheus_client.CollectorRegistry()
-    metrics = Metrics.attach(plane, registry)
-    port = await plane.server.start("127.0.0.1:0", services=plane.xds_services)
+    metrics = Metrics(registry)
+    plane = ControlPlane(BuildOptions(backend_host_template="127.0.0.1"), observers=[metrics, *others])
+    metrics.export(plane)
+    port = await plane.server.start("127.0.0.1:0")
     harness = Plane(plane, metrics, registry, port)
     try:
         yield harness
@@ -114,6 +118,12 @@ async def cp() -> AsyncIterator[Plane]:
         for client in harness.clients:
             await client.close()
         await plane.server.stop(0.5)
+
+
+@pytest.fixture
+async def cp() -> AsyncIterator[Plane]:
+    async with serving() as harness:
+        yield harness
 
 
 # -- the snapshot ----------------------------------------------------------------------------
@@ -213,17 +223,19 @@ async def test_responses_acks_and_nacks_are_counted_by_type(cp: Plane) -> None:
     assert cp.count("staticsite_xds_nacks_total", type="Listener") == 1
 
 
-async def test_several_listeners_share_a_hook(cp: Plane) -> None:
-    """Another listener on the same hooks sees the same events, and the metrics still count."""
+async def test_another_observer_sees_the_same_events_and_the_metrics_still_count() -> None:
     seen: list[str] = []
-    cp.plane.server.hooks.on_ack.append(lambda info, type_url, version: seen.append(type_url))
-    cp.plane.server.hooks.on_nack.append(lambda info, nack: seen.append("nack"))
-    cp.publish(SITE_A)
-    client = cp.sotw("gw-1")
-    client.subscribe(CLUSTER_TYPE)
-    client.nack(await client.recv(), "no")
-    await eventually(lambda: seen == ["nack"])
-    assert cp.count("staticsite_xds_nacks_total", type="Cluster") == 1
+    other = ObserverFuncs(
+        on_ack=lambda info, type_url, version: seen.append(type_url),
+        on_nack=lambda info, nack: seen.append("nack"),
+    )
+    async with serving(other) as cp:
+        cp.publish(SITE_A)
+        client = cp.sotw("gw-1")
+        client.subscribe(CLUSTER_TYPE)
+        client.nack(await client.recv(), "no")
+        await eventually(lambda: seen == ["nack"])
+        assert cp.count("staticsite_xds_nacks_total", type="Cluster") == 1
 
 
 # -- per Envoy -------------------------------------------------------------------------------

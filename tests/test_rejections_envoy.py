@@ -26,11 +26,11 @@ from waiting import eventually
 
 from snapshot.builder import BuildOptions, Phase
 from snapshot.model import Backend, SiteKey, StaticSite
-from xds_server.ads import AdsServer
-from xds_server.app import ControlPlane
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap
-from xds_server.metrics import Metrics
-from xds_server.sample_backend import SampleBackend
+from xds_server.local.gateway import LocalEnvoy, local_bootstrap
+from xds_server.local.sample_backend import SampleBackend
+from xds_server.operations.metrics import Metrics
+from xds_server.process.control_plane import ControlPlane
+from xds_server.process.observer import ObserverFuncs
 
 UNLUCKY = 13
 
@@ -68,12 +68,20 @@ async def test_a_refused_site_is_traced_left_out_and_reported_while_the_others_u
     blue, green = backends("blue"), backends("green")
     http_port, admin_port = free_port(), free_port()
     options = BuildOptions(http_port=http_port, listen_address="127.0.0.1", backend_host_template="127.0.0.1")
-    plane = ControlPlane(options, AdsServer(), hold_off=0.002, max_delay=0.02)
-    plane.builder.resource_hook = refuse_in_envoy
     registry = prometheus_client.CollectorRegistry()
-    Metrics(plane, registry)
+    metrics = Metrics(registry)
     nacks: list[tuple[str, str]] = []
-    plane.server.hooks.on_nack.append(lambda info, nack: nacks.append((nack.type_url, nack.version)))
+    plane = ControlPlane(
+        options,
+        observers=[
+            metrics,
+            ObserverFuncs(on_nack=lambda info, nack: nacks.append((nack.type_url, nack.version))),
+        ],
+        hold_off=0.002,
+        max_delay=0.02,
+    )
+    metrics.export(plane)
+    plane.builder.resource_hook = refuse_in_envoy
     source = Sites()
     stop = asyncio.Event()
     xds_port = free_port()

@@ -35,10 +35,9 @@ from snapshot.builder import BuildOptions
 from snapshot.certificates import load_certificate
 from snapshot.model import Backend, Certificate, HealthCheck, SiteKey, StaticSite, TlsSpec
 from snapshot.resources import UNKNOWN_DOMAIN_BODY, cluster_name
-from xds_server.ads import AdsServer
-from xds_server.app import ControlPlane
-from xds_server.local_envoy import LocalEnvoy, local_bootstrap
-from xds_server.sample_backend import SampleBackend
+from xds_server.local.gateway import LocalEnvoy, local_bootstrap
+from xds_server.local.sample_backend import SampleBackend
+from xds_server.process.control_plane import ControlPlane
 
 Backends = Callable[[str], SampleBackend]
 NAMESPACE = "docs"
@@ -284,7 +283,7 @@ async def running(
         listen_address="127.0.0.1",
         backend_host_template="127.0.0.1",
     )
-    plane = ControlPlane(options, AdsServer(), hold_off=0.002, max_delay=0.02)
+    plane = ControlPlane(options, hold_off=0.002, max_delay=0.02)
     source = Sites()
     source.declare(*sites)
     stop = asyncio.Event()

@@ -36,10 +36,10 @@ from waiting import eventually, wait_until
 from snapshot.certificates import MAX_PEM_BYTES
 from snapshot.resources import CLUSTER_TYPE
 from xds_server.cli import DEFAULT_XDS_ADDRESS, _parser
-from xds_server.local_control_plane import ControlPlaneProcess
-from xds_server.local_envoy import REPO_ROOT, LocalEnvoy, validate_config
-from xds_server.sample_backend import SampleBackend
-from xds_server.tls import PemFile, ServingCertificate, TlsFileError, channel_credentials
+from xds_server.local.control_plane import ControlPlaneProcess
+from xds_server.local.gateway import REPO_ROOT, LocalEnvoy, validate_config
+from xds_server.local.sample_backend import SampleBackend
+from xds_server.operations.tls import PemFile, ServingCertificate, TlsFileError, channel_credentials
 
 SERVER_NAME = "staticsite-xds.staticsite-xds.svc"  # what the shipped mTLS bootstrap expects
 MTLS_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap-mtls.yaml"

@@ -8,7 +8,7 @@ changed, not with the number of sites.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from snapshot.builder import BuildResult, Phase, SiteState
 from snapshot.model import Problem, SiteKey
@@ -16,10 +16,6 @@ from snapshot.model import Problem, SiteKey
 from .siteset import SiteSet
 
 log = logging.getLogger("staticsite_xds.status")
-
-# Told after each report: the site set, every site's state, and the sites whose state or
-# declaration may have changed (None: any of them).
-StatusListener = Callable[[SiteSet, Mapping[SiteKey, SiteState], frozenset[SiteKey] | None], None]
 
 
 def invalid_state(key: SiteKey, problems: tuple[Problem, ...], still_served: bool) -> SiteState:
@@ -53,12 +49,11 @@ def state_of(
 
 
 class StatusLog:
-    """Writes one log line per site state transition, and tells its listeners."""
+    """Keeps every site's last state and writes one log line per state transition."""
 
     def __init__(self) -> None:
         self._last: dict[SiteKey, SiteState] = {}
         self._invalid: frozenset[SiteKey] = frozenset()
-        self.listeners: list[StatusListener] = []
 
     def report(
         self,
@@ -66,9 +61,10 @@ class StatusLog:
         result: BuildResult,
         rejected: Mapping[SiteKey, SiteState] | None = None,
         rejections_changed: frozenset[SiteKey] = frozenset(),
-    ) -> None:
+    ) -> frozenset[SiteKey] | None:
         """Report a build; `rejected` are the sites Envoy refused (`rejections_changed`: since
-        the last report)."""
+        the last report). Returns the sites whose state or declaration may have changed (None:
+        any of them)."""
         invalid = frozenset(sites.invalid)
         keys = result.changed | invalid | self._invalid | rejections_changed
         self._invalid = invalid
@@ -83,10 +79,7 @@ class StatusLog:
             self._last[key] = state
             level = logging.INFO if state.phase is Phase.PROVISIONED else logging.WARNING
             log.log(level, "site %s is %s (%s): %s", key, state.phase.value, state.reason, state.message)
-        if self.listeners:
-            touched = None if sites.changed is None else frozenset(keys | sites.changed)
-            for listener in self.listeners:
-                listener(sites, self._last, touched)
+        return None if sites.changed is None else frozenset(keys | sites.changed)
 
     def states(self) -> Mapping[SiteKey, SiteState]:
         """The last state reported for every site."""

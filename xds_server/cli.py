@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,9 +17,9 @@ from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
 from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
-from .app import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY, ControlPlane
-from .inspect import DEFAULT_TIMEOUT
-from .tls import ServingCertificate
+from .operations.inspection import DEFAULT_TIMEOUT
+from .operations.tls import ServingCertificate
+from .process.control_plane import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY
 
 log = logging.getLogger("staticsite_xds")
 
@@ -228,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args)
     if args.command == "status":
         return _status(args)
-    from .demo import run_demo
+    from .local.demo import run_demo
 
     return run_demo(args.sites, args.xds_port, args.http_port, args.admin_port, args.https_port)
 
@@ -256,7 +254,8 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    options = _options(args)
+    from .process.serve import KubernetesConfig, ServeConfig, ServeError, serve
+
     if args.namespace and not args.kubernetes:
         print("staticsite-xds: --namespace needs --kubernetes", file=sys.stderr)
         return 2
@@ -264,72 +263,34 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"staticsite-xds: --sites {args.sites}: not a folder", file=sys.stderr)
         return 2
     try:
-        if args.metrics_address is not None:
-            from .health import split_address
-
-            split_address(args.metrics_address)
-        plane = ControlPlane(options, hold_off=args.hold_off_ms / 1000, max_delay=args.max_delay_ms / 1000)
-        serving = _serving_certificate(args)
-    except ValueError as exc:
+        config = ServeConfig(
+            options=_options(args),
+            xds_address=args.xds_address,
+            sites=args.sites,
+            kubernetes=KubernetesConfig(
+                namespaces=args.namespace,
+                identity=args.identity,
+                lease_namespace=args.lease_namespace,
+                lease_name=args.lease_name,
+            )
+            if args.kubernetes
+            else None,
+            max_sites=args.max_sites,
+            force_polling=args.force_polling,
+            max_manifest_bytes=args.max_manifest_bytes,
+            metrics_address=args.metrics_address,
+            hold_off=args.hold_off_ms / 1000,
+            max_delay=args.max_delay_ms / 1000,
+            serving=_serving_certificate(args),
+        )
+    except ValueError as exc:  # bad flags: name them and stop
         print(f"staticsite-xds: {exc}", file=sys.stderr)
         return 2
-    if serving is not None:
-        plane.xds_credentials = serving.server_credentials()
-        log.info("the xDS port serves mutual TLS: %s", serving.describe())
-    kube = None
-    if args.kubernetes:
-        from watcher.k8s_api import ApiError, KubeApi
-
-        from .k8s_mode import KubernetesMode, default_identity
-
-        identity = args.identity or default_identity()
-        try:
-            api = KubeApi.from_environment(user_agent=f"staticsite-xds/{identity}")
-        except ApiError as exc:
-            print(f"staticsite-xds: {exc}", file=sys.stderr)
-            return 2
-        kube = KubernetesMode.attach(
-            plane,
-            api,
-            namespaces=args.namespace,
-            identity=identity,
-            lease_namespace=args.lease_namespace,
-            lease_name=args.lease_name,
-            max_sites=args.max_sites,
-        )
-    from .health import GrpcHealth, HealthServer
-    from .inspect import Inspection, report
-    from .metrics import Metrics
-
-    Metrics.attach(plane)
-    health = GrpcHealth.attach(plane)
-    Inspection.attach(plane)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        companions = [health.serve(stop)]
-        if args.metrics_address is not None:
-            http = HealthServer(lambda: plane.ready, inspect=lambda: report(plane))
-            companions.append(http.serve(args.metrics_address, stop))
-        if serving is not None:
-            companions.append(serving.follow(stop))
-        if kube is not None:
-            sites = kube.sites(stop)
-            companions.extend(kube.companions(stop))
-        else:
-            sites = FolderSource(
-                args.sites,
-                force_polling=args.force_polling,
-                max_manifest_bytes=args.max_manifest_bytes,
-                max_sites=args.max_sites,
-            ).watch(stop)
-        await plane.run(sites, args.xds_address, stop, companions)
-
     try:
-        asyncio.run(run())
+        serve(config)
+    except ServeError as exc:
+        print(f"staticsite-xds: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"staticsite-xds: {exc}", file=sys.stderr)
         return 1
@@ -351,8 +312,8 @@ def _serving_certificate(args: argparse.Namespace) -> ServingCertificate | None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .inspect import Unreachable, format_table, list_envoys
-    from .tls import TlsFileError, channel_credentials
+    from .operations.inspection import Unreachable, format_table, list_envoys
+    from .operations.tls import TlsFileError, channel_credentials
 
     credentials = None
     if args.tls_ca or args.tls_cert or args.tls_key:

@@ -16,18 +16,17 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
+from snapshot.containment import Containment
 from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_ORDER
 from snapshot.snapshot import Snapshot
+from watcher.status import StatusLog
 
-from .ads import AdsServer, StreamInfo, short
-from .sotw import RETAINED
-
-if TYPE_CHECKING:
-    from .app import ControlPlane
+from ..ads.server import AdsServer
+from ..ads.stream import StreamInfo, short
 
 INSPECTION_SERVICE = "staticsite_xds.v1.Inspection"
 LIST_ENVOYS = f"/{INSPECTION_SERVICE}/ListEnvoys"
@@ -43,11 +42,27 @@ _SERVICE_NAMES = {
 }
 
 
+class PlaneView(Protocol):
+    """What operators are shown of a control plane (a `ControlPlane` is one)."""
+
+    @property
+    def server(self) -> AdsServer: ...
+
+    @property
+    def publishes(self) -> int: ...
+
+    @property
+    def status(self) -> StatusLog: ...
+
+    @property
+    def containment(self) -> Containment: ...
+
+
 def behind(info: StreamInfo, snapshot: Snapshot | None) -> bool:
     """True when the stream has not ACKed the current version of some type it subscribed to.
 
-    A state-of-the-world stream that was sent a cluster set with clusters held back (version
-    `v+tag`) is still behind until it ACKs the real version `v`.
+    A response that also carried resources held back from an older snapshot has a version of
+    its own, so a stream that ACKed it is still behind until it ACKs the snapshot's.
     """
     if snapshot is None:
         return False
@@ -79,6 +94,7 @@ def envoy_report(info: StreamInfo, snapshot: Snapshot | None) -> dict[str, Any]:
         "types": {
             short(type_url): {
                 "acked_version": status.acked_version,
+                "held_back": status.acked_extra,
                 "acked_at": _timestamp(status.acked_at),
                 "sent_version": status.sent_version,
             }
@@ -115,7 +131,7 @@ def server_report(server: AdsServer, generation: int) -> dict[str, Any]:
     }
 
 
-def report(plane: ControlPlane) -> dict[str, Any]:
+def report(plane: PlaneView) -> dict[str, Any]:
     """The inspection report of a control plane."""
     return server_report(plane.server, plane.publishes)
 
@@ -128,12 +144,6 @@ class Inspection:
 
     def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
         self.source = source
-
-    @classmethod
-    def attach(cls, plane: ControlPlane) -> Inspection:
-        inspection = cls(lambda: report(plane))
-        plane.xds_services.append(inspection.register)
-        return inspection
 
     def register(self, server: grpc.aio.Server) -> None:
         method = grpc.unary_unary_rpc_method_handler(
@@ -192,15 +202,15 @@ def list_envoys(
     return data
 
 
-def _version(version: str) -> str:
+def _version(version: str, held_back: bool) -> str:
     """A version short enough for a table (the first 8 hex digits; `+` if clusters are held)."""
-    head, plus, _ = version.partition(RETAINED)
-    return head[:8] + plus if head else "-"
+    return version[:8] + ("+" if held_back else "") if version else "-"
 
 
-def _versions(types: Mapping[str, str]) -> str:
+def _versions(types: Mapping[str, tuple[str, bool]]) -> str:
     return " ".join(
-        f"{_SERVICE_NAMES.get(name, name)}:{_version(version)}" for name, version in types.items()
+        f"{_SERVICE_NAMES.get(name, name)}:{_version(version, held)}"
+        for name, (version, held) in types.items()
     )
 
 
@@ -235,7 +245,7 @@ def format_table(data: Mapping[str, Any], now: float | None = None) -> str:
     else:
         lines.append(
             f"snapshot {snapshot['version']} (generation {snapshot['generation']}): "
-            f"{_versions(snapshot['types'])}"
+            f"{_versions({name: (version, False) for name, version in snapshot['types'].items()})}"
         )
     behind_count = sum(1 for e in envoys if e["behind"])
     lines.append(f"{len(envoys)} Envoys connected, {behind_count} behind")
@@ -247,7 +257,10 @@ def format_table(data: Mapping[str, Any], now: float | None = None) -> str:
             e["node_id"] or "?",
             e["gateway_group"] or "?",
             e["variant"],
-            _versions({name: t["acked_version"] for name, t in e["types"].items()}) or "-",
+            _versions(
+                {name: (t["acked_version"], bool(t.get("held_back"))) for name, t in e["types"].items()}
+            )
+            or "-",
             "yes" if e["behind"] else "no",
             _nack_summary(e["last_nack"], now),
         )

@@ -1,4 +1,9 @@
-"""The control plane process: the one place that wires source, builder and server together."""
+"""The control plane: follows a source of sites, builds snapshots and publishes them to its
+ADS server, and traces Envoy's rejections back to sites.
+
+`ControlPlane.apply` is the one sequence a change goes through: build, tell the observers it
+was built, report every site's state, publish, and tell the observers it was published.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -19,8 +24,9 @@ from snapshot.snapshot import Snapshot
 from watcher.siteset import SiteSet, merge_changes
 from watcher.status import StatusLog
 
-from .ads import AdsServer, Nack, StreamInfo
-from .sotw import snapshot_version
+from ..ads.server import AdsServer
+from ..ads.stream import Nack, StreamInfo
+from .observer import Observer, ObserverFuncs, Observers
 
 log = logging.getLogger("staticsite_xds")
 
@@ -39,36 +45,36 @@ class ControlPlane:
     def __init__(
         self,
         options: BuildOptions,
-        server: AdsServer | None = None,
         *,
+        observers: Sequence[Observer] = (),
         hold_off: float = DEFAULT_HOLD_OFF,
         max_delay: float = DEFAULT_MAX_DELAY,
     ) -> None:
+        """`observers` are told of every build, status report, publish and stream event, in
+        the order given."""
         if hold_off < 0 or max_delay < 0:
             raise ValueError("hold-off and maximum delay must not be negative")
         self.builder = SnapshotBuilder(options)
-        self.server = server or AdsServer()
         self.status = StatusLog()
         self.hold_off = hold_off
         self.max_delay = max(max_delay, hold_off)
         self.sites = SiteSet()
         self.published: Snapshot | None = None
         self.publishes = 0
-        self.on_publish: list[Callable[[SiteSet, Snapshot], None]] = []
-        # Told after every build that passed its check: the result and how long it took (s).
-        self.on_build: list[Callable[[BuildResult, float], None]] = []
-        # How the xDS port is served: TLS credentials (None: plain text) and more services.
-        self.xds_credentials: grpc.ServerCredentials | None = None
-        self.xds_services: list[Callable[[grpc.aio.Server], None]] = []
+        self.observers = Observers(observers)
+        # Envoy's rejections: traced to sites, which the next builds leave out. The plane hears
+        # of each ACK and NACK before any other observer does.
+        self.containment = Containment()
+        own = ObserverFuncs(
+            on_ack=self._acked,
+            on_nack=self._nacked,
+            on_close=lambda info: self.containment.stream_closed(info.id),
+        )
+        self.server = AdsServer(observer=Observers([own, *observers]))
         self.xds_port = 0  # the port the xDS server listens on, once it does
         self._pending: SiteSet | None = None
         self._pending_changes: frozenset[SiteKey] | None = None
         self._arrived = asyncio.Event()
-        # Envoy's rejections: traced to sites, which the next builds leave out.
-        self.containment = Containment()
-        self.server.hooks.on_ack.append(self._acked)
-        self.server.hooks.on_nack.append(self._nacked)
-        self.server.hooks.on_close.append(lambda info: self.containment.stream_closed(info.id))
 
     def apply(self, sites: SiteSet) -> Snapshot | None:
         """Build and publish a snapshot for `sites` now; None if it failed its check."""
@@ -81,10 +87,12 @@ class ControlPlane:
             self.builder.reset()  # start the next build afresh
             return None
         took = (time.perf_counter() - started) * 1000
-        for observe in self.on_build:
-            observe(result, took / 1000)
+        self.observers.built(result, took / 1000)
         self.sites = sites
-        self.status.report(sites, result, self.containment.states(), self.containment.take_state_changes())
+        touched = self.status.report(
+            sites, result, self.containment.states(), self.containment.take_state_changes()
+        )
+        self.observers.status(sites, self.status.states(), touched)
         snapshot = result.snapshot
         new = self.server.publish(snapshot)
         if new:
@@ -93,18 +101,15 @@ class ControlPlane:
         if self.containment.built(snapshot, built, changed, result.sites, result.changed, new=new):
             self._reconsider()
         self.published = snapshot
-        for callback in self.on_publish:
-            callback(sites, snapshot)
+        self.observers.published(sites, snapshot)
         return snapshot
 
-    def _acked(self, info: StreamInfo, type_url: str, version: str) -> None:
-        held = {t: snapshot_version(st.acked_version) for t, st in info.types.items() if st.sent_version}
-        if self.containment.acked(info.id, held):
+    def _acked(self, info: StreamInfo, _type_url: str, _version: str) -> None:
+        if self.containment.acked(info.id, info.held_versions()):
             self._reconsider()
 
     def _nacked(self, info: StreamInfo, nack: Nack) -> None:
-        version = snapshot_version(nack.version)
-        if self.containment.nacked(info.node_id, nack.type_url, version, nack.message):
+        if self.containment.nacked(info.node_id, nack.type_url, nack.snapshot_version, nack.message):
             self._reconsider()
 
     def _reconsider(self) -> None:
@@ -140,15 +145,17 @@ class ControlPlane:
         address: str,
         stop: asyncio.Event,
         companions: Iterable[Coroutine[Any, Any, None]] = (),
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        services: Sequence[Callable[[grpc.aio.Server], None]] = (),
     ) -> None:
         """Serve on `address` and follow `sites` until `stop` is set.
 
         `companions` run alongside (status writers, health endpoints); they end with `stop`,
-        and one that fails stops the whole.
+        and one that fails stops the whole. `credentials` serve the xDS port over TLS (None:
+        plain text); each of `services` adds a gRPC service to it (health, inspection).
         """
-        port = self.xds_port = await self.server.start(
-            address, credentials=self.xds_credentials, services=self.xds_services
-        )
+        port = self.xds_port = await self.server.start(address, credentials=credentials, services=services)
         host = address.rsplit(":", 1)[0]
         log.info("xDS (ADS, gRPC) listening on %s:%d", host, port)
         follower = asyncio.create_task(self._follow(sites, stop))

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap-local.yaml"
 CLUSTER_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap.yaml"
 

@@ -32,8 +32,9 @@ from snapshot.snapshot import Snapshot
 from watcher.folder import FolderSource
 from watcher.siteset import SiteSet
 
-from .app import ControlPlane
-from .local_envoy import LocalEnvoy, local_bootstrap
+from ..process.control_plane import ControlPlane
+from ..process.observer import ObserverFuncs
+from .gateway import LocalEnvoy, local_bootstrap
 from .sample_backend import SampleBackend
 
 log = logging.getLogger("staticsite_xds.demo")
@@ -234,16 +235,16 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_
         listen_address="127.0.0.1",
         backend_host_template="127.0.0.1",
     )
-    plane = ControlPlane(options)
     backends = _Backends()
-    plane.on_publish.append(backends.ensure)
     states: dict[SiteKey, Phase] = {}
 
     def note_states(result: BuildResult, _took: float) -> None:
         states.clear()
         states.update((key, state.phase) for key, state in result.sites.items())
 
-    plane.on_build.append(note_states)
+    plane = ControlPlane(
+        options, observers=[ObserverFuncs(on_built=note_states, on_published=backends.ensure)]
+    )
     workdir = Path(tempfile.mkdtemp(prefix="staticsite-xds-demo-"))
     envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), workdir, log_level="warning")
 

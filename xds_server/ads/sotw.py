@@ -23,14 +23,14 @@ from snapshot import wire
 from snapshot.resources import CLUSTER_TYPE, TYPE_ORDER
 from snapshot.snapshot import Resource, Snapshot, content_hash
 
-from .ads import WILDCARD_TYPES, Hooks, Outgoing, StreamInfo, log, nonces, short
+from .stream import WILDCARD_TYPES, Outgoing, StreamEvents, StreamInfo, log, nonces, short
 
-RETAINED = "+"  # joins a type's version and the tag of the clusters kept for make before break
+_RETAINED = "+"  # joins a type's version and the tag of the clusters kept for make before break
 
 
-def snapshot_version(version: str) -> str:
+def _snapshot_version(version: str) -> str:
     """The snapshot's version of a type, without the tag of clusters kept back."""
-    return version.partition(RETAINED)[0]
+    return version.partition(_RETAINED)[0]
 
 
 @dataclass(slots=True)
@@ -61,10 +61,13 @@ class _Desired:
 
 class SotwProtocol:
     def __init__(
-        self, info: StreamInfo, hooks: Hooks, blocks: dict[tuple[str, str, tuple[str, ...] | None], bytes]
+        self,
+        info: StreamInfo,
+        events: StreamEvents,
+        blocks: dict[tuple[str, str, tuple[str, ...] | None], bytes],
     ) -> None:
         self.info = info
-        self.hooks = hooks
+        self.events = events
         self.blocks = blocks  # encoded resource lists of the current snapshot, shared by streams
         self.types: dict[str, _TypeState] = {}
         self.nonces = nonces()
@@ -85,14 +88,19 @@ class SotwProtocol:
                 )
                 return
             if request.HasField("error_detail"):
-                st.rejected = snapshot_version(st.sent_version)
+                st.rejected = _snapshot_version(st.sent_version)
                 st.sent = st.acked  # what it refused is not held: no cluster of it is kept for it
-                self.hooks.nack(self.info, type_url, st.sent_version, request.error_detail.message)
+                self.events.nack(
+                    self.info, type_url, st.sent_version, st.rejected, request.error_detail.message
+                )
             else:
                 st.rejected = ""
                 st.acked = st.sent
                 st.acked_nonce = request.response_nonce
-                self.hooks.ack(self.info, type_url, request.version_info)
+                version = request.version_info
+                self.events.ack(
+                    self.info, type_url, version, _snapshot_version(version), _RETAINED in version
+                )
         else:
             st.must_answer = True  # a first request for this type on this stream
         names = frozenset(request.resource_names)
@@ -118,7 +126,7 @@ class SotwProtocol:
                 continue
             if want.key == st.sent_key and not st.must_answer:
                 continue
-            if st.rejected and snapshot_version(want.version) == st.rejected and not st.must_answer:
+            if st.rejected and _snapshot_version(want.version) == st.rejected and not st.must_answer:
                 continue  # the same resources the client refused, with or without retained clusters
             if not want.resources and st.names is not None and st.sent_key is None:
                 st.must_answer = False  # nothing the client named exists yet: answer when it does
@@ -154,7 +162,7 @@ class SotwProtocol:
         kept = dict(cds.resources)
         kept.update({name: st.sent[name] for name in removed})
         tag = content_hash(*(f"{n}\0{st.sent[n].version}".encode() for n in sorted(removed)))
-        return _Desired((cds.version, None, "retain", tag), f"{cds.version}{RETAINED}{tag}", kept, removed)
+        return _Desired((cds.version, None, "retain", tag), f"{cds.version}{_RETAINED}{tag}", kept, removed)
 
     def _encode(self, type_url: str, st: _TypeState, want: _Desired) -> Outgoing:
         nonce = next(self.nonces)

@@ -1,6 +1,8 @@
-"""Kubernetes mode: the StaticSite watch, the leader Lease and the status writer, wired to a plane.
+"""Kubernetes mode: the StaticSite watch, the leader Lease and the status writer.
 
 Every replica watches and serves xDS; the one that holds the Lease writes status and Events.
+The mode is made before its control plane, which is given `observer` to tell the status
+writer every site's state.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from watcher.k8s_status import StatusWriter
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE, DEFAULT_LEASE_TIMINGS, LeaderElector
 from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
-from .app import ControlPlane
+from .observer import ObserverFuncs
 
 
 def default_identity() -> str:
@@ -39,9 +41,8 @@ class KubernetesMode:
     writer: StatusWriter
 
     @classmethod
-    def attach(
+    def create(
         cls,
-        plane: ControlPlane,
         api: KubeApi,
         *,
         namespaces: Sequence[str] = (),
@@ -53,7 +54,7 @@ class KubernetesMode:
         settings: kopf.OperatorSettings | None = None,
         lease_timings: tuple[float, float, float] = DEFAULT_LEASE_TIMINGS,
     ) -> KubernetesMode:
-        """Create the parts and connect them to `plane`'s status reports."""
+        """Create the parts and connect them to each other."""
         identity = identity or default_identity()
         source = KubernetesSource(api, namespaces, resync=resync, settings=settings, max_sites=max_sites)
         duration, deadline, period = lease_timings
@@ -68,8 +69,12 @@ class KubernetesMode:
         )
         writer = StatusWriter(api, source, is_leader=lambda: elector.is_leader, identity=identity)
         elector.on_change.append(writer.leadership)
-        plane.status.listeners.append(writer.report)
         return cls(source, elector, writer)
+
+    @property
+    def observer(self) -> ObserverFuncs:
+        """What the control plane tells this mode: every site's state after each build."""
+        return ObserverFuncs(on_status=self.writer.report)
 
     def sites(self, stop: asyncio.Event) -> AsyncIterator[SiteSet]:
         return self.source.watch(stop)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .local_envoy import REPO_ROOT, stop_process
+from .gateway import REPO_ROOT, stop_process
 
 
 class ControlPlaneProcess:

@@ -4,7 +4,7 @@
 - `/readyz`: 200 once the first complete snapshot is published (in Kubernetes mode, only
   after the initial listing of every StaticSite), 503 before.
 - `/metrics`: the Prometheus registry of the process.
-- `/debug/envoys`: every connected Envoy as JSON (see `inspect.py`), when an inspection is given.
+- `/debug/envoys`: every connected Envoy as JSON (see `inspection.py`), when an inspection is given.
 
 `GrpcHealth` is the standard gRPC health service (`grpc.health.v1.Health`) on the xDS port.
 """
@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import grpc
 import prometheus_client
@@ -23,10 +22,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from .ads import ADS_SERVICE
-
-if TYPE_CHECKING:
-    from .app import ControlPlane
+from ..ads.server import ADS_SERVICE
 
 log = logging.getLogger("staticsite_xds.health")
 
@@ -115,32 +111,25 @@ class GrpcHealth:
     """The standard gRPC health service on the xDS port.
 
     The overall service ("") and the ADS service answer NOT_SERVING until the first complete
-    snapshot is published, SERVING after, and NOT_SERVING again once the process is stopping
-    (`serve` ends with the stop event, before the xDS port closes).
+    snapshot is published (`published`, told by the control plane), SERVING after, and
+    NOT_SERVING again once the process is stopping (`serve` ends with the stop event, before
+    the xDS port closes).
     """
 
     SERVICES = ("", ADS_SERVICE)
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
-        self.ready = ready
+    def __init__(self) -> None:
         self.servicer = health_aio.HealthServicer()
         self.serving = False
         self._updates: set[asyncio.Task[None]] = set()
 
-    @classmethod
-    def attach(cls, plane: ControlPlane) -> GrpcHealth:
-        health = cls(lambda: plane.ready)
-        plane.xds_services.append(health.register)
-        plane.on_publish.append(lambda _sites, _snapshot: health.published())
-        return health
-
     def register(self, server: grpc.aio.Server) -> None:
         """Add the service to `server` (called as the xDS port starts, in its event loop)."""
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
-        self.serving = self.ready()
         self._set(_SERVING if self.serving else _NOT_SERVING)
 
     def published(self) -> None:
+        """A complete snapshot is published: SERVING from now on."""
         if not self.serving:
             self.serving = True
             self._set(_SERVING)

@@ -1,7 +1,8 @@
 """Prometheus metrics of the control plane, all named `staticsite_xds_...`.
 
-`Metrics.attach(plane)` hooks into a `ControlPlane` and its `AdsServer` and registers
-everything in a registry (the process's default one unless told otherwise):
+`Metrics` is an observer of the control plane (given to it at construction) and registers
+everything in a registry; `Metrics.export(plane)` adds the figures read from the plane when
+scraped:
 
 - counted as it happens, with work per event independent of the number of streams: builds
   (a histogram of their duration), responses sent, bytes sent, ACKs and NACKs by resource type,
@@ -19,22 +20,20 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from snapshot.builder import BuildResult, Phase
+from snapshot.builder import BuildResult, Phase, SiteState
+from snapshot.model import SiteKey
 from snapshot.resources import TYPE_ORDER
 from snapshot.snapshot import Snapshot
 from watcher.siteset import SiteSet
 
-from .ads import Nack, StreamInfo, short
-from .inspect import behind
-
-if TYPE_CHECKING:
-    from .app import ControlPlane
+from ..ads.stream import Nack, Outgoing, StreamInfo, short
+from .inspection import PlaneView, behind
 
 PREFIX = "staticsite_xds_"
 MAX_GATEWAY_GROUPS = 100
@@ -135,27 +134,28 @@ class Propagation:
 
 
 class Metrics:
-    """Every metric of one control plane, registered in `registry`."""
+    """Every metric of one control plane, registered in `registry` (the process's default one
+    unless told otherwise). Each event costs a few dictionary lookups and increments."""
 
-    def __init__(self, plane: ControlPlane, registry: prometheus_client.CollectorRegistry) -> None:
-        self.plane = plane
+    def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else prometheus_client.REGISTRY
         self.groups = GatewayGroups()
         self.build_seconds = prometheus_client.Histogram(
             PREFIX + "snapshot_build_duration_seconds",
             "Time to build a snapshot from the current sites.",
             buckets=BUILD_BUCKETS,
-            registry=registry,
+            registry=self.registry,
         )
         self.propagation_seconds = prometheus_client.Histogram(
             PREFIX + "propagation_duration_seconds",
             "Time from publishing a snapshot until every Envoy connected then has ACKed it.",
             buckets=PROPAGATION_BUCKETS,
-            registry=registry,
+            registry=self.registry,
         )
         self.superseded = prometheus_client.Counter(
             PREFIX + "propagations_superseded",
             "Publishes not yet ACKed by every Envoy when a newer snapshot was published.",
-            registry=registry,
+            registry=self.registry,
         )
         # Counted per response and per ACK, so kept as plain numbers (a fraction of a
         # microsecond each) and exported when scraped.
@@ -163,49 +163,51 @@ class Metrics:
         self.response_bytes: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
         self.acks: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
         self.nacks: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        self._open: dict[int, StreamInfo] = {}  # the streams connected now
         self.propagation = Propagation(
-            plane.server.streams, self.propagation_seconds.observe, self.superseded.inc
+            self._open.values, self.propagation_seconds.observe, self.superseded.inc
         )
-        registry.register(_ScrapeCollector(self))
 
-    @classmethod
-    def attach(
-        cls, plane: ControlPlane, registry: prometheus_client.CollectorRegistry | None = None
-    ) -> Metrics:
-        """Register the metrics of `plane` and start counting."""
-        metrics = cls(plane, registry if registry is not None else prometheus_client.REGISTRY)
-        plane.on_build.append(metrics._built)
-        plane.on_publish.append(metrics._published)
-        hooks = plane.server.hooks
-        hooks.on_ack.append(metrics._acked)
-        hooks.on_nack.append(metrics._nacked)
-        hooks.on_send.append(metrics._sent)
-        hooks.on_close.append(metrics.propagation.closed)
-        return metrics
+    def export(self, plane: PlaneView) -> None:
+        """Also export what `plane` holds (sites, snapshot, Envoys), computed when scraped."""
+        self.registry.register(_ScrapeCollector(self, plane))
 
-    # -- listeners: each does a few dictionary lookups and increments --------------------------
+    # -- the control plane's events ---------------------------------------------------------
 
-    def _built(self, _result: BuildResult, seconds: float) -> None:
+    def built(self, _result: BuildResult, seconds: float) -> None:
         self.build_seconds.observe(seconds)
 
-    def _published(self, _sites: SiteSet, snapshot: Snapshot) -> None:
+    def status(
+        self, sites: SiteSet, states: Mapping[SiteKey, SiteState], touched: frozenset[SiteKey] | None
+    ) -> None:
+        pass  # sites by state are counted when scraped
+
+    def published(self, _sites: SiteSet, snapshot: Snapshot) -> None:
         self.propagation.published(snapshot)
 
-    def _acked(self, info: StreamInfo, type_url: str, version: str) -> None:
+    def stream_opened(self, info: StreamInfo) -> None:
+        self._open[info.id] = info
+
+    def acked(self, info: StreamInfo, type_url: str, version: str) -> None:
         acks = self.acks
         if type_url in acks:
             acks[type_url] += 1
         self.propagation.acked(info, type_url, version)
 
-    def _nacked(self, _info: StreamInfo, nack: Nack) -> None:
+    def nacked(self, _info: StreamInfo, nack: Nack) -> None:
         if nack.type_url in self.nacks:
             self.nacks[nack.type_url] += 1
 
-    def _sent(self, _info: StreamInfo, type_url: str, _version: str, nbytes: int) -> None:
+    def sent(self, _info: StreamInfo, out: Outgoing) -> None:
+        type_url = out.type_url
         responses = self.responses
         if type_url in responses:
             responses[type_url] += 1
-            self.response_bytes[type_url] += nbytes
+            self.response_bytes[type_url] += len(out.payload)
+
+    def stream_closed(self, info: StreamInfo) -> None:
+        self._open.pop(info.id, None)
+        self.propagation.closed(info)
 
 
 class _Families(NamedTuple):
@@ -287,15 +289,16 @@ class _Families(NamedTuple):
 class _ScrapeCollector:
     """The metrics computed at scrape time from what the control plane holds now."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, plane: PlaneView) -> None:
         self.metrics = metrics
+        self.plane = plane
 
     def describe(self) -> Iterator[Metric]:
         yield from _Families.empty()
 
     def collect(self) -> Iterator[Metric]:
         metrics = self.metrics
-        plane = metrics.plane
+        plane = self.plane
         out = _Families.empty()
 
         out.publishes.add_metric([], plane.publishes)

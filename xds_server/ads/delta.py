@@ -29,7 +29,7 @@ from snapshot import wire
 from snapshot.resources import CLUSTER_TYPE, TYPE_ORDER
 from snapshot.snapshot import Resource, ResourceSet, Snapshot
 
-from .ads import WILDCARD_TYPES, Hooks, Outgoing, StreamInfo, log, nonces, short
+from .stream import WILDCARD_TYPES, Outgoing, StreamEvents, StreamInfo, log, nonces, short
 
 _NONCES_KEPT = 16
 
@@ -61,9 +61,9 @@ class _Plan:
 
 
 class DeltaProtocol:
-    def __init__(self, info: StreamInfo, hooks: Hooks) -> None:
+    def __init__(self, info: StreamInfo, events: StreamEvents) -> None:
         self.info = info
-        self.hooks = hooks
+        self.events = events
         self.types: dict[str, _TypeState] = {}
         self.nonces = nonces()
 
@@ -102,11 +102,11 @@ class DeltaProtocol:
         if nonce and nonce in st.sent_versions:
             version = st.sent_versions[nonce]
             if request.HasField("error_detail"):
-                self.hooks.nack(self.info, type_url, version, request.error_detail.message)
+                self.events.nack(self.info, type_url, version, version, request.error_detail.message)
             else:
                 if nonce == st.nonce:
                     st.acked_nonce = nonce
-                self.hooks.ack(self.info, type_url, version)
+                self.events.ack(self.info, type_url, version, version, False)
         elif nonce:
             log.debug("%s: unknown nonce %s for %s", self.info.describe(), nonce, type_url)
 

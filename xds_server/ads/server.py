@@ -1,9 +1,9 @@
 """The ADS server: serves published snapshots to Envoy over gRPC, in both xDS variants.
 
-It knows streams, nonces, ACKs and NACKs, and nothing of sites. This module owns what both
-variants share: the gRPC service, the registry of streams, publishing, and the loop that
-reads requests and writes responses. The variants' rules live in `sotw.py` (state of the
-world) and `delta.py` (incremental). Responses are assembled from the serialized bytes the
+It knows streams, nonces, ACKs and NACKs, and nothing of sites. This module owns the gRPC
+service, the registry of streams, publishing, and the loop that reads requests and writes
+responses. The variants' rules live in `sotw.py` (state of the world) and `delta.py`
+(incremental); what they share for one stream is in `stream.py`. Responses are assembled from the serialized bytes the
 snapshot already holds (see `snapshot.wire`), so one change costs one encoding however many
 Envoys are connected, and every stream works from the latest snapshot: a slow stream skips
 what it missed instead of queueing it.
@@ -13,131 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import message
 
-from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, TYPE_ORDER
 from snapshot.snapshot import Snapshot
 
-log = logging.getLogger("staticsite_xds.xds")
+from .delta import DeltaProtocol
+from .sotw import SotwProtocol
+from .stream import SERVED_TYPES, StreamEvents, StreamInfo, StreamObserver, StreamProtocol, TypeStatus, log
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-WILDCARD_TYPES = frozenset({CLUSTER_TYPE, LISTENER_TYPE})
-SERVED_TYPES = frozenset(TYPE_ORDER)
-
-
-@dataclass(slots=True)
-class Nack:
-    """An Envoy rejected a response: which type, which version, and what it said."""
-
-    type_url: str
-    version: str
-    message: str
-    at: float
-
-
-@dataclass(slots=True)
-class TypeStatus:
-    """Where one stream stands for one resource type (read by inspection and metrics)."""
-
-    sent_version: str = ""
-    acked_version: str = ""
-    acked_at: float = 0.0
-    nack: Nack | None = None
-
-
-@dataclass(slots=True)
-class StreamInfo:
-    """One connected Envoy, as the server knows it."""
-
-    id: int
-    peer: str
-    opened_at: float
-    variant: str = "sotw"
-    node_id: str = ""
-    cluster: str = ""
-    types: dict[str, TypeStatus] = field(default_factory=dict)
-
-    def acked_version(self, type_url: str) -> str:
-        status = self.types.get(type_url)
-        return status.acked_version if status else ""
-
-    @property
-    def last_nack(self) -> Nack | None:
-        nacks = [st.nack for st in self.types.values() if st.nack is not None]
-        return max(nacks, key=lambda n: n.at) if nacks else None
-
-    def describe(self) -> str:
-        return f"stream {self.id} (node {self.node_id or '?'}, cluster {self.cluster or '?'}, {self.peer})"
-
-
-AckHandler = Callable[[StreamInfo, str, str], None]
-NackHandler = Callable[[StreamInfo, Nack], None]
-SendHandler = Callable[[StreamInfo, str, str, int], None]  # stream, type, version, bytes
-CloseHandler = Callable[[StreamInfo], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One response, serialized, ready for the wire."""
-
-    type_url: str
-    version: str
-    payload: bytes
-
-
-class Hooks:
-    """How a stream's protocol reports upward: ACKs, NACKs, sends and closes, each isolated.
-
-    Each is a list of listeners, told in the order they were appended; append to add one.
-    """
-
-    def __init__(
-        self, on_ack: AckHandler | None, on_nack: NackHandler | None, on_send: SendHandler | None
-    ) -> None:
-        self.on_ack: list[AckHandler] = [on_ack] if on_ack is not None else []
-        self.on_nack: list[NackHandler] = [on_nack] if on_nack is not None else []
-        self.on_send: list[SendHandler] = [on_send] if on_send is not None else []
-        self.on_close: list[CloseHandler] = []
-
-    def ack(self, info: StreamInfo, type_url: str, version: str) -> None:
-        status = info.types.setdefault(type_url, TypeStatus())
-        status.acked_version = version
-        status.acked_at = time.time()
-        status.nack = None
-        for listener in self.on_ack:
-            _notify(listener, info, type_url, version)
-
-    def nack(self, info: StreamInfo, type_url: str, version: str, text: str) -> None:
-        nack = Nack(type_url, version, text, time.time())
-        info.types.setdefault(type_url, TypeStatus()).nack = nack
-        log.warning("%s rejected %s version %s: %s", info.describe(), short(type_url), version, text)
-        for listener in self.on_nack:
-            _notify(listener, info, nack)
-
-    def sent(self, info: StreamInfo, out: Outgoing) -> None:
-        info.types.setdefault(out.type_url, TypeStatus()).sent_version = out.version
-        for listener in self.on_send:
-            _notify(listener, info, out.type_url, out.version, len(out.payload))
-
-    def closed(self, info: StreamInfo) -> None:
-        for listener in self.on_close:
-            _notify(listener, info)
-
-
-class StreamProtocol(Protocol):
-    """The rules of one xDS variant for one stream."""
-
-    def on_request(self, request: message.Message) -> None: ...
-
-    def responses(self, snapshot: Snapshot) -> list[Outgoing]: ...
 
 
 @dataclass(slots=True)
@@ -152,18 +42,13 @@ class _Stream:
 class AdsServer:
     """Serves the latest published snapshot to every connected Envoy."""
 
-    def __init__(
-        self,
-        *,
-        on_ack: AckHandler | None = None,
-        on_nack: NackHandler | None = None,
-        on_send: SendHandler | None = None,
-    ) -> None:
+    def __init__(self, observer: StreamObserver | None = None) -> None:
+        """`observer` is told of every stream's opening, ACKs, NACKs, responses and closing."""
         self._snapshot: Snapshot | None = None
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
         self._server: grpc.aio.Server | None = None
-        self.hooks = Hooks(on_ack, on_nack, on_send)
+        self.events = StreamEvents(observer)
         # State-of-the-world responses for the current snapshot, shared by every stream.
         self.sotw_blocks: dict[tuple[str, str, tuple[str, ...] | None], bytes] = {}
 
@@ -250,19 +135,15 @@ class AdsServer:
     async def _stream_sotw(
         self, requests: AsyncIterator[message.Message], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        from .sotw import SotwProtocol
-
         info = StreamInfo(next(self._ids), context.peer(), time.time(), "sotw")
-        async for payload in self._serve(info, SotwProtocol(info, self.hooks, self.sotw_blocks), requests):
+        async for payload in self._serve(info, SotwProtocol(info, self.events, self.sotw_blocks), requests):
             yield payload
 
     async def _stream_delta(
         self, requests: AsyncIterator[message.Message], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        from .delta import DeltaProtocol
-
         info = StreamInfo(next(self._ids), context.peer(), time.time(), "delta")
-        async for payload in self._serve(info, DeltaProtocol(info, self.hooks), requests):
+        async for payload in self._serve(info, DeltaProtocol(info, self.events), requests):
             yield payload
 
     async def _serve(
@@ -271,6 +152,7 @@ class AdsServer:
         stream = _Stream(info, protocol)
         self._streams[info.id] = stream
         log.info("%s opened (%s)", info.describe(), info.variant)
+        self.events.opened(info)
         reader = asyncio.create_task(self._read(stream, requests))
         try:
             while True:
@@ -281,13 +163,13 @@ class AdsServer:
                 if self._snapshot is None:
                     continue  # nothing is published yet: a half-empty config is never sent
                 for out in protocol.responses(self._snapshot):
-                    self.hooks.sent(info, out)
+                    self.events.sent(info, out)
                     yield out.payload
         finally:
             reader.cancel()
             self._streams.pop(info.id, None)
             log.info("%s closed", info.describe())
-            self.hooks.closed(info)
+            self.events.closed(info)
 
     async def _read(self, stream: _Stream, requests: AsyncIterator[message.Message]) -> None:
         info = stream.info
@@ -315,23 +197,6 @@ class AdsServer:
         finally:
             stream.closed = True
             stream.wake.set()
-
-
-def nonces() -> Iterator[str]:
-    """Nonces for one stream: unique within it."""
-    return (str(n) for n in itertools.count(1))
-
-
-def short(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]
-
-
-def _notify(callback: Callable[..., None], *args: object) -> None:
-    """Report upward; a failing listener is logged and never breaks the Envoy's stream."""
-    try:
-        callback(*args)
-    except Exception:
-        log.exception("xDS listener %r failed", callback)
 
 
 def _already_serialized(payload: bytes) -> bytes:

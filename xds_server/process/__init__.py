@@ -1,0 +1,1 @@
+"""The control plane and the assembly of the `serve` process around it."""

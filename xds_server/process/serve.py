@@ -1,0 +1,148 @@
+"""`staticsite-xds serve`: the one place that assembles a control plane process.
+
+A source of sites (a folder, or Kubernetes with its Lease and status writer), the control
+plane and its observers (metrics, gRPC health, the status writer), the operators' ports
+(health, metrics, inspection) and the xDS port's TLS, started together and stopped together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from snapshot.builder import BuildOptions
+from watcher.folder import FolderSource
+from watcher.leader import DEFAULT_LEASE_NAME
+from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
+from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
+
+from ..operations.health import GrpcHealth, HealthServer, split_address
+from ..operations.inspection import Inspection, report
+from ..operations.metrics import Metrics
+from ..operations.tls import ServingCertificate
+from .control_plane import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY, ControlPlane
+from .observer import Observer, ObserverFuncs
+
+if TYPE_CHECKING:
+    from .kubernetes import KubernetesMode
+
+log = logging.getLogger("staticsite_xds")
+
+
+class ServeError(Exception):
+    """The process cannot be assembled as configured (the message names the flag)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    namespaces: Sequence[str] = ()
+    identity: str | None = None
+    lease_namespace: str | None = None
+    lease_name: str = DEFAULT_LEASE_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    options: BuildOptions
+    xds_address: str
+    sites: Path | None = None  # the folder of manifests (when not in Kubernetes)
+    kubernetes: KubernetesConfig | None = None
+    max_sites: int = DEFAULT_MAX_SITES
+    force_polling: bool = False
+    max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
+    metrics_address: str | None = None
+    hold_off: float = DEFAULT_HOLD_OFF
+    max_delay: float = DEFAULT_MAX_DELAY
+    serving: ServingCertificate | None = None  # the xDS port's TLS (None: plain text)
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the control plane until SIGTERM or SIGINT; ServeError if it cannot be assembled."""
+    if config.metrics_address is not None:
+        try:
+            split_address(config.metrics_address)
+        except ValueError as exc:
+            raise ServeError(f"--metrics-address: {exc}") from None
+    kube = _kubernetes(config) if config.kubernetes is not None else None
+    metrics = Metrics()
+    health = GrpcHealth()
+    observers: list[Observer] = [
+        metrics,
+        ObserverFuncs(on_published=lambda _sites, _snapshot: health.published()),
+    ]
+    if kube is not None:
+        observers.append(kube.observer)
+    try:
+        plane = ControlPlane(
+            config.options, observers=observers, hold_off=config.hold_off, max_delay=config.max_delay
+        )
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+    metrics.export(plane)
+    inspection = Inspection(lambda: report(plane))
+    serving = config.serving
+    if serving is not None:
+        log.info("the xDS port serves mutual TLS: %s", serving.describe())
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        companions: list[Coroutine[Any, Any, None]] = [health.serve(stop)]
+        if config.metrics_address is not None:
+            http = HealthServer(lambda: plane.ready, inspect=lambda: report(plane))
+            companions.append(http.serve(config.metrics_address, stop))
+        if serving is not None:
+            companions.append(serving.follow(stop))
+        sites: AsyncIterator[SiteSet]
+        if kube is not None:
+            sites = kube.sites(stop)
+            companions.extend(kube.companions(stop))
+        else:
+            assert config.sites is not None
+            folder = FolderSource(
+                config.sites,
+                force_polling=config.force_polling,
+                max_manifest_bytes=config.max_manifest_bytes,
+                max_sites=config.max_sites,
+            )
+            sites = folder.watch(stop)
+        await plane.run(
+            sites,
+            config.xds_address,
+            stop,
+            companions,
+            credentials=None if serving is None else serving.server_credentials(),
+            services=[health.register, inspection.register],
+        )
+
+    asyncio.run(run())
+
+
+def _kubernetes(config: ServeConfig) -> KubernetesMode:
+    """The Kubernetes mode's parts, made before the control plane that tells them its states."""
+    from watcher.k8s_api import ApiError, KubeApi
+
+    from .kubernetes import KubernetesMode, default_identity
+
+    kube = config.kubernetes
+    assert kube is not None
+    identity = kube.identity or default_identity()
+    try:
+        api = KubeApi.from_environment(user_agent=f"staticsite-xds/{identity}")
+    except ApiError as exc:
+        raise ServeError(str(exc)) from None
+    return KubernetesMode.create(
+        api,
+        namespaces=kube.namespaces,
+        identity=identity,
+        lease_namespace=kube.lease_namespace,
+        lease_name=kube.lease_name,
+        max_sites=config.max_sites,
+    )
