@@ -8,7 +8,6 @@ result before anyone can publish it.
 from __future__ import annotations
 
 import bisect
-import enum
 import gc
 import hashlib
 import operator
@@ -20,23 +19,7 @@ from . import resources as rs
 from . import wire
 from .model import Backend, Certificate, SiteKey, StaticSite
 from .snapshot import Resource, ResourceSet, Snapshot, content_hash
-
-
-class Phase(enum.StrEnum):
-    """Where a site stands, as reported to its owner."""
-
-    PROVISIONED = "Provisioned"
-    INVALID = "Invalid"
-    CONFLICT = "Conflict"
-    REJECTED = "Rejected"
-
-
-@dataclass(frozen=True, slots=True)
-class SiteState:
-    key: SiteKey
-    phase: Phase
-    reason: str
-    message: str
+from .verdict import Phase, SiteState, accepted, claimed, missing_certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +77,6 @@ class _Plan:
 
 
 _LARGE_BUILD = 1000  # sites changed at once
-MAX_NAMES_LISTED = 5  # names of a certificate a status message lists
 
 Claim = tuple[str, str]  # a domain and a path prefix: what one site at a time may have
 
@@ -127,22 +109,6 @@ def site_claims(site: StaticSite) -> list[tuple[Claim, rs.Mount]]:
     ]
 
 
-def _not_covered(certificate: Certificate, hosts: list[str]) -> str:
-    """A note for a site whose certificate is not for some of its domains."""
-    names = certificate.names or ()
-    listed = ", ".join(names[:MAX_NAMES_LISTED]) or "no DNS name"
-    if len(names) > MAX_NAMES_LISTED:
-        listed += f" and {len(names) - MAX_NAMES_LISTED} more"
-    return (
-        f"certificate {certificate.name} is not for {', '.join(hosts)} (it names {listed}): "
-        "HTTPS clients refuse the connection for those domains"
-    )
-
-
-def _accepted(key: SiteKey, message: str = "sent to the gateways") -> SiteState:
-    return SiteState(key, Phase.PROVISIONED, "Accepted", message)
-
-
 def _digest(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
@@ -150,11 +116,6 @@ def _digest(data: bytes) -> int:
 def _seniority(site: StaticSite) -> tuple[bool, str, str, str]:
     created = site.creation_timestamp
     return (created is None, created or "", site.key.namespace, site.key.name)
-
-
-def _where(claim: Claim) -> str:
-    host, prefix = claim
-    return f"domain {host}" if prefix == "/" else f"domain {host} path {prefix}"
 
 
 class _RouteTable:
@@ -319,11 +280,7 @@ class SnapshotBuilder:
             else:
                 added.append(key)
             if site.tls is not None and site.certificate is None:
-                self._set_state(
-                    key,
-                    SiteState(key, Phase.INVALID, "MissingCertificate", "spec.tls: no certificate was found"),
-                    changed_states,
-                )
+                self._set_state(key, missing_certificate(key), changed_states)
                 continue
             touched.update(self._claim(site))
         self._sites = new if isinstance(new, MappingProxyType) else dict(new)
@@ -446,7 +403,7 @@ class SnapshotBuilder:
                 if site.aliases or site.redirect_from or site.certificate is not None:
                     restate.add(site.key)
                 else:
-                    self._set_state(site.key, _accepted(site.key), changed_states)
+                    self._set_state(site.key, accepted(site.key), changed_states)
             else:
                 restate.update(claimants)
                 winner = min(claimants.values(), key=lambda m: _seniority(m.site))
@@ -480,40 +437,28 @@ class SnapshotBuilder:
         if not site.aliases and not site.redirect_from and site.certificate is None:
             winner = self._winner((site.domain, site.path_prefix))
             if winner is None or winner.site.key == site.key:
-                return _accepted(site.key)
-        lost: list[str] = []
+                return accepted(site.key)
+        lost: list[tuple[str, str, SiteKey]] = []
         won = 0
         for claim in claims_of(site):
             winner = self._winner(claim)
             if winner is not None and winner.site.key != site.key:
-                lost.append(f"{_where(claim)} is already served by site {winner.site.key}")
+                lost.append((*claim, winner.site.key))
             else:
                 won += 1
-        if not lost:
-            message = "sent to the gateways"
-            mine = site.certificate
-            if mine is not None:
-                others: list[str] = []
-                uncovered: list[str] = []  # domains served with its certificate, which is not for them
-                for host in (*site.hosts, *site.redirect_from):
-                    served = self._host_cert.get(host)
-                    if served is None:
-                        continue
-                    if served.name != mine.name:
-                        others.append(
-                            f"domain {host} is served with certificate {served.name}, of an older TLS site on it"
-                        )
-                    elif not mine.covers(host):
-                        uncovered.append(host)
-                if others:
-                    message += "; " + "; ".join(sorted(others))
-                if uncovered:
-                    message += "; " + _not_covered(mine, uncovered)
-            return _accepted(site.key, message)
-        message = "; ".join(lost)
-        if won:
-            message += " (its other domains are served)"
-        return SiteState(site.key, Phase.CONFLICT, "DomainConflict", message)
+        mine = site.certificate
+        served_with: list[tuple[str, str]] = []  # domains served with another site's certificate
+        uncovered: list[str] = []  # domains served with its certificate, which is not for them
+        if not lost and mine is not None:
+            for host in (*site.hosts, *site.redirect_from):
+                served = self._host_cert.get(host)
+                if served is None:
+                    continue
+                if served.name != mine.name:
+                    served_with.append((host, served.name))
+                elif not mine.covers(host):
+                    uncovered.append(host)
+        return claimed(site.key, lost, won, mine, served_with, uncovered)
 
     # -- resources -------------------------------------------------------------------------
 

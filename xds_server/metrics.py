@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from snapshot.builder import BuildResult, Phase
+from snapshot.builder import BuildResult
 from snapshot.resources import TYPE_ORDER
 from snapshot.snapshot import Snapshot
+from snapshot.verdict import Phase
 from watcher.siteset import SiteSet
 
 from .ads import Nack, StreamInfo, short
