@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeVar
 
-from .builder import same_resources
+from .claims import same_resources
 from .model import SiteKey, StaticSite
 from .resources import cluster_name
 from .snapshot import Snapshot
