@@ -1,8 +1,10 @@
 """Pure, synchronous: StaticSite objects in, immutable versioned Envoy snapshots out."""
 
-from .builder import BuildOptions, BuildResult, InconsistentSnapshot, Phase, SiteState, SnapshotBuilder
+from .builder import BuildOptions, BuildResult, SnapshotBuilder
+from .consistency import InconsistentSnapshot
 from .model import API_VERSION, GROUP, KIND, Backend, InvalidSite, Problem, SiteKey, StaticSite, parse_site
 from .snapshot import EMPTY, Resource, ResourceSet, Snapshot
+from .verdict import Phase, SiteState
 
 __all__ = [
     "API_VERSION",

@@ -28,16 +28,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeVar
 
-from .builder import Phase, SiteState, same_resources
+from .claims import same_resources
 from .model import SiteKey, StaticSite
 from .resources import cluster_name
 from .snapshot import Snapshot
+from .verdict import Phase, SiteState, rejected
 
 log = logging.getLogger("staticsite_xds.rejections")
 T = TypeVar("T")
 
 DEFAULT_HISTORY = 256  # generations remembered
-MESSAGE_LIMIT = 1024  # characters of Envoy's message kept in a site's state
 _TOKEN_SPLIT = re.compile(r"[^\w.\-/*]+")
 
 
@@ -52,12 +52,7 @@ class Rejection:
     served_last_good: bool
 
     def state(self) -> SiteState:
-        kind = self.type_url.rsplit(".", 1)[-1]
-        words = self.message if len(self.message) <= MESSAGE_LIMIT else self.message[:MESSAGE_LIMIT] + "…"
-        text = f"Envoy {self.node or '(unnamed node)'} rejected its {kind}: {words}"
-        if self.served_last_good:
-            text += " (the last good version is still served)"
-        return SiteState(self.site.key, Phase.REJECTED, "EnvoyRejected", text)
+        return rejected(self.site.key, self.node, self.type_url, self.message, self.served_last_good)
 
 
 @dataclass(slots=True)

@@ -19,15 +19,9 @@ from google.protobuf.internal import encoder
 
 from snapshot import resources as rs
 from snapshot import wire
-from snapshot.builder import (
-    BuildOptions,
-    BuildResult,
-    InconsistentSnapshot,
-    Phase,
-    SnapshotBuilder,
-    _Plan,
-    check_consistency,
-)
+from snapshot.builder import BuildOptions, BuildResult, Phase, SnapshotBuilder
+from snapshot.consistency import InconsistentSnapshot, check_consistency
+from snapshot.consistency import Plan as _Plan
 from snapshot.model import API_VERSION, Backend, SiteKey, StaticSite, parse_site
 from snapshot.snapshot import Resource
 

@@ -41,10 +41,11 @@ from snapshot.model import (
     parse_site,
 )
 from snapshot.snapshot import Snapshot
+from snapshot.verdict import SITE_LIMIT_REACHED as SITE_LIMIT_REASON
 from watcher.folder import FolderSource, read_manifests
 from watcher.k8s_status import event_name
 from watcher.manifest_file import MAX_ALIAS_NODES, MAX_DEPTH, MAX_DOCUMENTS, ManifestRefused, load_documents
-from watcher.siteset import SITE_LIMIT_REASON, SiteLimit, SiteSet
+from watcher.siteset import SiteLimit, SiteSet
 from watcher.status import StatusLog, state_of
 from xds_server.local.control_plane import ControlPlaneProcess
 from xds_server.local.gateway import validate_config

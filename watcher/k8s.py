@@ -53,6 +53,7 @@ from snapshot.model import (
     describe,
     parse_site,
 )
+from snapshot.verdict import INVALID_SECRET, SECRET_NOT_FOUND
 
 from .k8s_api import SECRETS, SERVICES, ApiError, Kind, KubeApi
 from .siteset import DEFAULT_MAX_SITES, SiteLimit, SiteSet
@@ -71,8 +72,6 @@ ObjectKey = tuple[str, str]  # namespace, name
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 SECRET_FIELD = "spec.tls.secretName"
-SECRET_NOT_FOUND = "SecretNotFound"  # the status reason of a site whose Secret does not exist
-INVALID_SECRET = "InvalidSecret"  # the status reason of a site whose Secret cannot be served
 
 
 class _NoSignalsNote(logging.Filter):

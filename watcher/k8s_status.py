@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from snapshot.builder import Phase, SiteState
 from snapshot.model import API_VERSION, KIND, Backend, SiteKey
+from snapshot.verdict import BACKEND_REASONS, BackendSeen, Phase, SiteState, with_backend
 
 from .k8s import SITES, KubernetesSource
 from .k8s_api import ApiError, KubeApi
@@ -37,7 +37,6 @@ RETRY_DELAY = 2.0  # seconds before a failed write is tried again
 # before it is said to be missing: a Service applied with the site comes over another watch,
 # and nothing orders the two, so a site can arrive first.
 BACKEND_GRACE = 2.0
-BACKEND_REASONS = frozenset({"BackendNotFound", "BackendPortNotFound"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,29 +50,15 @@ class Verdict:
     generation: int | None
 
 
-def backend_problem(
-    service: Mapping[str, Any] | None, domain: str, backend: Backend
-) -> tuple[str, str] | None:
-    """Why a served site's backend cannot answer (reason, message): the Service is missing or
-    lacks the port. An ExternalName Service resolves to another name: any port may be right."""
-    where = f"Service {backend.namespace}/{backend.service_name}"
+def backend_seen(service: Mapping[str, Any] | None) -> BackendSeen:
+    """What a Service tells of a backend: whether it exists, and its ports. An ExternalName
+    Service resolves to another name: any port may be right."""
     if service is None:
-        return (
-            "BackendNotFound",
-            f"{where} does not exist; the gateways answer 503 for {domain} until it does",
-        )
+        return BackendSeen(False)
     spec = service.get("spec") or {}
     if spec.get("type") == "ExternalName":
-        return None
-    ports = [p.get("port") for p in spec.get("ports") or [] if isinstance(p, Mapping)]
-    if backend.service_port in ports:
-        return None
-    listed = ", ".join(str(p) for p in ports) or "none"
-    return (
-        "BackendPortNotFound",
-        f"{where} has no port {backend.service_port} (its ports: {listed}); "
-        f"the gateways answer 503 for {domain} until it has",
-    )
+        return BackendSeen(True)
+    return BackendSeen(True, tuple(p.get("port") for p in spec.get("ports") or [] if isinstance(p, Mapping)))
 
 
 @dataclass(slots=True)
@@ -146,12 +131,10 @@ class StatusWriter:
             return None
         generation = self._sites.generation(key)
         site = self._sites.sites.get(key)
-        if state.phase is Phase.PROVISIONED and site is not None:
+        if site is not None:
             backend = site.backend
             service = self.source.service(backend.namespace, backend.service_name)
-            problem = backend_problem(service, site.domain, backend)
-            if problem is not None:
-                return Verdict(Phase.INVALID.value, False, *problem, generation)
+            state = with_backend(state, site.domain, backend, backend_seen(service))
         return Verdict(
             state.phase.value,
             state.phase is Phase.PROVISIONED,

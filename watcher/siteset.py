@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from snapshot.model import Problem, SiteKey, StaticSite
+from snapshot.verdict import site_limit_problem
 
 log = logging.getLogger("staticsite_xds.watcher")
 
 DEFAULT_MAX_SITES = 50_000
-SITE_LIMIT_REASON = "SiteLimitReached"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +93,7 @@ class SiteLimit:
         self._pending[key] = site
 
     def problem(self, site: StaticSite) -> Problem:
-        return Problem(
-            site.origin,
-            "metadata.name",
-            f"not served: the limit of {self.maximum} sites (--max-sites) is reached",
-            SITE_LIMIT_REASON,
-        )
+        return site_limit_problem(site.origin, self.maximum)
 
     def settle(self) -> set[SiteKey]:
         """Apply what was offered since the last call; the sites whose served version changed."""

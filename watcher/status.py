@@ -10,26 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from snapshot.builder import BuildResult, Phase, SiteState
-from snapshot.model import Problem, SiteKey
+from snapshot.builder import BuildResult
+from snapshot.model import SiteKey
+from snapshot.verdict import Phase, SiteState, site_state
 
 from .siteset import SiteSet
 
 log = logging.getLogger("staticsite_xds.status")
-
-
-def invalid_state(key: SiteKey, problems: tuple[Problem, ...], still_served: bool) -> SiteState:
-    """The state of a site whose declaration is invalid (or refused), naming where and which field.
-
-    The reason is the first a problem names (a missing Secret: SecretNotFound; a site over the
-    limit: SiteLimitReached), else InvalidSpec.
-    """
-    reason = next((p.reason for p in problems if p.reason), "InvalidSpec")
-    detail = "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
-    if still_served:
-        detail += " (the last good version is still served)"
-    where = problems[0].origin if problems else ""
-    return SiteState(key, Phase.INVALID, reason, f"{where}: {detail}" if where else detail)
 
 
 def state_of(
@@ -38,14 +25,9 @@ def state_of(
     built: Mapping[SiteKey, SiteState],
     rejected: Mapping[SiteKey, SiteState] | None = None,
 ) -> SiteState | None:
-    """A site's state: the source's verdict (invalid) first, then Envoy's, then the builder's."""
-    problems = sites.invalid.get(key)
-    state = built.get(key)
-    if problems is not None:
-        return invalid_state(key, problems, state is not None and state.phase is Phase.PROVISIONED)
-    if rejected is not None and key in rejected:
-        return rejected[key]
-    return state
+    """A site's state, from what the source, the builder and Envoy said (see `site_state`)."""
+    refused = rejected.get(key) if rejected is not None else None
+    return site_state(key, sites.invalid.get(key), built.get(key), refused)
 
 
 class StatusLog:

@@ -9,9 +9,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from snapshot.builder import BuildOptions, Phase, SiteState, SnapshotBuilder
+from snapshot.builder import BuildOptions, SnapshotBuilder
 from snapshot.model import API_VERSION, SiteKey
 from snapshot.resources import ACCESS_LOG_STDOUT, DEFAULT_HOST_TEMPLATE
+from snapshot.verdict import Phase, SiteState
 from watcher.folder import FolderSource, read_manifests
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES

@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from snapshot.builder import BuildOptions, BuildResult, Phase
+from snapshot.builder import BuildOptions, BuildResult
 from snapshot.model import API_VERSION, Backend, Certificate, SiteKey, StaticSite
 from snapshot.snapshot import Snapshot
+from snapshot.verdict import Phase
 from watcher.folder import FolderSource
 from watcher.siteset import SiteSet
 

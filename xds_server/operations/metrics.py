@@ -26,10 +26,11 @@ from typing import NamedTuple
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from snapshot.builder import BuildResult, Phase, SiteState
+from snapshot.builder import BuildResult
 from snapshot.model import SiteKey
 from snapshot.resources import TYPE_ORDER
 from snapshot.snapshot import Snapshot
+from snapshot.verdict import Phase, SiteState
 from watcher.siteset import SiteSet
 
 from ..ads.stream import Nack, Outgoing, StreamInfo, short

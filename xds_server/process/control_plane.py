@@ -16,7 +16,8 @@ from typing import Any
 
 import grpc
 
-from snapshot.builder import BuildOptions, BuildResult, InconsistentSnapshot, SnapshotBuilder
+from snapshot.builder import BuildOptions, BuildResult, SnapshotBuilder
+from snapshot.consistency import InconsistentSnapshot
 from snapshot.containment import Containment
 from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from snapshot.builder import BuildResult, SiteState
+from snapshot.builder import BuildResult
 from snapshot.model import SiteKey
 from snapshot.snapshot import Snapshot
+from snapshot.verdict import SiteState
 from watcher.siteset import SiteSet
 
 from ..ads.stream import Nack, Outgoing, StreamInfo, StreamObserver
