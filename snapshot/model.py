@@ -170,6 +170,17 @@ class Certificate:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedCertificate(Certificate):
+    """A certificate known by its SDS name alone: its content is held elsewhere (a Secret in
+    the cluster, when manifests are checked offline). Enough to judge a site (which domains
+    share a certificate), never to serve one: it has no chain and no key, and its DNS names
+    are not known."""
+
+    chain: bytes = _field(default=b"", repr=False)
+    key: bytes = _field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class StaticSite:
     """One valid StaticSite, as every source produces it."""
 

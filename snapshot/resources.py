@@ -30,7 +30,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
 
-from .model import Backend, Certificate, HealthCheck, StaticSite
+from .model import Backend, Certificate, HealthCheck, NamedCertificate, StaticSite
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -469,7 +469,10 @@ def https_listener(
 
 
 def secret(certificate: Certificate) -> secret_pb2.Secret:
-    """A certificate and its key, as SDS serves them."""
+    """A certificate and its key, as SDS serves them (a certificate known by name alone, when
+    manifests are checked offline, has no content: such a snapshot is never served)."""
+    if isinstance(certificate, NamedCertificate):
+        return secret_pb2.Secret(name=certificate.name)
     return secret_pb2.Secret(
         name=certificate.name,
         tls_certificate=common_pb2.TlsCertificate(

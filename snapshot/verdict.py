@@ -173,6 +173,25 @@ def invalid(key: SiteKey, problems: tuple[Problem, ...], still_served: bool) -> 
     return SiteState(key, Phase.INVALID, reason, f"{where}: {detail}" if where else detail)
 
 
+def secret_not_found(namespace: str, name: str) -> Problem:
+    """The problem (without origin) of a site whose TLS Secret does not exist."""
+    message = f"Secret {namespace}/{name} not found (a kubernetes.io/tls Secret in the site's namespace)"
+    return Problem("", "spec.tls.secretName", message, SECRET_NOT_FOUND)
+
+
+def invalid_secret(namespace: str, name: str, why: str) -> Problem:
+    """The problem (without origin) of a site whose TLS Secret cannot be served, and why."""
+    return Problem(
+        "", "spec.tls.secretName", f"Secret {namespace}/{name} cannot be used: {why}", INVALID_SECRET
+    )
+
+
+def invalid_certificate(origin: str, chain_file: object, key_file: object, why: str) -> Problem:
+    """The problem of a site whose certificate files cannot be served, and why."""
+    message = f"the certificate {chain_file} and key {key_file} cannot be served: {why}"
+    return Problem(origin, "spec.tls", message, INVALID_CERTIFICATE)
+
+
 def site_limit_problem(origin: str, maximum: int) -> Problem:
     """The problem of a valid site that is not served because `maximum` sites already are."""
     return Problem(

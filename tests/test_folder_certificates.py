@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import manifest
+from conftest import manifest, write
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from waiting import eventually
 
+from snapshot import resources
 from snapshot.certificates import MAX_PEM_BYTES, load_certificate
-from snapshot.model import SiteKey
+from snapshot.model import NamedCertificate, SiteKey
 from watcher.folder import FolderSource, read_manifests
+from watcher.site_certificates import SecretNames
 from watcher.siteset import SiteSet
 
 SITE = SiteKey("default", "secure")
@@ -364,3 +367,14 @@ async def test_watch_notices_a_certificate_outside_the_folder(
         RENEWED.write(outside / "fullchain.pem", outside / "privkey.pem")
 
     await Watched(root).renewal(stop, renew)
+
+
+def test_a_secret_is_known_by_name_alone_when_manifests_are_checked_offline(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", manifest("a", "a.example.com", "web", 80) + "  tls: {secretName: docs-tls}\n")
+    site = read_manifests([tmp_path], secrets=SecretNames()).sites[SiteKey("default", "a")]
+    assert isinstance(site.certificate, NamedCertificate)
+    assert site.certificate.name == "secret/default/docs-tls"
+    assert resources.secret(site.certificate) == secret_pb2.Secret(name="secret/default/docs-tls")
+    served = read_manifests([tmp_path])  # a folder of sites reads no Secrets
+    assert SiteKey("default", "a") not in served.sites
+    assert [p.field for p in served.problems] == ["spec.tls.secretName"]

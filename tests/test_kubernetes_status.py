@@ -242,10 +242,14 @@ class Leadership:
     changes: list[tuple[float, str, bool, int]] = field(default_factory=list)  # when, who, leads, requests
 
     def follow(self, replica: Replica) -> Replica:
+        writer = replica.mode.writer  # the elector's observer
+        told = writer.leadership
+
         def changed(leader: bool) -> None:
+            told(leader)
             self.changes.append((time.monotonic(), replica.identity, leader, len(all_requests(self.cluster))))
 
-        replica.mode.elector.on_change.append(changed)
+        writer.leadership = changed  # type: ignore[method-assign]
         return replica
 
     def times(self, identity: str, leader: bool) -> list[float]:

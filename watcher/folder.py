@@ -33,15 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from snapshot.certificates import (
-    MAX_PEM_BYTES,
-    BadCertificate,
-    load_certificate,
-    secret_certificate_name,
-    with_certificate,
-)
+from snapshot.certificates import with_certificate
 from snapshot.model import (
-    Certificate,
     InvalidSite,
     Problem,
     SiteKey,
@@ -52,12 +45,16 @@ from snapshot.model import (
     site_key_of,
 )
 
-from .manifest_file import (
-    DEFAULT_MAX_MANIFEST_BYTES,
-    FileTooLarge,
-    NotRegularFile,
-    read_bounded,
-    read_documents,
+from .manifest_file import DEFAULT_MAX_MANIFEST_BYTES, read_documents
+from .site_certificates import (
+    CertificateFiles,
+    CertificatePending,
+    CertificateResolver,
+    FilesRead,
+    FileStamp,
+    SiteCertificates,
+    resolved,
+    stamp_now,
 )
 from .siteset import DEFAULT_MAX_SITES, SiteLimit, SiteSet
 from .source_state import SourceState
@@ -71,10 +68,6 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 _WATCH_TIMEOUT_MS = 500
 _RECHECK_SECONDS = 1.0  # how often a folder that cannot be read or watched is tried again
 
-# How a certificate or key file looked when it was read: its modification and change times
-# (a chmod that makes it readable changes the latter), size and inode; None if it was missing.
-_CertificateStamp = tuple[int, int, int, int]
-
 
 @dataclass(slots=True)
 class _FileState:
@@ -85,7 +78,7 @@ class _FileState:
     problems: list[Problem] = field(default_factory=list)
     invalid: dict[SiteKey, tuple[Problem, ...]] = field(default_factory=dict)
     # The certificate and key files its sites name, as they were when they were read:
-    certificates: dict[Path, _CertificateStamp | None] = field(default_factory=dict)
+    certificates: dict[Path, FileStamp | None] = field(default_factory=dict)
     # Those paths and the files their links lead to: a change of any of them re-reads the file.
     watched: set[Path] = field(default_factory=set)
 
@@ -100,17 +93,15 @@ class FolderSource:
         force_polling: bool = False,
         max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         max_sites: int = DEFAULT_MAX_SITES,
-        secret_names: bool = False,
+        secrets: CertificateResolver | None = None,
     ) -> None:
-        """`secret_names`: accept `spec.tls.secretName` without reading the Secret (for
-        checking Kubernetes manifests offline): the site gets an empty certificate under the
-        Secret's SDS name, enough to decide conflicts, never to serve."""
+        """`secrets`: how a site's `spec.tls.secretName` is resolved (`SecretNames`, to check
+        Kubernetes manifests offline); None: a folder of sites reads no Secrets."""
         if max_manifest_bytes < 1:
             raise ValueError(
                 f"the limit of bytes per manifest file must be at least 1, got {max_manifest_bytes}"
             )
         self.root = Path(root).absolute()  # watchfiles reports absolute paths
-        self.secret_names = secret_names
         self.force_polling = force_polling
         self.max_manifest_bytes = max_manifest_bytes
         self.limit = SiteLimit(max_sites)  # the sites served, of `_sites`
@@ -122,8 +113,8 @@ class FolderSource:
         self._changed: set[SiteKey] | None = None  # since the last `current()`; None: unknown
         # Certificate and key files (and the files their links lead to) -> the manifests naming them:
         self._certificate_users: dict[Path, set[Path]] = {}
-        # The certificate last made of each chain file: the sites that share it check it once.
-        self._loaded: dict[Path, Certificate] = {}
+        self._certificate_files = CertificateFiles()
+        self._secrets = secrets
         # Manifests naming certificate files outside the folder: no event tells when those
         # change, so the watcher compares them between batches (see `watch`).
         self._outside: set[Path] = set()
@@ -218,7 +209,7 @@ class FolderSource:
                 users.discard(path)
                 if not users:
                     del self._certificate_users[watched]
-                    self._loaded.pop(watched, None)
+                    self._certificate_files.forget(watched)
         self._outside.discard(path)
         if new is None:
             return
@@ -307,62 +298,16 @@ class FolderSource:
             return site
 
     def _with_certificate(self, site: StaticSite, manifest: Path, state: _FileState) -> StaticSite:
-        """The site with the certificate its `spec.tls` names, read from the files; or InvalidSite.
+        """The site with the certificate its `spec.tls` names; or InvalidSite.
 
-        The files read are recorded in `state`, with how they looked, even when they cannot
-        be read: a missing file that appears re-reads the manifest.
+        The certificate files read are recorded in `state`, with how they looked, even when
+        they cannot be read: a missing file that appears re-reads the manifest.
         """
-        tls = site.tls
-        if tls is None:
+        if site.tls is None:
             return site
-        if tls.secret_name is not None and self.secret_names:
-            name = secret_certificate_name(site.key.namespace, tls.secret_name)
-            return with_certificate(site, Certificate(name, b"", b""))
-        if tls.secret_name is not None:
-            raise InvalidSite(
-                [
-                    Problem(
-                        site.origin,
-                        "spec.tls.secretName",
-                        "a folder of sites cannot read Kubernetes Secrets; give certificateFile and keyFile",
-                    )
-                ],
-                site.key,
-            )
-        if tls.certificate_file is None or tls.key_file is None:  # parse_site requires both
-            raise InvalidSite(
-                [Problem(site.origin, "spec.tls", "needs certificateFile and keyFile")], site.key
-            )
-        problems: list[Problem] = []
-        read: list[tuple[Path, bytes]] = []
-        for where, given in (
-            ("spec.tls.certificateFile", tls.certificate_file),
-            ("spec.tls.keyFile", tls.key_file),
-        ):
-            file = _beside(manifest, given)
-            data, stamp, error = _read_pem(file)
-            # The first look is kept: if a file changed between two reads, it is read again.
-            state.certificates.setdefault(file, stamp)
-            state.watched.update(_followed(file))
-            if error is not None:
-                problems.append(Problem(site.origin, where, f"cannot read {file}: {error}"))
-            read.append((file, data))
-        if problems:
-            raise InvalidSite(problems, site.key)
-        (chain_file, chain), (key_file, key) = read
-        certificate = self._loaded.get(chain_file)
-        if certificate is None or (certificate.chain, certificate.key) != (chain, key):
-            try:
-                certificate = load_certificate(f"file/{chain_file}", chain, key)
-            except BadCertificate as exc:
-                problem = Problem(
-                    site.origin,
-                    "spec.tls",
-                    f"the certificate {chain_file} and key {key_file} cannot be served: {exc}",
-                    reason="InvalidCertificate",
-                )
-                raise InvalidSite([problem], site.key) from None
-            self._loaded[chain_file] = certificate  # checked once per content, however many sites share it
+        files = self._certificate_files.beside(FilesRead(manifest, state.certificates, state.watched))
+        certificate = resolved(site, SiteCertificates(files, self._secrets).resolve(site))
+        assert not isinstance(certificate, CertificatePending)  # files and names are known at once
         return with_certificate(site, certificate)
 
     def _classify(self, paths: Iterable[Path]) -> tuple[set[Path], bool]:
@@ -400,11 +345,11 @@ class FolderSource:
         /etc/letsencrypt, say, or the target of a link to one), so it compares those files
         between batches; a full load (a rescan) compares every certificate file.
         """
-        now: dict[Path, _CertificateStamp | None] = {}  # each file looked at once, however shared
+        now: dict[Path, FileStamp | None] = {}  # each file looked at once, however shared
 
-        def changed(path: Path, stamp: _CertificateStamp | None) -> bool:
+        def changed(path: Path, stamp: FileStamp | None) -> bool:
             if path not in now:
-                now[path] = _stamp_now(path)
+                now[path] = stamp_now(path)
             return now[path] != stamp
 
         return {
@@ -505,12 +450,12 @@ class FolderSource:
                     return
 
 
-def read_manifests(paths: Iterable[Path], *, secret_names: bool = False) -> SiteSet:
+def read_manifests(paths: Iterable[Path], *, secrets: CertificateResolver | None = None) -> SiteSet:
     """Read manifest files, and every manifest file below folders, once (no watching).
 
-    `secret_names`: Kubernetes manifests may name TLS Secrets (see `FolderSource`).
+    `secrets`: how Kubernetes manifests' TLS Secrets are resolved (see `FolderSource`).
     """
-    source = FolderSource(Path("."), secret_names=secret_names)
+    source = FolderSource(Path("."), secrets=secrets)
     for path in paths:
         if path.is_dir():
             try:
@@ -585,57 +530,8 @@ async def _stopped(stop: asyncio.Event | None, seconds: float) -> bool:
     return True
 
 
-def _beside(manifest: Path, given: str) -> Path:
-    """A file a manifest names: relative to the manifest's folder, or absolute.
-
-    The path is made absolute without following links, so that it names the same file when
-    a link on the way is re-pointed (a renewed Secret volume): it is the certificate's SDS name.
-    """
-    return Path(os.path.abspath(manifest.parent / given))
-
-
-def _followed(path: Path) -> set[Path]:
-    """A path, and the file its links lead to: where a change of the file shows."""
-    try:
-        return {path, Path(os.path.realpath(path))}
-    except (OSError, RuntimeError, ValueError):  # a loop of links, on some versions
-        return {path}
-
-
-def _certificate_stamp(info: os.stat_result) -> _CertificateStamp:
-    return (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
-
-
-def _stamp_now(path: Path) -> _CertificateStamp | None:
-    try:
-        return _certificate_stamp(path.stat())
-    except (OSError, ValueError):
-        return None
-
-
 def _certificates_changed(state: _FileState) -> bool:
-    return any(_stamp_now(path) != stamp for path, stamp in state.certificates.items())
-
-
-def _read_pem(path: Path) -> tuple[bytes, _CertificateStamp | None, str | None]:
-    """A certificate or key file's bytes, how it looked when read, and why it cannot be read.
-
-    Like a manifest, it is read within bounds: a FIFO, a device or a huge file is refused
-    before it costs more than reading its bytes once.
-    """
-    opened: list[os.stat_result] = []  # how the file looked when it was opened, before reading
-    data, error = b"", None
-    try:
-        data = read_bounded(path, MAX_PEM_BYTES, opened.append)
-    except NotRegularFile:
-        error = "it is not a regular file"
-    except FileTooLarge as exc:
-        error = f"it is {exc.size}; a certificate or key file may have at most {MAX_PEM_BYTES} bytes"
-    except (OSError, ValueError) as exc:
-        error = _describe(exc)
-    # Taken before reading, so that a later change shows; as the path looks now if not opened.
-    stamp = _certificate_stamp(opened[0]) if opened else _stamp_now(path)
-    return data, stamp, error
+    return any(stamp_now(path) != stamp for path, stamp in state.certificates.items())
 
 
 def _within(path: Path, root: Path) -> bool:

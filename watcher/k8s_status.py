@@ -23,8 +23,9 @@ from typing import Any
 from snapshot.model import API_VERSION, KIND, Backend, SiteKey
 from snapshot.verdict import BACKEND_REASONS, BackendSeen, Phase, SiteState, with_backend
 
-from .k8s import SITES, KubernetesSource
+from .k8s import SITES
 from .k8s_api import ApiError, KubeApi
+from .k8s_cache import ClusterCache
 from .siteset import SiteSet
 
 log = logging.getLogger("staticsite_xds.kubernetes.status")
@@ -76,7 +77,7 @@ class StatusWriter:
     def __init__(
         self,
         api: KubeApi,
-        source: KubernetesSource,
+        source: ClusterCache,  # what the Kubernetes source last saw of the cluster
         *,
         is_leader: Callable[[], bool] = lambda: True,
         identity: str = COMPONENT,
@@ -97,8 +98,6 @@ class StatusWriter:
         self._unseen: dict[SiteKey, _Unseen] = {}  # see `_as_written`
         self._backend_since: dict[SiteKey, tuple[Backend, float]] = {}  # see `_held_back`
         self._wake = asyncio.Event()
-        source.on_objects.append(self.mark)
-        source.on_services.append(self.mark)
 
     # -- what tells it to look -------------------------------------------------------------
 

@@ -18,8 +18,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from .k8s_api import LEASES, ApiError, KubeApi
 
@@ -35,6 +36,23 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class LeadershipObserver(Protocol):
+    def leadership(self, leader: bool) -> None:
+        """This replica now leads (True) or no longer does (False)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeadershipFuncs:
+    """A `LeadershipObserver` made of an optional function."""
+
+    changed: Callable[[bool], None] | None = None
+
+    def leadership(self, leader: bool) -> None:
+        if self.changed is not None:
+            self.changed(leader)
+
+
 class LeaderElector:
     def __init__(
         self,
@@ -46,7 +64,9 @@ class LeaderElector:
         lease_duration: float = DEFAULT_LEASE_TIMINGS[0],
         renew_deadline: float = DEFAULT_LEASE_TIMINGS[1],
         retry_period: float = DEFAULT_LEASE_TIMINGS[2],
+        observer: LeadershipObserver | None = None,
     ) -> None:
+        """`observer` is told of every change of leadership."""
         if not 0 < retry_period < renew_deadline < lease_duration:
             raise ValueError("lease timings must satisfy 0 < retry period < renew deadline < lease duration")
         self.api = api
@@ -56,7 +76,7 @@ class LeaderElector:
         self.lease_duration = lease_duration
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
-        self.on_change: list[Callable[[bool], None]] = []
+        self.observer: LeadershipObserver = observer if observer is not None else LeadershipFuncs()
         self._leader = False
         self._renewed = 0.0  # when we last renewed (monotonic)
         self._record: tuple[Any, ...] | None = None  # the holder record last seen
@@ -75,8 +95,7 @@ class LeaderElector:
             log.info("%s leads (lease %s/%s): it writes status", self.identity, self.namespace, self.name)
         else:
             log.info("%s no longer leads (lease %s/%s)", self.identity, self.namespace, self.name)
-        for callback in self.on_change:
-            callback(leader)
+        self.observer.leadership(leader)
 
     async def run(self, stop: asyncio.Event) -> None:
         try:

@@ -352,7 +352,9 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    sites = read_manifests(args.paths, secret_names=True)  # Secrets are read in the cluster
+    from watcher.site_certificates import SecretNames
+
+    sites = read_manifests(args.paths, secrets=SecretNames())  # Secrets are read in the cluster
     result = SnapshotBuilder().build(sites.sites.values())
     lines = _problem_lines(sites, result.sites)
     for line in lines:

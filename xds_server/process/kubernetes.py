@@ -16,8 +16,9 @@ from typing import Any
 
 import kopf
 
-from watcher.k8s import DEFAULT_RESYNC, KubernetesSource
+from watcher.k8s import DEFAULT_RESYNC, KubernetesSource, SourceObserverFuncs
 from watcher.k8s_api import KubeApi
+from watcher.k8s_cache import ClusterCache
 from watcher.k8s_status import StatusWriter
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE, DEFAULT_LEASE_TIMINGS, LeaderElector
 from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
@@ -56,7 +57,12 @@ class KubernetesMode:
     ) -> KubernetesMode:
         """Create the parts and connect them to each other."""
         identity = identity or default_identity()
-        source = KubernetesSource(api, namespaces, resync=resync, settings=settings, max_sites=max_sites)
+        cache = ClusterCache()  # the source fills it, the writer reads it
+        writer = StatusWriter(api, cache, is_leader=lambda: elector.is_leader, identity=identity)
+        told = SourceObserverFuncs(objects=writer.mark, backends=writer.mark)
+        source = KubernetesSource(
+            api, namespaces, resync=resync, settings=settings, max_sites=max_sites, cache=cache, observer=told
+        )
         duration, deadline, period = lease_timings
         elector = LeaderElector(
             api,
@@ -66,9 +72,8 @@ class KubernetesMode:
             lease_duration=duration,
             renew_deadline=deadline,
             retry_period=period,
+            observer=writer,
         )
-        writer = StatusWriter(api, source, is_leader=lambda: elector.is_leader, identity=identity)
-        elector.on_change.append(writer.leadership)
         return cls(source, elector, writer)
 
     @property

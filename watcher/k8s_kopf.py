@@ -1,0 +1,172 @@
+"""The kopf handlers that feed the Kubernetes source, and kopf's own thread and event loop.
+
+kopf only watches: its handlers react to events and never patch users' objects, so kopf
+leaves no annotations or finalizers behind (a control plane that reads specs has nothing to
+clean up on delete). Each event is handed to the source's event loop, where everything else
+runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import kopf
+
+from snapshot.model import GROUP, PLURAL, VERSION
+
+from .k8s_api import KubeApi
+from .k8s_cache import ObjectKey, object_key
+from .source_state import SourceState
+
+log = logging.getLogger("staticsite_xds.kubernetes")
+
+
+class _NoSignalsNote(logging.Filter):
+    """kopf runs in a thread of its own on purpose: its note that signals are ours is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("OS signals are ignored")
+
+
+class _RetryNotes(logging.Filter):
+    """Notes of each retry of a request, kept out of the log while the source reports an outage.
+
+    urllib3 notes each retry of a call of ours, whose failure we report ourselves; kopf notes
+    each failed attempt of its watch. While a source's state says that the API cannot be
+    read (a warning logged once), they only repeat it, several times a second.
+    """
+
+    def __init__(self, always: bool) -> None:
+        super().__init__()
+        self.always = always
+        self.states: weakref.WeakSet[SourceState] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(("Retrying (", "Request attempt")):
+            return True
+        return not (self.always or any(state.up is False for state in self.states))
+
+
+logging.getLogger("kopf._core.reactor.running").addFilter(_NoSignalsNote())
+logging.getLogger("urllib3.connectionpool").addFilter(_RetryNotes(always=True))
+_KOPF_RETRIES = _RetryNotes(always=False)
+for _name in ("kopf._cogs.clients.watching", "kopf._cogs.clients.api"):
+    logging.getLogger(_name).addFilter(_KOPF_RETRIES)
+
+
+class WatchFeed(Protocol):
+    """What the handlers hand events to, on the feed's event loop."""
+
+    def site_event(self, event: Mapping[str, Any]) -> None: ...
+
+    def service_event(self, event: Mapping[str, Any]) -> None: ...
+
+    def secret_event(self, event: Mapping[str, Any]) -> None: ...
+
+    def wants_secret(self, key: ObjectKey) -> bool:
+        """Whether a Secret's events are wanted; asked in kopf's thread, so it must not lock."""
+        ...
+
+
+class KopfWatch:
+    """kopf, watching StaticSites, Services and Secrets (all namespaces, or the ones given)."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        namespaces: Sequence[str],
+        settings: kopf.OperatorSettings,
+        state: SourceState,
+    ) -> None:
+        self.api = api
+        self.namespaces = tuple(namespaces)
+        self.settings = settings
+        self.stop = threading.Event()
+        _KOPF_RETRIES.states.add(state)  # kopf's notes of retries are kept out while it is down
+
+    def registry(self, loop: asyncio.AbstractEventLoop, feed: WatchFeed) -> kopf.OperatorRegistry:
+        """Handlers that only read: no patches, so kopf writes nothing to users' objects.
+
+        They run in kopf's thread and hand each event to `loop`, where everything else runs.
+        """
+        registry = kopf.OperatorRegistry()
+        api = self.api
+
+        @kopf.on.login(registry=registry)
+        async def login(**_: Any) -> kopf.ConnectionInfo:
+            return await asyncio.to_thread(api.connection_info)
+
+        @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+        async def site_event(event: Mapping[str, Any], **_: Any) -> None:
+            loop.call_soon_threadsafe(feed.site_event, event)
+
+        @kopf.on.event("v1", "services", registry=registry)
+        async def service_event(event: Mapping[str, Any], **_: Any) -> None:
+            loop.call_soon_threadsafe(feed.service_event, event)
+
+        @kopf.on.event("v1", "secrets", registry=registry)
+        async def secret_event(event: Mapping[str, Any], **_: Any) -> None:
+            # Most Secrets are no site's: dropped here, in kopf's thread, before they go further.
+            body = event.get("object")
+            if isinstance(body, Mapping) and feed.wants_secret(object_key(body)):
+                loop.call_soon_threadsafe(feed.secret_event, event)
+
+        return registry
+
+    async def run(self, feed: WatchFeed, stop: asyncio.Event) -> None:
+        """Run kopf in a thread with its own event loop until `self.stop` is set.
+
+        kopf treats every task of its loop as its own: on exit it waits for them and cancels
+        them. In a loop of its own, it cannot touch the xDS server's streams or our clean-up;
+        and off the main thread it leaves the process's signal handling to us. When kopf
+        stops by itself (on a signal), `stop` is set so that the whole process stops with it.
+        """
+        settings = self.settings
+        settings.scanning.disabled = True  # needs no RBAC on CRDs and namespaces
+        settings.posting.enabled = False  # our Events are written by the status writer only
+        settings.process.ultimate_exiting_timeout = None
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        registry = self.registry(loop, feed)
+
+        def settle(error: BaseException | None) -> None:
+            if ended.done():
+                return
+            if error is None:
+                ended.set_result(None)
+            else:
+                ended.set_exception(error)
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                asyncio.run(
+                    kopf.operator(
+                        registry=registry,
+                        settings=settings,
+                        standalone=True,
+                        clusterwide=not self.namespaces,
+                        namespaces=self.namespaces,
+                        stop_flag=self.stop,
+                    )
+                )
+            except BaseException as exc:  # handed to the event loop that awaits it
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                loop.call_soon_threadsafe(settle, error)
+
+        thread = threading.Thread(target=run, name="kopf", daemon=True)
+        thread.start()
+        try:
+            await asyncio.shield(ended)
+        finally:
+            self.stop.set()
+        if not stop.is_set():
+            log.error("the Kubernetes watch stopped; stopping")
+            stop.set()
