@@ -720,6 +720,8 @@ def test_image_context_holds_what_the_wheel_needs() -> None:
     for source in sources:
         assert (ROOT / source).exists(), source
     assert {"pyproject.toml", project["project"]["readme"]} <= sources
+    # The build step that ships Envoy's bootstraps and the CRD, what it ships, and the versions.
+    assert {"setup.py", "envoy", "crds", "constraints.txt"} <= sources
     for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
         assert pattern.rstrip("*") in sources, f"the package {pattern} is not copied into the build"
     ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}

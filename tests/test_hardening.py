@@ -469,6 +469,16 @@ def test_nesting_deep_enough_to_crash_the_c_parser_is_refused(tmp_path: Path, bl
     )
 
 
+def test_a_mistake_after_allowed_nesting_keeps_the_parsers_words() -> None:
+    """60 levels (within the limit), a string of 100 dashes and a character no token starts
+    with: the C parser stops within its look-ahead, the walk again finds no nesting past the
+    limit, and the mistake is told as one."""
+    text = "[" * 60 + "'" + "-" * 100 + "' @"
+    with pytest.raises(yaml.YAMLError) as caught:
+        load_documents(text)
+    assert "nested more than" not in str(caught.value)
+
+
 def test_an_alias_bomb_is_refused_and_a_few_aliases_are_not() -> None:
     with pytest.raises(ManifestRefused, match=f"aliases expand to more than {MAX_ALIAS_NODES} nodes"):
         load_documents(_alias_bomb(9, 10))

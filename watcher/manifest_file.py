@@ -8,6 +8,7 @@ it costs more than reading its bytes once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -111,47 +112,84 @@ def _too_large(size: str, max_bytes: int) -> str:
 
 
 def _check_shape(text: str) -> None:
-    """Walk the parser's events (a flat stream: no recursion) and refuse what is over a limit.
+    """Walk the parser's events and refuse what is over a limit.
+
+    The C parser reads tokens ahead of the events it gives, and may have a nesting limit of
+    its own (libyaml's, higher than ours): `[` repeated a thousand times stops it before its
+    first event, with its own words. When it stops with a text that the tokens it had not yet
+    given could nest past our limit, the pure-Python parser (no nesting limit, slower) walks
+    the text again to tell whether ours is what the text is over; if it is not, the C parser's
+    error stands.
+    """
+    walk = _ShapeWalk()
+    try:
+        walk.run(_Loader(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        end = len(text) if mark is None else mark.index + 1
+        if walk.depth + sum(map(text[walk.read_up_to : end].count, _OPENERS)) > MAX_DEPTH:
+            with contextlib.suppress(yaml.YAMLError):  # a mistake of the text: the C parser's words
+                _ShapeWalk().run(yaml.SafeLoader(text))
+        raise
+
+
+class _ShapeWalk:
+    """One walk of a parser's events (a flat stream: no recursion) that refuses what is over a limit.
 
     Anchors are per document, as the loader has them. An alias counts the nodes of what it
     names, expanded: that is what a consumer that walks the document would visit.
     """
-    parser = _Loader(text)
-    try:
+
+    __slots__ = ("depth", "read_up_to")
+
+    def __init__(self) -> None:
+        self.depth = 0  # collections open at the last event given
+        self.read_up_to = 0  # where in the text the last event given ends
+
+    def run(self, parser: yaml.SafeLoader | yaml.CSafeLoader) -> None:
+        try:
+            self._walk(parser)
+        finally:
+            parser.dispose()
+
+    def _walk(self, parser: yaml.SafeLoader | yaml.CSafeLoader) -> None:
         documents = 0
         added = 0  # nodes the aliases add
         sizes: dict[str, int] = {}  # anchor -> the expanded size of its node
         open_: list[list[Any]] = []  # collections being read: [anchor, expanded size so far]
-        while (event := parser.get_event()) is not None:
-            size = 0
-            if isinstance(event, ev.ScalarEvent):  # the most frequent, first
-                size = 1
-                if event.anchor is not None:
-                    sizes[event.anchor] = 1
-            elif isinstance(event, ev.CollectionStartEvent):
-                open_.append([event.anchor, 1])
-                if len(open_) > MAX_DEPTH:
-                    raise ManifestRefused(f"the file is nested more than {MAX_DEPTH} levels deep")
-            elif isinstance(event, ev.CollectionEndEvent):
-                anchor, size = open_.pop()
-                if anchor is not None:
-                    sizes[anchor] = size
-            elif isinstance(event, ev.AliasEvent):
-                size = sizes.get(event.anchor or "", 1)
-                added += size - 1
-                if added > MAX_ALIAS_NODES:
-                    raise ManifestRefused(
-                        f"the file's YAML aliases expand to more than {MAX_ALIAS_NODES} nodes"
-                    )
-            elif isinstance(event, ev.DocumentStartEvent):
-                documents += 1
-                sizes.clear()
-                if documents > MAX_DOCUMENTS:
-                    raise ManifestRefused(f"the file has more than {MAX_DOCUMENTS} documents")
-            if size and open_:
-                open_[-1][1] += size
-    finally:
-        parser.dispose()
+        event: Any = None
+        try:
+            while (event := parser.get_event()) is not None:
+                size = 0
+                if isinstance(event, ev.ScalarEvent):  # the most frequent, first
+                    size = 1
+                    if event.anchor is not None:
+                        sizes[event.anchor] = 1
+                elif isinstance(event, ev.CollectionStartEvent):
+                    open_.append([event.anchor, 1])
+                    if len(open_) > MAX_DEPTH:
+                        raise ManifestRefused(f"the file is nested more than {MAX_DEPTH} levels deep")
+                elif isinstance(event, ev.CollectionEndEvent):
+                    anchor, size = open_.pop()
+                    if anchor is not None:
+                        sizes[anchor] = size
+                elif isinstance(event, ev.AliasEvent):
+                    size = sizes.get(event.anchor or "", 1)
+                    added += size - 1
+                    if added > MAX_ALIAS_NODES:
+                        raise ManifestRefused(
+                            f"the file's YAML aliases expand to more than {MAX_ALIAS_NODES} nodes"
+                        )
+                elif isinstance(event, ev.DocumentStartEvent):
+                    documents += 1
+                    sizes.clear()
+                    if documents > MAX_DOCUMENTS:
+                        raise ManifestRefused(f"the file has more than {MAX_DOCUMENTS} documents")
+                if size and open_:
+                    open_[-1][1] += size
+        finally:  # where the parser stopped, when it stops with an error
+            self.depth = len(open_)
+            self.read_up_to = 0 if event is None else event.end_mark.index
 
 
 def _expand_lists(docs: list[Any]) -> list[Any]:

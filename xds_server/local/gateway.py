@@ -21,9 +21,11 @@ from typing import Any
 
 import yaml
 
+from xds_server.shipped_files import envoy_bootstrap
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOCAL_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap-local.yaml"
-CLUSTER_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap.yaml"
+LOCAL_BOOTSTRAP = envoy_bootstrap("bootstrap-local.yaml")
+CLUSTER_BOOTSTRAP = envoy_bootstrap("bootstrap.yaml")
 
 
 def envoy_binary() -> str:
