@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -104,7 +105,7 @@ def test_a_missing_key_file_makes_the_declaration_invalid(root: Path) -> None:
     [problem] = sites.problems
     assert (problem.origin, problem.field) == (str(path), "spec.tls.keyFile")
     assert str(root / "tls.key") in problem.message
-    assert "No such file or directory" in problem.message
+    assert os.strerror(errno.ENOENT) in problem.message
     assert sites.invalid[SITE] == (problem,)
 
 

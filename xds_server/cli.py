@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from snapshot.builder import BuildOptions, SnapshotBuilder
-from snapshot.model import API_VERSION, SiteKey
+from snapshot.builder import BuildOptions
+from snapshot.model import API_VERSION
 from snapshot.resources import ACCESS_LOG_STDOUT, DEFAULT_HOST_TEMPLATE
-from snapshot.verdict import Phase, SiteState
-from watcher.folder import FolderSource, read_manifests
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
-from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
+from watcher.siteset import DEFAULT_MAX_SITES
 
 from .operations.inspection import DEFAULT_TIMEOUT
 from .operations.tls import ServingCertificate
@@ -313,65 +310,31 @@ def _serving_certificate(args: argparse.Namespace) -> ServingCertificate | None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .operations.inspection import Unreachable, format_table, list_envoys
-    from .operations.tls import TlsFileError, channel_credentials
+    from .operations.inspection import print_status
 
-    credentials = None
-    if args.tls_ca or args.tls_cert or args.tls_key:
-        try:
-            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-        except TlsFileError as exc:
-            print(f"staticsite-xds: {exc}", file=sys.stderr)
-            return 2
-    try:
-        data = list_envoys(args.xds_address, credentials=credentials, timeout=args.timeout)
-    except Unreachable as exc:
-        print(f"staticsite-xds: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(format_table(data))
-    return 0
+    return print_status(
+        args.xds_address,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        as_json=args.json,
+        timeout=args.timeout,
+    )
 
 
 def _render(args: argparse.Namespace) -> int:
-    options = _options(args)
+    from .process.offline import render
+
     if not args.sites.is_dir():
         print(f"staticsite-xds: {args.sites}: not a folder", file=sys.stderr)
         return 2
-    sites = FolderSource(args.sites).load()
-    result = SnapshotBuilder(options).build(sites.sites.values())
-    json.dump(result.snapshot.to_json(), sys.stdout, indent=2, sort_keys=True)  # maps print in any order
-    sys.stdout.write("\n")
-    lines = _problem_lines(sites, result.sites)
-    for line in lines:
-        print(line, file=sys.stderr)
-    return 1 if lines else 0
+    return render(args.sites, _options(args))
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from watcher.site_certificates import SecretNames
+    from .process.offline import validate
 
-    sites = read_manifests(args.paths, secrets=SecretNames())  # Secrets are read in the cluster
-    result = SnapshotBuilder().build(sites.sites.values())
-    lines = _problem_lines(sites, result.sites)
-    for line in lines:
-        print(line)
-    if not lines:
-        print(f"{len(sites.sites)} sites, all valid", file=sys.stderr)
-    return 1 if lines else 0
-
-
-def _problem_lines(sites: SiteSet, states: Mapping[SiteKey, SiteState]) -> list[str]:
-    """Every problem a user must fix: invalid manifests, then domains lost to a conflict."""
-    lines = [str(p) for p in sites.problems]
-    for key, state in sorted(states.items()):
-        if state.phase is Phase.CONFLICT:
-            origin = sites.sites[key].origin if key in sites.sites else str(key)
-            lines.append(f"{origin}: spec.domain: {state.message}")
-    return lines
+    return validate(args.paths)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ the metrics use it too.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -27,6 +29,7 @@ from watcher.status import StatusLog
 
 from ..ads.server import AdsServer
 from ..ads.stream import StreamInfo, short
+from .tls import TlsFileError, channel_credentials
 
 INSPECTION_SERVICE = "staticsite_xds.v1.Inspection"
 LIST_ENVOYS = f"/{INSPECTION_SERVICE}/ListEnvoys"
@@ -200,6 +203,37 @@ def list_envoys(
             raise Unreachable(f"cannot reach the control plane at {address}: {detail}") from None
     data: dict[str, Any] = json.loads(answer)
     return data
+
+
+def print_status(
+    address: str,
+    *,
+    tls_ca: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    as_json: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> int:
+    """`staticsite-xds status`: print the report of the control plane at `address` (a table,
+    or JSON); 0, or 1 if it did not answer, or 2 for unusable TLS files."""
+    credentials = None
+    if tls_ca or tls_cert or tls_key:
+        try:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+        except TlsFileError as exc:
+            print(f"staticsite-xds: {exc}", file=sys.stderr)
+            return 2
+    try:
+        data = list_envoys(address, credentials=credentials, timeout=timeout)
+    except Unreachable as exc:
+        print(f"staticsite-xds: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_table(data))
+    return 0
 
 
 def _version(version: str, held_back: bool) -> str:
