@@ -9,7 +9,7 @@ burst: 1,000 changes), and `--quick` shrinks everything (200 sites, few repetiti
 whole run takes well under a minute.
 
 Exit status: 0 when every selected scenario ran (measured, or not measured for a stated
-reason such as a missing interface or nginx not installed), 1 when one failed, 2 for bad
+reason such as nginx not installed), 1 when one failed, 2 for bad
 arguments, 130 when interrupted. A missed target does not change the exit status.
 """
 
