@@ -589,3 +589,19 @@ async def test_node_with_an_empty_id_is_still_the_streams_node(wire: WireHarness
     await client.recv()
     [info] = wire.server.streams()
     assert (info.node_id, info.cluster) == ("", "edge-us")
+
+
+async def test_a_stream_that_breaks_is_dropped_and_the_others_go_on(wire: WireHarness) -> None:
+    wire.server.publish(build(SITE_A))
+    gone = wire.connect(node_id="envoy-gone")
+    stays = wire.connect(node_id="envoy-stays")
+    await wire.settle(gone, CLUSTER_TYPE)
+    await wire.settle(stays, CLUSTER_TYPE)
+
+    gone.call.cancel()  # the connection breaks under the request stream
+    await eventually(
+        lambda: [s.node_id for s in wire.server.streams()] == ["envoy-stays"], what="the broken stream to go"
+    )
+    wire.server.publish(build(SITE_A, SITE_B))
+    cds = await stays.recv()
+    assert sorted(names(cds)) == [CLUSTER_A, CLUSTER_B]

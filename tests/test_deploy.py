@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 CRDS = ROOT / "crds"
 ENVOY = ROOT / "envoy"
-DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 KUSTOMIZATION = "kustomization.yaml"
 
