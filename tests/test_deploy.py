@@ -413,7 +413,7 @@ def test_gateway_bootstrap_reaches_the_control_plane_service() -> None:
     assert address["port_value"] == xds["port"]
 
 
-@pytest.mark.envoy
+@pytest.mark.unit
 def test_gateway_deployment_agrees_with_bootstrap_and_control_plane() -> None:
     objects = _objects()
     deployment = _one(objects, "Deployment", GATEWAY)
@@ -520,7 +520,7 @@ def test_every_container_is_locked_down(deployment: Object) -> None:
         assert "memory" in resources.get("limits", {}), name
 
 
-@pytest.mark.envoy
+@pytest.mark.unit
 def test_control_plane_resources_and_writable_tmp() -> None:
     deployment = _one(_objects(), "Deployment", CONTROL_PLANE)
     pod = _pod_spec(deployment)
@@ -696,7 +696,7 @@ def test_image_command_is_what_the_deployment_runs() -> None:
     assert exposed == {_host_port(args.xds_address)[1], _host_port(args.metrics_address)[1]}
 
 
-@pytest.mark.envoy
+@pytest.mark.unit
 def test_image_context_holds_what_the_wheel_needs() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     sources: set[str] = set()

@@ -511,7 +511,7 @@ def test_too_many_documents_or_list_items_are_refused() -> None:
         load_documents(items)
 
 
-@pytest.mark.envoy
+@pytest.mark.unit
 def test_an_integer_too_long_to_print_is_a_problem_of_its_field(tmp_path: Path) -> None:
     path = tmp_path / "hex.yaml"
     path.write_text(manifest("blog", "blog.example.com", "web", 80).replace("80}", "0x" + "f" * 5000 + "}"))
@@ -957,7 +957,7 @@ def test_the_kubernetes_source_applies_the_same_limit() -> None:
     assert sites.invalid == {}
 
 
-@pytest.mark.envoy
+@pytest.mark.kubernetes
 async def test_a_refused_site_shows_site_limit_reached_in_its_status(cluster: Cluster) -> None:
     replica = await start_replica(cluster, "replica-a", max_sites=1)
     plane = replica.plane

@@ -335,7 +335,7 @@ async def _is(status: Any, want: int) -> bool:
     return bool(await status == want)
 
 
-@pytest.mark.envoy
+@pytest.mark.unit
 async def test_grpc_health_is_serving_at_once_when_registered_after_a_publish(inspected: Inspected) -> None:
     cp = inspected
     async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:

@@ -552,7 +552,7 @@ def test_files_that_cannot_serve_are_named_at_start(
     assert message in str(caught.value)
 
 
-@pytest.mark.envoy
+@pytest.mark.unit
 def test_client_credentials_need_the_certificate_and_key_together(pki: Pki) -> None:
     with pytest.raises(TlsFileError, match="--tls-cert and --tls-key go together"):
         channel_credentials(pki.client_dir / "ca.crt", pki.client_dir / "tls.crt")
