@@ -8,16 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Gateway, manifest, run_cli, running_gateway, try_get
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from google.protobuf import json_format
-from waiting import wait_until
+from support.manifests import manifest
+from support.processes import Gateway, run_cli, running_gateway, try_get
+from support.waiting import wait_until
 
 from snapshot.builder import BuildOptions, SnapshotBuilder
 from snapshot.model import Backend, SiteKey, StaticSite
 from snapshot.resources import ACCESS_LOG_FIELDS, LISTENER_TYPE
 from xds_server.local.sample_backend import SampleBackend
+
+pytestmark = pytest.mark.envoy
 
 Backends = Callable[[str], SampleBackend]
 SITE = StaticSite(SiteKey("docs", "main"), "docs.example.test", Backend("docs", "web", 80))

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.envoy
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("change", "load", "nginx", "envoy-files", "cold", "share", "fanout", "memory", "burst")
 TABLE_HEADER = ("figure", "size", "ours", "target", "nginx", "envoy-files", "ratio", "verdict")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import free_port, manifest, try_get
-from waiting import wait_until
+from support.manifests import manifest
+from support.processes import free_port, try_get
+from support.waiting import wait_until
 
 from xds_server.local.control_plane import ControlPlaneProcess
 from xds_server.local.gateway import (
@@ -17,6 +18,8 @@ from xds_server.local.gateway import (
     validate_config,
 )
 from xds_server.local.sample_backend import SampleBackend
+
+pytestmark = pytest.mark.envoy
 
 
 @pytest.mark.parametrize("path", [CLUSTER_BOOTSTRAP, LOCAL_BOOTSTRAP], ids=lambda p: p.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any
+from functools import partial
 
 import pytest
 import yaml
@@ -16,37 +16,20 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.internal import encoder
+from support.sites import site as make_site
 
 from snapshot import resources as rs
 from snapshot import wire
 from snapshot.builder import BuildOptions, BuildResult, Phase, SnapshotBuilder
 from snapshot.consistency import InconsistentSnapshot, check_consistency
 from snapshot.consistency import Plan as _Plan
-from snapshot.model import API_VERSION, Backend, SiteKey, StaticSite, parse_site
+from snapshot.model import Backend, SiteKey, StaticSite
 from snapshot.snapshot import Resource
 
+pytestmark = pytest.mark.unit
 
-def site(
-    name: str,
-    domain: str,
-    service: str = "web",
-    port: int = 80,
-    namespace: str = "default",
-    created: Any = None,
-) -> StaticSite:
-    """A site as every source produces it: through parse_site."""
-    meta: dict[str, Any] = {"name": name, "namespace": namespace}
-    if created is not None:
-        meta["creationTimestamp"] = created
-    return parse_site(
-        {
-            "apiVersion": API_VERSION,
-            "kind": "StaticSite",
-            "metadata": meta,
-            "spec": {"domain": domain, "backend": {"serviceName": service, "servicePort": port}},
-        },
-        f"{name}.yaml",
-    )
+# Sites as a folder source makes them, in namespace "default".
+site = partial(make_site, namespace="default", parsed=True)
 
 
 def clusters(result: BuildResult) -> dict[str, cluster_pb2.Cluster]:
@@ -132,7 +115,9 @@ def test_one_cluster_per_backend_shared_by_sites() -> None:
 )
 def test_cluster_is_strict_dns_to_the_templated_host(template: str | None, host: str) -> None:
     options = BuildOptions() if template is None else BuildOptions(backend_host_template=template)
-    result = SnapshotBuilder(options).build([site("blog", "blog.example.com", "blog", 8081, "team")])
+    result = SnapshotBuilder(options).build(
+        [site("blog", "blog.example.com", "blog", 8081, namespace="team")]
+    )
     cluster = clusters(result)["team/blog/8081"]
     assert cluster.type == cluster_pb2.Cluster.STRICT_DNS
     assert cluster.load_assignment.cluster_name == "team/blog/8081"
@@ -188,7 +173,9 @@ def test_no_sites_gives_only_the_catch_all() -> None:
 
 
 def test_route_configuration_bytes_parse_to_the_message_built_with_protobuf() -> None:
-    result = SnapshotBuilder().build([site("a", "a.example.com"), site("b", "b.example.com", port=81)])
+    result = SnapshotBuilder().build(
+        [site("a", "a.example.com", "web"), site("b", "b.example.com", "web", port=81)]
+    )
     expected = route_pb2.RouteConfiguration(
         name=rs.HTTP_ROUTE_NAME,
         virtual_hosts=[
@@ -203,7 +190,7 @@ def test_route_configuration_bytes_parse_to_the_message_built_with_protobuf() ->
 @pytest.mark.parametrize(("address", "port"), [("0.0.0.0", 8080), ("127.0.0.1", 10080)])
 def test_listener_uses_options_and_rds_over_ads(address: str, port: int) -> None:
     options = BuildOptions(http_port=port, listen_address=address)
-    result = SnapshotBuilder(options).build([site("a", "a.example.com")])
+    result = SnapshotBuilder(options).build([site("a", "a.example.com", "web")])
     msg = listener(result)
     assert msg.address.socket_address.address == address
     assert msg.address.socket_address.port_value == port
@@ -230,7 +217,7 @@ def test_listener_uses_options_and_rds_over_ads(address: str, port: int) -> None
 SITES = [
     site("a", "a.example.com", "web", 80),
     site("b", "b.example.com", "web", 80),
-    site("c", "c.example.com", "api", 8080, "team"),
+    site("c", "c.example.com", "api", 8080, namespace="team"),
     site("d", "d.example.com", "docs", 81),
 ]
 
@@ -267,7 +254,7 @@ def test_version_is_not_the_same_for_other_options() -> None:
         site("a", "A.example.org", "web", 80),
         site("a", "a.example.com", "web2", 80),
         site("a", "a.example.com", "web", 81),
-        site("a", "a.example.com", "web", 80, "elsewhere"),
+        site("a", "a.example.com", "web", 80, namespace="elsewhere"),
         site("z", "a.example.com", "web", 80),
     ],
     ids=["domain", "domain-case-and-tld", "service", "port", "namespace", "name"],
@@ -284,7 +271,7 @@ def test_any_change_of_a_site_changes_the_version(changed: StaticSite) -> None:
 def test_adding_or_removing_a_site_changes_the_version() -> None:
     base = SnapshotBuilder().build(SITES).snapshot.version
     assert SnapshotBuilder().build(SITES[:-1]).snapshot.version != base
-    assert SnapshotBuilder().build([*SITES, site("e", "e.example.com")]).snapshot.version != base
+    assert SnapshotBuilder().build([*SITES, site("e", "e.example.com", "web")]).snapshot.version != base
 
 
 # -- conflicts --------------------------------------------------------------------------------
@@ -311,8 +298,8 @@ def assert_conflict(result: BuildResult, loser: StaticSite, winner: StaticSite) 
 )
 def test_oldest_creation_timestamp_wins(older_ts: str, newer_ts: str) -> None:
     # The newer one would win on namespace/name order: the timestamp must decide.
-    newer = site("a-new", "blog.example.com", "new", 80, "alpha", created=newer_ts)
-    older = site("z-old", "blog.example.com", "old", 80, "zulu", created=older_ts)
+    newer = site("a-new", "blog.example.com", "new", 80, namespace="alpha", created=newer_ts)
+    older = site("z-old", "blog.example.com", "old", 80, namespace="zulu", created=older_ts)
     for order in ([newer, older], [older, newer]):
         result = SnapshotBuilder().build(order)
         assert_conflict(result, newer, older)
@@ -320,8 +307,8 @@ def test_oldest_creation_timestamp_wins(older_ts: str, newer_ts: str) -> None:
 
 
 def test_a_site_with_a_timestamp_wins_over_one_without() -> None:
-    dated = site("z", "blog.example.com", created="2024-01-01T00:00:00Z")
-    undated = site("a", "blog.example.com")
+    dated = site("z", "blog.example.com", "web", created="2024-01-01T00:00:00Z")
+    undated = site("a", "blog.example.com", "web")
     for order in ([dated, undated], [undated, dated]):
         assert_conflict(SnapshotBuilder().build(order), undated, dated)
 
@@ -396,8 +383,8 @@ def test_an_unchanged_build_reuses_every_set() -> None:
 
 def test_a_cluster_shared_by_a_changed_site_is_reused() -> None:
     builder = SnapshotBuilder()
-    first = builder.build([site("a", "a.example.com"), site("b", "b.example.com")]).snapshot
-    second = builder.build([site("a", "a.example.com"), site("b", "b2.example.com")]).snapshot
+    first = builder.build([site("a", "a.example.com", "web"), site("b", "b.example.com", "web")]).snapshot
+    second = builder.build([site("a", "a.example.com", "web"), site("b", "b2.example.com", "web")]).snapshot
     assert (
         second.of_type(rs.CLUSTER_TYPE).resources["default/web/80"]
         is first.of_type(rs.CLUSTER_TYPE).resources["default/web/80"]

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from support.sites import site
 
 from snapshot import resources as rs
 from snapshot.builder import BuildOptions, BuildResult, Phase, SnapshotBuilder
 from snapshot.model import Backend, Certificate, HealthCheck, SiteKey, StaticSite, TlsSpec
 from snapshot.snapshot import REDACTED
 
+pytestmark = pytest.mark.unit
+
 CERT_A = Certificate("secret/docs/a-tls", b"chain-a", b"key-a")
 CERT_B = Certificate("secret/docs/b-tls", b"chain-b", b"key-b")
 TLS = TlsSpec(secret_name="a-tls")
-
-
-def site(
-    name: str, domain: str, service: str = "web", created: str | None = None, **more: object
-) -> StaticSite:
-    return StaticSite(
-        SiteKey("docs", name),
-        domain,
-        Backend("docs", service, 80),
-        creation_timestamp=created,
-        **more,  # type: ignore[arg-type]
-    )
 
 
 def routes(
@@ -56,6 +48,7 @@ def test_aliases_serve_the_same_backend_and_redirect_domains_answer_301() -> Non
             site(
                 "a",
                 "docs.example.test",
+                "web",
                 aliases=("docs.example.org",),
                 redirect_from=("www.docs.example.test",),
             )
@@ -76,7 +69,7 @@ def test_aliases_serve_the_same_backend_and_redirect_domains_answer_301() -> Non
 def test_sites_share_a_domain_by_prefix_longest_first_with_rewrite() -> None:
     result = SnapshotBuilder().build(
         [
-            site("root", "docs.example.test"),
+            site("root", "docs.example.test", "web"),
             site("api", "docs.example.test", "api", path_prefix="/api", rewrite_prefix="/"),
             site("v2", "docs.example.test", "v2", path_prefix="/api/v2", rewrite_prefix="/v2"),
         ]
@@ -99,7 +92,7 @@ def test_sites_share_a_domain_by_prefix_longest_first_with_rewrite() -> None:
 def test_a_conflict_is_the_same_domain_and_prefix_and_the_rest_is_still_served() -> None:
     result = SnapshotBuilder().build(
         [
-            site("old", "docs.example.test", created="2024-01-01T00:00:00Z"),
+            site("old", "docs.example.test", "web", created="2024-01-01T00:00:00Z"),
             site(
                 "new",
                 "other.example.test",
@@ -128,8 +121,14 @@ def test_a_conflict_is_the_same_domain_and_prefix_and_the_rest_is_still_served()
 def test_a_redirect_domain_conflicts_like_any_other() -> None:
     result = SnapshotBuilder().build(
         [
-            site("a", "a.example.test", created="2024-01-01T00:00:00Z"),
-            site("b", "b.example.test", created="2025-01-01T00:00:00Z", redirect_from=("a.example.test",)),
+            site("a", "a.example.test", "web", created="2024-01-01T00:00:00Z"),
+            site(
+                "b",
+                "b.example.test",
+                "web",
+                created="2025-01-01T00:00:00Z",
+                redirect_from=("a.example.test",),
+            ),
         ]
     )
     assert phase(result, "b") is Phase.CONFLICT
@@ -138,7 +137,7 @@ def test_a_redirect_domain_conflicts_like_any_other() -> None:
 
 def test_wildcard_and_exact_domains_are_both_served() -> None:
     result = SnapshotBuilder().build(
-        [site("wild", "*.example.test"), site("exact", "exact.example.test", "api")]
+        [site("wild", "*.example.test", "web"), site("exact", "exact.example.test", "api")]
     )
     hosts = routes(result)
     assert hosts["*.example.test"].domains == ["*.example.test"]
@@ -153,13 +152,14 @@ def test_response_headers_compression_timeout_and_retries_are_on_the_route() -> 
             site(
                 "a",
                 "a.example.test",
+                "web",
                 headers_set=(("cache-control", "public, max-age=300"),),
                 headers_remove=("server",),
                 compression=False,
                 request_timeout_ms=1500,
                 connect_retries=2,
             ),
-            site("b", "b.example.test"),
+            site("b", "b.example.test", "web"),
         ]
     )
     (route,) = routes(result)["a.example.test"].routes
@@ -183,7 +183,7 @@ def test_response_headers_compression_timeout_and_retries_are_on_the_route() -> 
 def test_a_health_checked_backend_gets_its_own_cluster() -> None:
     check = HealthCheck("/healthz", interval_ms=2500, unhealthy_threshold=2, healthy_threshold=1)
     checked = StaticSite(SiteKey("docs", "a"), "a.example.test", Backend("docs", "web", 80, check))
-    result = SnapshotBuilder().build([checked, site("b", "b.example.test")])
+    result = SnapshotBuilder().build([checked, site("b", "b.example.test", "web")])
     names = set(result.snapshot.of_type(rs.CLUSTER_TYPE).resources)
     assert "docs/web/80" in names
     (hc_name,) = names - {"docs/web/80"}
@@ -200,7 +200,7 @@ def test_a_health_checked_backend_gets_its_own_cluster() -> None:
 
 def tls_site(name: str, domain: str, certificate: Certificate, **more: object) -> StaticSite:
     tls = more.pop("tls", TLS)
-    return site(name, domain, tls=tls, certificate=certificate, **more)
+    return site(name, domain, "web", tls=tls, certificate=certificate, **more)
 
 
 def test_https_has_a_filter_chain_per_certificate_chosen_by_sni() -> None:
@@ -209,7 +209,7 @@ def test_https_has_a_filter_chain_per_certificate_chosen_by_sni() -> None:
         [
             tls_site("a", "a.example.test", CERT_A, redirect_from=("www.a.example.test",)),
             tls_site("b", "b.example.test", CERT_B, aliases=("*.b.example.test",)),
-            site("plain", "plain.example.test"),
+            site("plain", "plain.example.test", "web"),
         ]
     )
     https = listener(result, rs.HTTPS_LISTENER_NAME)
@@ -332,13 +332,16 @@ def test_a_certificate_is_for_its_names_and_one_label_under_its_wildcards() -> N
 
 def test_without_tls_sites_there_is_no_https_listener_route_or_secret() -> None:
     builder = SnapshotBuilder()
-    with_tls = builder.build([tls_site("a", "a.example.test", CERT_A), site("b", "b.example.test")])
+    with_tls = builder.build([tls_site("a", "a.example.test", CERT_A), site("b", "b.example.test", "web")])
     assert rs.HTTPS_LISTENER_NAME in with_tls.snapshot.of_type(rs.LISTENER_TYPE).resources
-    without = builder.build([site("b", "b.example.test")])
+    without = builder.build([site("b", "b.example.test", "web")])
     assert set(without.snapshot.of_type(rs.LISTENER_TYPE).resources) == {rs.HTTP_LISTENER_NAME}
     assert set(without.snapshot.of_type(rs.ROUTE_TYPE).resources) == {rs.HTTP_ROUTE_NAME}
     assert not without.snapshot.of_type(rs.SECRET_TYPE).resources
-    assert without.snapshot.version == SnapshotBuilder().build([site("b", "b.example.test")]).snapshot.version
+    assert (
+        without.snapshot.version
+        == SnapshotBuilder().build([site("b", "b.example.test", "web")]).snapshot.version
+    )
 
 
 def test_the_oldest_tls_site_on_a_domain_gives_its_certificate() -> None:
@@ -371,7 +374,7 @@ def test_a_site_is_told_when_an_older_tls_site_arrives_on_its_domain() -> None:
 
 
 def test_a_tls_site_without_its_certificate_is_not_served() -> None:
-    result = SnapshotBuilder().build([site("a", "a.example.test", tls=TLS)])
+    result = SnapshotBuilder().build([site("a", "a.example.test", "web", tls=TLS)])
     state = result.sites[SiteKey("docs", "a")]
     assert (state.phase, state.reason) == (Phase.INVALID, "MissingCertificate")
     assert set(routes(result)) == {"unknown-domain"}
@@ -386,7 +389,7 @@ def test_rendering_never_shows_a_private_key() -> None:
 
 def test_a_percent_sign_in_a_header_value_is_sent_as_written() -> None:
     result = SnapshotBuilder().build(
-        [site("a", "a.example.test", headers_set=(("x-share", "50% off %START_TIME%"),))]
+        [site("a", "a.example.test", "web", headers_set=(("x-share", "50% off %START_TIME%"),))]
     )
     (added,) = routes(result)["a.example.test"].routes[0].response_headers_to_add
     assert added.header.value == "50%% off %%START_TIME%%"  # Envoy reads %% as one literal %

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.sites import site
 
 from snapshot.builder import BuildResult, SnapshotBuilder
 from snapshot.model import Backend, Certificate, SiteKey, StaticSite, TlsSpec
 from snapshot.resources import TYPE_ORDER
 from snapshot.snapshot import ResourceSet
+
+pytestmark = pytest.mark.unit
 
 KEYS = [SiteKey(ns, name) for ns in ("a", "b") for name in ("one", "two", "three")]
 DOMAINS = ["x.example.test", "y.example.test", "z.example.test", "w.example.test"]
@@ -26,7 +30,7 @@ CERTIFICATES = [
 ]
 
 
-def _site(
+def _drawn_site(
     key: SiteKey,
     domain: str,
     service: str,
@@ -39,11 +43,13 @@ def _site(
     compression: bool,
 ) -> StaticSite:
     others = [h for h in dict.fromkeys(more) if h != domain]
-    return StaticSite(
-        key,
+    return site(
+        key.name,
         domain,
-        Backend(key.namespace, service, port),
-        creation_timestamp=created,
+        service,
+        port,
+        namespace=key.namespace,
+        created=created,
         aliases=tuple(others[redirects:]),
         redirect_from=tuple(others[:redirects]) if not domain.startswith("*") else (),
         path_prefix=prefix,
@@ -54,7 +60,7 @@ def _site(
 
 
 site_strategy = st.builds(
-    _site,
+    _drawn_site,
     st.sampled_from(KEYS),
     st.sampled_from(HOSTS),
     st.sampled_from(SERVICES),

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import manifest, run_cli, write
+from support.manifests import manifest, write
+from support.processes import run_cli
+
+pytestmark = pytest.mark.envoy
 
 
 def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from envoy.config.route.v3 import route_pb2
+from support.sites import site
 
 from snapshot.builder import Phase, SnapshotBuilder
 from snapshot.containment import Containment
@@ -17,11 +19,7 @@ from snapshot.model import Backend, SiteKey, StaticSite
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
 
-
-def site(name: str, service: str | None = None, domain: str | None = None) -> StaticSite:
-    return StaticSite(
-        SiteKey("docs", name), domain or f"{name}.example.test", Backend("docs", service or f"{name}-svc", 80)
-    )
+pytestmark = pytest.mark.unit
 
 
 class Plane:

@@ -6,16 +6,16 @@ import asyncio
 import time
 from types import MappingProxyType
 
+import pytest
+from support.sites import site as make_site
+
 from snapshot.builder import BuildOptions, SnapshotBuilder
-from snapshot.model import Backend, SiteKey, StaticSite
+from snapshot.model import SiteKey, StaticSite
 from watcher.siteset import SiteSet
 from xds_server.process.control_plane import ControlPlane
 from xds_server.process.observer import ObserverFuncs
 
-
-def _site(i: int, port: int = 80) -> StaticSite:
-    key = SiteKey("docs", f"s{i}")
-    return StaticSite(key, f"s{i}.example.test", Backend("docs", "web", port))
+pytestmark = pytest.mark.unit
 
 
 async def _run(plane: ControlPlane, stop: asyncio.Event) -> asyncio.Task[None]:
@@ -36,7 +36,7 @@ async def test_a_burst_of_changes_is_coalesced_and_the_final_state_is_exact() ->
     sites: dict[SiteKey, StaticSite] = {}
     started = time.monotonic()
     for i in range(500):  # 500 changes spread over about a second
-        site = _site(i % 120, 80 + i)
+        site = make_site(f"s{i % 120}", service="web", port=80 + i)
         sites[site.key] = site
         plane.offer(SiteSet(MappingProxyType(dict(sites)), changed=frozenset({site.key})))
         await asyncio.sleep(0.002)
@@ -61,7 +61,7 @@ async def test_a_single_change_is_published_after_the_hold_off() -> None:
     )
     stop = asyncio.Event()
     task = await _run(plane, stop)
-    site = _site(1)
+    site = make_site("s1", service="web")
     started = time.monotonic()
     plane.offer(SiteSet(MappingProxyType({site.key: site})))
     await asyncio.wait_for(published.wait(), 2)
@@ -74,9 +74,9 @@ async def test_a_single_change_is_published_after_the_hold_off() -> None:
 
 async def test_merged_hints_cover_every_change_in_the_burst() -> None:
     plane = ControlPlane(BuildOptions(), hold_off=0.05, max_delay=1.0)
-    a, b = _site(1), _site(2)
+    a, b = make_site("s1", service="web"), make_site("s2", service="web")
     plane.apply(SiteSet(MappingProxyType({a.key: a, b.key: b})))
-    a2, b2 = _site(1, 81), _site(2, 82)
+    a2, b2 = make_site("s1", service="web", port=81), make_site("s2", service="web", port=82)
     # Two sets, each naming only its own change: the build must see both.
     plane.offer(SiteSet(MappingProxyType({a.key: a2, b.key: b}), changed=frozenset({a.key})))
     plane.offer(SiteSet(MappingProxyType({a.key: a2, b.key: b2}), changed=frozenset({b.key})))

@@ -20,20 +20,24 @@ import functools
 import re
 import string
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import celpy
-import jsonschema
 import pytest
-import yaml
 from celpy import celtypes
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.crd_schema import (
+    crd_accepts,
+    load_crd,
+    model_accepts,
+    re2_anchors,
+    root_schema,
+    site_doc,
+)
 
 from snapshot.model import (
     _FILE_PATTERN,
-    API_VERSION,
     DURATION_PATTERN,
     GROUP,
     HEADER_NAME_PATTERN,
@@ -56,86 +60,7 @@ from snapshot.model import (
     parse_site,
 )
 
-CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "staticsite.yaml"
-
-
-def _crd() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
-    return data
-
-
-def _root_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    return schema
-
-
-def _re2_anchors(pattern: str) -> str:
-    """`$` outside a character class, unescaped, as RE2 reads it: the end of the text."""
-    out: list[str] = []
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "\\":
-            out.append(pattern[index : index + 2])
-            index += 2
-            continue
-        if char == "[":  # copy the class whole: a first "]" (after an optional "^") is literal
-            end = index + 1
-            if pattern.startswith("^", end):
-                end += 1
-            if pattern.startswith("]", end):
-                end += 1
-            while end < len(pattern) and pattern[end] != "]":
-                end += 2 if pattern[end] == "\\" else 1
-            out.append(pattern[index : end + 1])
-            index = end + 1
-            continue
-        out.append(r"\Z" if char == "$" else char)
-        index += 1
-    return "".join(out)
-
-
-def _as_api_server(schema: Any) -> Any:
-    """The schema as the API server applies it (RE2 anchors, unknown fields refused, sets)."""
-    if isinstance(schema, dict):
-        out = {k: _as_api_server(v) for k, v in schema.items()}
-        if isinstance(out.get("pattern"), str):
-            out["pattern"] = _re2_anchors(out["pattern"])
-        if "properties" in out and "metadata" not in out["properties"]:
-            out["additionalProperties"] = False
-        if out.get("x-kubernetes-list-type") == "set":
-            out["uniqueItems"] = True
-        return out
-    if isinstance(schema, list):
-        return [_as_api_server(v) for v in schema]
-    return schema
-
-
-VALIDATOR = jsonschema.Draft7Validator(_as_api_server(_root_schema()))
-
-
-def _doc(spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": "site", "namespace": "docs"},
-        "spec": spec,
-    }
-
-
-def _model_accepts(spec: Any) -> bool:
-    try:
-        parse_site(_doc(spec))
-    except InvalidSite:
-        return False
-    return True
-
-
-def _crd_accepts(spec: Any) -> bool:
-    """The OpenAPI schema's verdict (the CEL rules aside)."""
-    valid: bool = VALIDATOR.is_valid(_doc(spec))
-    return valid
-
+pytestmark = pytest.mark.unit
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
@@ -151,7 +76,7 @@ def _cel_programs() -> list[tuple[str, dict[str, str], Any]]:
     env = celpy.Environment()
     return [
         (path, rule, env.program(env.compile(rule["rule"]), functions={"lowerAscii": _lower_ascii}))
-        for path, rule in _cel_rules(_root_schema())
+        for path, rule in _cel_rules(root_schema())
     ]
 
 
@@ -191,12 +116,12 @@ def _breaks_a_cel_rule(spec: dict[str, Any]) -> bool:
 
 
 def _api_server_accepts(spec: Any) -> bool:
-    return _crd_accepts(spec) and not _breaks_a_cel_rule(spec)
+    return crd_accepts(spec) and not _breaks_a_cel_rule(spec)
 
 
 def _schema_at(path: str) -> dict[str, Any]:
     """The schema of a field, by its dotted path from the root ("spec.backend.healthCheck")."""
-    node = _root_schema()
+    node = root_schema()
     for name in path.split("."):
         node = node["items"] if name == "[]" else node["properties"][name]
     return node
@@ -214,7 +139,7 @@ def _cel_rules(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, di
 
 
 def test_crd_names_match_the_model() -> None:
-    crd = _crd()
+    crd = load_crd()
     assert crd["metadata"]["name"] == f"{PLURAL}.{GROUP}"
     assert crd["spec"]["group"] == GROUP
     assert crd["spec"]["names"]["kind"] == KIND
@@ -228,7 +153,7 @@ def test_crd_names_match_the_model() -> None:
 
 def test_crd_is_a_valid_custom_resource_definition() -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    kubernetes_validate.validate(_crd(), "1.30", strict=True)
+    kubernetes_validate.validate(load_crd(), "1.30", strict=True)
 
 
 def test_every_spec_field_is_described() -> None:
@@ -269,7 +194,7 @@ def test_crd_limits_are_the_models() -> None:
         f"^{HEADER_VALUE_PATTERN}$"
     )
     # Header names as keys of `set` are checked by a CEL rule (OpenAPI cannot check keys).
-    key_rules = [r["rule"] for p, r in _cel_rules(_root_schema()) if p == "spec.responseHeaders.set"]
+    key_rules = [r["rule"] for p, r in _cel_rules(root_schema()) if p == "spec.responseHeaders.set"]
     assert any(f'"^{HEADER_NAME_PATTERN}$"' in r and f"<= {MAX_HEADER_NAME}" in r for r in key_rules)
     assert _schema_at("spec.aliases")["maxItems"] == MAX_DOMAINS
     assert _schema_at("spec.redirectFrom")["maxItems"] == MAX_DOMAINS
@@ -288,12 +213,12 @@ def test_crd_limits_are_the_models() -> None:
 
 
 def test_re2_anchors_leave_character_classes_alone() -> None:
-    assert _re2_anchors("^[a$]+$") == r"^[a$]+\Z"
-    assert _re2_anchors(r"^a\$$") == r"^a\$\Z"
-    assert _re2_anchors("^[]$]$") == r"^[]$]\Z"
-    assert _re2_anchors("^[^]$]$") == r"^[^]$]\Z"
-    assert _re2_anchors(r"^[\]$]$") == r"^[\]$]\Z"
-    assert _re2_anchors("^(a$|b)$") == r"^(a\Z|b)\Z"
+    assert re2_anchors("^[a$]+$") == r"^[a$]+\Z"
+    assert re2_anchors(r"^a\$$") == r"^a\$\Z"
+    assert re2_anchors("^[]$]$") == r"^[]$]\Z"
+    assert re2_anchors("^[^]$]$") == r"^[^]$]\Z"
+    assert re2_anchors(r"^[\]$]$") == r"^[\]$]\Z"
+    assert re2_anchors("^(a$|b)$") == r"^(a\Z|b)\Z"
 
 
 BACKEND: dict[str, Any] = {"serviceName": "web", "servicePort": 80}
@@ -536,8 +461,8 @@ EXAMPLES: list[tuple[dict[str, Any], bool]] = [
 
 @pytest.mark.parametrize(("spec", "accepted"), EXAMPLES)
 def test_crd_and_model_agree_on_examples(spec: dict[str, Any], accepted: bool) -> None:
-    assert _model_accepts(copy.deepcopy(spec)) is accepted
-    assert _crd_accepts(copy.deepcopy(spec)) is accepted
+    assert model_accepts(copy.deepcopy(spec)) is accepted
+    assert crd_accepts(copy.deepcopy(spec)) is accepted
 
 
 # Specs the OpenAPI schema accepts and a CEL rule rejects, with the field the rule names.
@@ -565,11 +490,11 @@ CEL_ONLY: list[tuple[dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("spec", "field"), CEL_ONLY)
 def test_what_only_a_cel_rule_rejects(spec: dict[str, Any], field: str) -> None:
-    assert _crd_accepts(copy.deepcopy(spec)), "the OpenAPI schema rejects it: it belongs in EXAMPLES"
+    assert crd_accepts(copy.deepcopy(spec)), "the OpenAPI schema rejects it: it belongs in EXAMPLES"
     broken = _broken_cel_rules(spec)
     assert broken, "no CEL rule rejects it"
     with pytest.raises(InvalidSite) as info:
-        parse_site(_doc(copy.deepcopy(spec)))
+        parse_site(site_doc(copy.deepcopy(spec)))
     assert [p.field for p in info.value.problems if p.field.startswith(field)], info.value.problems
     # What the API server answers names the field: the message of a rule the spec breaks.
     naming = [rule for rule in broken if re.search(rf"{re.escape(field)}(?![.\w])", rule["message"])]
@@ -579,7 +504,7 @@ def test_what_only_a_cel_rule_rejects(spec: dict[str, Any], field: str) -> None:
 def test_cel_rules_see_the_fields_they_are_set_on() -> None:
     assert _broken_cel_rules(copy.deepcopy(GOOD)) == []
     programs = _cel_programs()
-    assert len(programs) == sum(1 for _ in _cel_rules(_root_schema())) >= 10
+    assert len(programs) == sum(1 for _ in _cel_rules(root_schema())) >= 10
     for path, _, _ in programs:  # a rule on a field the schema does not have is never run
         _schema_at(path)
     assert _lower_ascii(celtypes.StringType("ÉCOLE.Example")) == "École.example"
@@ -701,7 +626,7 @@ _FIELDS: dict[str, st.SearchStrategy[Any]] = {
 @given(_domain, _service, _port)
 def test_crd_rejects_exactly_what_the_model_rejects(domain: str, service: str, port: object) -> None:
     spec = {"domain": domain, "backend": {"serviceName": service, "servicePort": port}}
-    assert _model_accepts(copy.deepcopy(spec)) == _crd_accepts(copy.deepcopy(spec)), spec
+    assert model_accepts(copy.deepcopy(spec)) == crd_accepts(copy.deepcopy(spec)), spec
 
 
 @pytest.mark.parametrize("field", sorted(_FIELDS))
@@ -709,7 +634,7 @@ def test_crd_rejects_exactly_what_the_model_rejects(domain: str, service: str, p
 @given(data=st.data())
 def test_crd_and_model_agree_on_every_field(field: str, data: st.DataObject) -> None:
     spec = {**GOOD, field: data.draw(_FIELDS[field], label=field)}
-    assert _model_accepts(copy.deepcopy(spec)) == _api_server_accepts(copy.deepcopy(spec)), spec
+    assert model_accepts(copy.deepcopy(spec)) == _api_server_accepts(copy.deepcopy(spec)), spec
 
 
 # Domains and headers from small pools, so that duplicates and conflicts are common.
@@ -738,4 +663,4 @@ _crossing = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None)
 @given(_crossing)
 def test_crd_and_model_agree_across_fields(spec: dict[str, Any]) -> None:
-    assert _model_accepts(copy.deepcopy(spec)) == _api_server_accepts(copy.deepcopy(spec)), spec
+    assert model_accepts(copy.deepcopy(spec)) == _api_server_accepts(copy.deepcopy(spec)), spec

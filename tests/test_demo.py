@@ -13,12 +13,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port, http_get, manifest, run_cli, try_get
-from waiting import wait_until
+import pytest
+from support.manifests import manifest
+from support.processes import free_port, http_get, run_cli, try_get
+from support.waiting import wait_until
 
 from watcher.folder import read_manifests
 from xds_server.local.demo import EXAMPLE_SITES, banner, seed, write_certificates
 from xds_server.local.demo import manifest as demo_manifest
+
+pytestmark = pytest.mark.envoy
 
 
 @dataclass

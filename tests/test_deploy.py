@@ -20,19 +20,19 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support.dockerfile import Instruction, build_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 CRDS = ROOT / "crds"
 ENVOY = ROOT / "envoy"
-DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 KUSTOMIZATION = "kustomization.yaml"
 
@@ -186,6 +186,7 @@ def _selects(selector: Object, labels: dict[str, str]) -> bool:
 # --- kustomize layout --------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("folder", [DEPLOY, CRDS, ENVOY], ids=lambda f: f.name)
 def test_kustomization_names_only_what_exists(folder: Path) -> None:
     kustomization = _kustomization(folder)
@@ -201,6 +202,7 @@ def test_kustomization_names_only_what_exists(folder: Path) -> None:
             assert path.is_relative_to(folder), f"kustomize refuses {source}: outside {folder.name}/"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("folder", [DEPLOY, CRDS], ids=lambda f: f.name)
 def test_every_manifest_is_listed(folder: Path) -> None:
     listed = {r for r in _kustomization(folder).get("resources", []) if (folder / r).is_file()}
@@ -208,6 +210,7 @@ def test_every_manifest_is_listed(folder: Path) -> None:
     assert listed == present
 
 
+@pytest.mark.unit
 def test_deploy_includes_the_crd_and_the_gateway_bootstrap() -> None:
     resources = _kustomization(DEPLOY)["resources"]
     assert "../crds" in resources
@@ -219,6 +222,7 @@ def test_deploy_includes_the_crd_and_the_gateway_bootstrap() -> None:
     assert not _kustomization(ENVOY).get("generatorOptions", {}).get("disableNameSuffixHash")
 
 
+@pytest.mark.unit
 def test_deploy_namespace_labels_and_images() -> None:
     kustomization = _kustomization(DEPLOY)
     assert kustomization["namespace"] == NAMESPACE
@@ -230,6 +234,7 @@ def test_deploy_namespace_labels_and_images() -> None:
     assert images == {_container(d)["image"].partition(":")[0] for d in _kinds(_objects(), "Deployment")}
 
 
+@pytest.mark.unit
 def test_envoy_folder_is_not_a_python_package() -> None:
     # A package named `envoy` here would shadow the Envoy protos' `envoy` package.
     assert not (ENVOY / "__init__.py").exists()
@@ -238,6 +243,7 @@ def test_envoy_folder_is_not_a_python_package() -> None:
 # --- every object is a valid Kubernetes object -------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("source", _sources(), ids=str)
 def test_manifest_is_a_valid_kubernetes_object(source: Source) -> None:
     _validate(source.obj)
@@ -246,6 +252,7 @@ def test_manifest_is_a_valid_kubernetes_object(source: Source) -> None:
         assert "namespace" not in source.obj["metadata"]
 
 
+@pytest.mark.unit
 def test_manifests_have_unique_names() -> None:
     keys = [(o["kind"], o["metadata"]["name"]) for o in _objects()]
     assert len(keys) == len(set(keys))
@@ -290,10 +297,12 @@ def _grants(objects: list[Object]) -> set[Grant]:
     return grants
 
 
+@pytest.mark.unit
 def test_rbac_grants_exactly_least_privilege() -> None:
     assert _grants(_objects()) == EXPECTED_GRANTS
 
 
+@pytest.mark.unit
 def test_every_role_is_bound_and_none_aggregates() -> None:
     objects = _objects()
     bound = {
@@ -308,6 +317,7 @@ def test_every_role_is_bound_and_none_aggregates() -> None:
         assert not [k for k in labels if k.startswith("rbac.authorization.k8s.io/aggregate-to-")]
 
 
+@pytest.mark.unit
 def test_rbac_names_the_crd() -> None:
     (crd,) = _documents(CRDS / "staticsite.yaml")
     cluster_role = _one(_objects(), "ClusterRole", "staticsite-xds")
@@ -326,6 +336,7 @@ def _control_plane_args() -> argparse.Namespace:
     return _parse(_container(_one(_objects(), "Deployment", CONTROL_PLANE))["args"])
 
 
+@pytest.mark.unit
 def test_control_plane_args_parse_with_the_cli() -> None:
     args = _control_plane_args()
     assert args.command == "serve"
@@ -339,12 +350,14 @@ def test_control_plane_args_parse_with_the_cli() -> None:
     assert not getattr(args, "namespace", None)
 
 
+@pytest.mark.unit
 def test_control_plane_environment_comes_from_the_downward_api() -> None:
     env = _env(_container(_one(_objects(), "Deployment", CONTROL_PLANE)))
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
+@pytest.mark.unit
 def test_control_plane_ports_probes_and_service_agree() -> None:
     objects = _objects()
     args = _control_plane_args()
@@ -384,6 +397,7 @@ def test_control_plane_ports_probes_and_service_agree() -> None:
     assert _container_port(container, ports["metrics"]["targetPort"]) == metrics_port
 
 
+@pytest.mark.unit
 def test_gateway_bootstrap_reaches_the_control_plane_service() -> None:
     objects = _objects()
     service = _one(objects, "Service", CONTROL_PLANE)
@@ -399,6 +413,7 @@ def test_gateway_bootstrap_reaches_the_control_plane_service() -> None:
     assert address["port_value"] == xds["port"]
 
 
+@pytest.mark.unit
 def test_gateway_deployment_agrees_with_bootstrap_and_control_plane() -> None:
     objects = _objects()
     deployment = _one(objects, "Deployment", GATEWAY)
@@ -448,6 +463,7 @@ def test_gateway_deployment_agrees_with_bootstrap_and_control_plane() -> None:
 @pytest.mark.parametrize(
     ("name", "replicas"), [(CONTROL_PLANE, 2), (GATEWAY, 3)], ids=["control-plane", "gateway"]
 )
+@pytest.mark.unit
 def test_deployment_is_spread_and_protected_by_a_disruption_budget(name: str, replicas: int) -> None:
     objects = _objects()
     deployment = _one(objects, "Deployment", name)
@@ -481,6 +497,7 @@ def _deployments() -> list[Object]:
     return _kinds(_objects(), "Deployment")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["metadata"]["name"])
 def test_every_container_is_locked_down(deployment: Object) -> None:
     pod = _pod_spec(deployment)
@@ -503,6 +520,7 @@ def test_every_container_is_locked_down(deployment: Object) -> None:
         assert "memory" in resources.get("limits", {}), name
 
 
+@pytest.mark.unit
 def test_control_plane_resources_and_writable_tmp() -> None:
     deployment = _one(_objects(), "Deployment", CONTROL_PLANE)
     pod = _pod_spec(deployment)
@@ -539,6 +557,7 @@ def rendered() -> list[Object]:
     return _kustomize(DEPLOY)
 
 
+@pytest.mark.unit
 def test_rendering_is_valid_and_complete(rendered: list[Object]) -> None:
     for obj in rendered:
         _validate(obj)
@@ -548,6 +567,7 @@ def test_rendering_is_valid_and_complete(rendered: list[Object]) -> None:
     assert len(names) == len(rendered)
 
 
+@pytest.mark.envoy
 def test_rendering_mounts_the_generated_bootstrap(rendered: list[Object]) -> None:
     gateway = _one(rendered, "Deployment", GATEWAY)
     (volume,) = [v for v in _pod_spec(gateway)["volumes"] if "configMap" in v]
@@ -558,6 +578,7 @@ def test_rendering_mounts_the_generated_bootstrap(rendered: list[Object]) -> Non
     assert config_map["data"]["bootstrap.yaml"] == (ENVOY / "bootstrap.yaml").read_text()
 
 
+@pytest.mark.unit
 def test_rendering_places_namespaced_objects_in_the_namespace(rendered: list[Object]) -> None:
     _one(rendered, "Namespace", NAMESPACE)
     for obj in rendered:
@@ -572,6 +593,7 @@ def test_rendering_places_namespaced_objects_in_the_namespace(rendered: list[Obj
         assert "app.kubernetes.io/part-of" not in deployment["spec"]["selector"]["matchLabels"]
 
 
+@pytest.mark.unit
 def test_rendering_binds_the_service_account_the_control_plane_runs_as(rendered: list[Object]) -> None:
     deployment = _one(rendered, "Deployment", CONTROL_PLANE)
     account = _one(rendered, "ServiceAccount", _pod_spec(deployment)["serviceAccountName"])
@@ -591,6 +613,7 @@ def _images(objects: list[Object]) -> dict[str, str]:
     return {d["metadata"]["name"]: _container(d)["image"] for d in _kinds(objects, "Deployment")}
 
 
+@pytest.mark.envoy
 def test_rendering_images_are_pinned_and_retargetable(rendered: list[Object], tmp_path: Path) -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert _images(rendered) == {
@@ -616,45 +639,6 @@ def test_rendering_images_are_pinned_and_retargetable(rendered: list[Object], tm
 # --- the image ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Instruction:
-    keyword: str
-    value: str
-
-
-def _instructions(text: str) -> Iterator[Instruction]:
-    """A Dockerfile's instructions, with continuation lines joined and comments dropped."""
-    pending = ""
-    for line in text.splitlines():
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if pending and line.lstrip().startswith("#"):
-            continue
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        keyword, _, value = (pending + line).strip().partition(" ")
-        pending = ""
-        yield Instruction(keyword.upper(), value.strip())
-
-
-def _stages() -> list[list[Instruction]]:
-    """The build stages, each from its FROM on, with global ARGs substituted into FROM."""
-    arguments: dict[str, str] = {}
-    stages: list[list[Instruction]] = []
-    for instruction in _instructions(DOCKERFILE.read_text()):
-        if instruction.keyword == "ARG" and not stages:
-            name, _, default = instruction.value.partition("=")
-            arguments[name] = default
-        elif instruction.keyword == "FROM":
-            value = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: arguments[m[1] or m[2]], instruction.value)
-            stages.append([Instruction("FROM", value)])
-        else:
-            assert stages, f"{instruction.keyword} before FROM"
-            stages[-1].append(instruction)
-    return stages
-
-
 def _last(stage: list[Instruction], keyword: str) -> str:
     values = [i.value for i in stage if i.keyword == keyword]
     assert values, f"no {keyword} in the final stage"
@@ -671,8 +655,9 @@ def _env_of(stage: list[Instruction]) -> dict[str, str]:
     return env
 
 
+@pytest.mark.unit
 def test_image_is_built_in_two_stages_on_python_slim() -> None:
-    stages = _stages()
+    stages = build_stages()
     assert len(stages) >= 2
     for stage in stages:
         assert stage[0].value.split()[0] == "python:3.11-slim"
@@ -685,8 +670,9 @@ def test_image_is_built_in_two_stages_on_python_slim() -> None:
     assert env["PATH"].startswith("/opt/venv/bin:")
 
 
+@pytest.mark.unit
 def test_image_runs_the_command_as_a_numeric_non_root_user() -> None:
-    final = _stages()[-1]
+    final = build_stages()[-1]
     user, _, group = _last(final, "USER").partition(":")
     assert user.isdigit(), "the kubelet can verify runAsNonRoot only for a numeric user"
     assert int(user) != 0
@@ -699,8 +685,9 @@ def test_image_runs_the_command_as_a_numeric_non_root_user() -> None:
     assert "staticsite-xds" in scripts
 
 
+@pytest.mark.unit
 def test_image_command_is_what_the_deployment_runs() -> None:
-    final = _stages()[-1]
+    final = build_stages()[-1]
     command = json.loads(_last(final, "CMD"))
     args = _parse(command)
     assert args.command == "serve"
@@ -709,10 +696,11 @@ def test_image_command_is_what_the_deployment_runs() -> None:
     assert exposed == {_host_port(args.xds_address)[1], _host_port(args.metrics_address)[1]}
 
 
+@pytest.mark.unit
 def test_image_context_holds_what_the_wheel_needs() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     sources: set[str] = set()
-    for stage in _stages():
+    for stage in build_stages():
         for instruction in stage:
             if instruction.keyword == "COPY" and not instruction.value.startswith("--from="):
                 *paths, _ = instruction.value.split()

@@ -7,11 +7,15 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from conftest import Gateway, Response, manifest, try_get
-from waiting import wait_until
+import pytest
+from support.manifests import manifest
+from support.processes import Gateway, Response, try_get
+from support.waiting import wait_until
 
 from xds_server.local.control_plane import ControlPlaneProcess
 from xds_server.local.sample_backend import SampleBackend
+
+pytestmark = pytest.mark.envoy
 
 Backends = Callable[[str], SampleBackend]
 

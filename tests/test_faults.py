@@ -33,20 +33,23 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Gateway, free_port, manifest, running_gateway, try_get
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
-from k8s_cluster import Cluster, start_serve_process, write_kubeconfig
 from prometheus_client.parser import text_string_to_metric_families
-from waiting import eventually, wait_until
+from support.kubernetes import Cluster, start_serve_process, write_kubeconfig
+from support.manifests import manifest
+from support.processes import Gateway, free_port, running_gateway, try_get
+from support.waiting import eventually, wait_until
 
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server.local.ads_client import DELTA_METHOD, SOTW_METHOD, AdsClient
 from xds_server.local.control_plane import ControlPlaneProcess
 from xds_server.local.gateway import LocalEnvoy, local_bootstrap
 from xds_server.local.sample_backend import SampleBackend
+
+pytestmark = pytest.mark.envoy
 
 Backends = Callable[[str], SampleBackend]
 UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"

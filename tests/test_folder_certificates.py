@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import manifest, write
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
-from waiting import eventually
+from support.manifests import manifest, write
+from support.waiting import eventually
 
 from snapshot import resources
 from snapshot.certificates import MAX_PEM_BYTES, load_certificate
@@ -21,6 +21,8 @@ from snapshot.model import NamedCertificate, SiteKey
 from watcher.folder import FolderSource, read_manifests
 from watcher.site_certificates import SecretNames
 from watcher.siteset import SiteSet
+
+pytestmark = pytest.mark.unit
 
 SITE = SiteKey("default", "secure")
 CA = trustme.CA()

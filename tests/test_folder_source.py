@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import manifest, write
+from support.manifests import manifest, write
 
 from snapshot.model import API_VERSION, Backend, SiteKey
 from watcher.folder import FolderSource, read_manifests
 from watcher.siteset import SiteSet
+
+pytestmark = pytest.mark.unit
 
 CONFIG_MAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n"
 

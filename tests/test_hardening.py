@@ -22,12 +22,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port, manifest, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from k8s_cluster import Cluster, feed, offline_source, start_replica
-from test_crd import _crd_accepts, _model_accepts
-from waiting import eventually, wait_until
+from support.crd_schema import crd_accepts, model_accepts
+from support.kubernetes import Cluster, feed, offline_source, start_replica
+from support.manifests import manifest
+from support.processes import free_port, run_cli
+from support.waiting import eventually, wait_until
 
 from snapshot.builder import BuildOptions, Phase, SnapshotBuilder
 from snapshot.model import (
@@ -249,6 +250,7 @@ def check_site(site: StaticSite, origin: str) -> None:
 # -- the parser, given anything ---------------------------------------------------------------
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(documents)
 def test_any_document_gives_a_site_or_problems_naming_fields(doc: Any) -> None:
@@ -271,6 +273,7 @@ FIELD_PATHS = [
 ]
 
 
+@pytest.mark.unit
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(FIELD_PATHS), junk)
 def test_one_wrong_field_is_the_one_named(path: str, value: Any) -> None:
@@ -284,6 +287,7 @@ def test_one_wrong_field_is_the_one_named(path: str, value: Any) -> None:
     check_outcome(doc)
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("value", HUGE_VALUES, ids=lambda v: type(v).__name__)
 @pytest.mark.parametrize("path", FIELD_PATHS)
@@ -291,6 +295,7 @@ def test_huge_and_hostile_values_are_reported_in_a_bounded_line(path: str, value
     check_outcome(valid_doc_with(path, value))
 
 
+@pytest.mark.unit
 def test_a_timestamp_out_of_range_or_of_another_type_is_named() -> None:
     for value in (HUGE_VALUES[-2], HUGE_VALUES[-1], 1700000000, ["2024-01-01"], shared_bomb()):
         doc = valid_doc()
@@ -300,6 +305,7 @@ def test_a_timestamp_out_of_range_or_of_another_type_is_named() -> None:
         assert [p.field for p in info.value.problems] == ["metadata.creationTimestamp"]
 
 
+@pytest.mark.unit
 def test_unknown_fields_are_listed_up_to_a_bound() -> None:
     doc = valid_doc()
     doc["spec"].update({f"extra{i}": i for i in range(5000)})
@@ -311,6 +317,7 @@ def test_unknown_fields_are_listed_up_to_a_bound() -> None:
     assert problems[-1].message == f"unknown field, and {5000 - MAX_UNKNOWN_FIELDS - 1} more not listed"
 
 
+@pytest.mark.unit
 def test_odd_keys_are_named_quoted_and_bounded() -> None:
     doc = valid_doc()
     doc["spec"]["do\nmain"] = 1
@@ -340,16 +347,18 @@ def test_odd_keys_are_named_quoted_and_bounded() -> None:
     ],
     ids=["trailing-dot", "leading-space", "trailing-newline", "unicode", "kelvin-sign", "nul"],
 )
+@pytest.mark.unit
 def test_other_spellings_of_a_domain_are_refused_with_a_reason(domain: str, words: str) -> None:
     with pytest.raises(InvalidSite) as info:
         parse_site(valid_doc(domain=domain), ORIGIN)
     (problem,) = info.value.problems
     assert problem.field == "spec.domain"
     assert words in problem.message
-    assert not _model_accepts(valid_doc(domain=domain)["spec"])
-    assert not _crd_accepts(valid_doc(domain=domain)["spec"])
+    assert not model_accepts(valid_doc(domain=domain)["spec"])
+    assert not crd_accepts(valid_doc(domain=domain)["spec"])
 
 
+@pytest.mark.unit
 def test_case_is_the_one_spelling_folded_and_idna_is_kept() -> None:
     assert parse_site(valid_doc(domain="BLOG.Example.COM")).domain == "blog.example.com"
     assert parse_site(valid_doc(domain="XN--bcher-kva.example")).domain == "xn--bcher-kva.example"
@@ -364,11 +373,12 @@ _hostile_domain = st.one_of(
 _hostile_service = st.one_of(st.just("web"), st.text(alphabet="azAZ09-\u212a\u017f\n _", max_size=64))
 
 
+@pytest.mark.unit
 @settings(max_examples=300, deadline=None)
 @given(_hostile_domain, _hostile_service, st.one_of(st.just(80), st.integers(-1, 70_000)))
 def test_the_crd_and_the_model_agree_on_hostile_spellings(domain: str, service: str, port: int) -> None:
     spec = {"domain": domain, "backend": {"serviceName": service, "servicePort": port}}
-    assert _model_accepts(copy.deepcopy(spec)) == _crd_accepts(copy.deepcopy(spec)), spec
+    assert model_accepts(copy.deepcopy(spec)) == crd_accepts(copy.deepcopy(spec)), spec
 
 
 # -- the folder reader, given any text --------------------------------------------------------
@@ -423,6 +433,7 @@ _yaml_texts = st.one_of(
 )
 
 
+@pytest.mark.unit
 @settings(max_examples=250, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_yaml_texts, min_size=1, max_size=3).map("---\n".join))
 def test_any_file_gives_sites_or_problems_naming_the_file(text: str) -> None:
@@ -439,6 +450,7 @@ def test_any_file_gives_sites_or_problems_naming_the_file(text: str) -> None:
         check_site(site, site.origin)
 
 
+@pytest.mark.unit
 @settings(max_examples=150, deadline=2000)
 @given(st.integers(1, 80), st.sampled_from([None, True, False]), st.booleans())
 def test_nesting_is_read_up_to_the_limit_and_refused_beyond_it(
@@ -455,6 +467,7 @@ def test_nesting_is_read_up_to_the_limit_and_refused_beyond_it(
             load_documents(text)
 
 
+@pytest.mark.envoy
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("block", [False, True], ids=["flow", "block"])
 def test_nesting_deep_enough_to_crash_the_c_parser_is_refused(tmp_path: Path, block: bool) -> None:
@@ -469,6 +482,7 @@ def test_nesting_deep_enough_to_crash_the_c_parser_is_refused(tmp_path: Path, bl
     )
 
 
+@pytest.mark.unit
 def test_a_mistake_after_allowed_nesting_keeps_the_parsers_words() -> None:
     """60 levels (within the limit), a string of 100 dashes and a character no token starts
     with: the C parser stops within its look-ahead, the walk again finds no nesting past the
@@ -479,6 +493,7 @@ def test_a_mistake_after_allowed_nesting_keeps_the_parsers_words() -> None:
     assert "nested more than" not in str(caught.value)
 
 
+@pytest.mark.unit
 def test_an_alias_bomb_is_refused_and_a_few_aliases_are_not() -> None:
     with pytest.raises(ManifestRefused, match=f"aliases expand to more than {MAX_ALIAS_NODES} nodes"):
         load_documents(_alias_bomb(9, 10))
@@ -486,6 +501,7 @@ def test_an_alias_bomb_is_refused_and_a_few_aliases_are_not() -> None:
     assert len(load_documents(shared)[0]) == 1001
 
 
+@pytest.mark.unit
 def test_too_many_documents_or_list_items_are_refused() -> None:
     assert len(load_documents("---\n" * MAX_DOCUMENTS)) == MAX_DOCUMENTS
     with pytest.raises(ManifestRefused, match=f"more than {MAX_DOCUMENTS} documents"):
@@ -495,6 +511,7 @@ def test_too_many_documents_or_list_items_are_refused() -> None:
         load_documents(items)
 
 
+@pytest.mark.unit
 def test_an_integer_too_long_to_print_is_a_problem_of_its_field(tmp_path: Path) -> None:
     path = tmp_path / "hex.yaml"
     path.write_text(manifest("blog", "blog.example.com", "web", 80).replace("80}", "0x" + "f" * 5000 + "}"))
@@ -619,6 +636,7 @@ def served_domains(snapshot: Snapshot) -> list[str]:
 @settings(
     max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
+@pytest.mark.envoy
 @given(site_batches(), st.integers(1, 40))
 def test_envoy_accepts_the_snapshot_of_every_batch_of_valid_sites(
     docs: list[dict[str, Any]], chunk: int
@@ -653,6 +671,7 @@ def test_envoy_accepts_the_snapshot_of_every_batch_of_valid_sites(
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
 
+@pytest.mark.envoy
 def test_envoy_validation_catches_a_domain_served_twice() -> None:
     """The check above can fail: Envoy refuses two spellings of one domain in a route."""
     sites = [
@@ -668,6 +687,7 @@ def test_envoy_validation_catches_a_domain_served_twice() -> None:
     assert hosts[0]["domains"][0] in result.stderr  # the refusal names the domain
 
 
+@pytest.mark.unit
 @settings(max_examples=200, deadline=None)
 @given(_subdomain(), st.integers(0, 2**64))
 def test_event_names_are_valid_for_every_valid_site_name(name: str, now_ns: int) -> None:
@@ -677,6 +697,7 @@ def test_event_names_are_valid_for_every_valid_site_name(name: str, now_ns: int)
     assert is_subdomain(made), made
 
 
+@pytest.mark.unit
 def test_an_event_name_cut_after_a_hyphen_is_still_valid() -> None:
     assert event_name("a" * 199 + "-b", 255) == "a" * 199 + ".ff"
     assert event_name("a" * 199 + ".b", 255) == "a" * 199 + ".ff"
@@ -685,6 +706,7 @@ def test_an_event_name_cut_after_a_hyphen_is_still_valid() -> None:
 # -- the size of a manifest file --------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_an_oversized_file_is_not_read_and_its_sites_keep_their_last_good_version(root: Path) -> None:
     path = root / "blog.yaml"
     path.write_text(manifest("blog", "blog.example.com", "web", 80))
@@ -708,6 +730,7 @@ def test_an_oversized_file_is_not_read_and_its_sites_keep_their_last_good_versio
     assert source.update([path]).sites[key].domain == "moved.example.com"
 
 
+@pytest.mark.unit
 def test_the_limit_is_exact(root: Path) -> None:
     text = manifest("blog", "blog.example.com", "web", 80)
     (root / "blog.yaml").write_text(text)
@@ -715,6 +738,7 @@ def test_the_limit_is_exact(root: Path) -> None:
     assert FolderSource(root, max_manifest_bytes=len(text) - 1).load().sites == {}
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(20)
 def test_a_fifo_or_a_device_named_like_a_manifest_is_refused_without_waiting(root: Path) -> None:
     os.mkfifo(root / "pipe.yaml")
@@ -737,6 +761,7 @@ def test_a_fifo_or_a_device_named_like_a_manifest_is_refused_without_waiting(roo
     ],
     ids=["deep", "aliases", "documents"],
 )
+@pytest.mark.unit
 def test_a_yaml_bomb_keeps_the_last_good_version(root: Path, text: str, reason: str) -> None:
     path = root / "blog.yaml"
     path.write_text(manifest("blog", "blog.example.com", "web", 80))
@@ -771,6 +796,7 @@ def limit_problem(site: StaticSite, maximum: int) -> tuple[str, str, str]:
     )
 
 
+@pytest.mark.unit
 def test_the_limit_admits_the_oldest_then_keeps_what_it_serves() -> None:
     limit = SiteLimit(3)
     days = {"a": None, "b": "04", "e": "01", "c": "03", "d": "02"}  # offered in this order
@@ -812,6 +838,7 @@ def test_the_limit_admits_the_oldest_then_keeps_what_it_serves() -> None:
         max_size=60,
     ),
 )
+@pytest.mark.unit
 def test_the_limit_keeps_its_promises_whatever_happens(
     maximum: int, steps: list[tuple[str, int, int]]
 ) -> None:
@@ -840,6 +867,7 @@ def test_the_limit_keeps_its_promises_whatever_happens(
             before = served
 
 
+@pytest.mark.unit
 def test_the_limit_must_allow_a_site() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         SiteLimit(0)
@@ -853,6 +881,7 @@ def folder_with(root: Path, *names: str) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.unit
 def test_the_folder_source_refuses_sites_beyond_the_limit_and_admits_them_later(
     root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -888,6 +917,7 @@ def test_the_folder_source_refuses_sites_beyond_the_limit_and_admits_them_later(
     assert sites.refused == {SiteKey("default", "d")}
 
 
+@pytest.mark.unit
 def test_an_invalid_declaration_of_a_refused_site_shows_its_own_problem(root: Path) -> None:
     paths = folder_with(root, "a", "b")
     source = FolderSource(root, max_sites=1)
@@ -906,6 +936,7 @@ def site_object(name: str, generation: int = 1) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.unit
 def test_the_kubernetes_source_applies_the_same_limit() -> None:
     source = offline_source(max_sites=1)
     a, b = SiteKey("docs", "a"), SiteKey("docs", "b")
@@ -926,6 +957,7 @@ def test_the_kubernetes_source_applies_the_same_limit() -> None:
     assert sites.invalid == {}
 
 
+@pytest.mark.kubernetes
 async def test_a_refused_site_shows_site_limit_reached_in_its_status(cluster: Cluster) -> None:
     replica = await start_replica(cluster, "replica-a", max_sites=1)
     plane = replica.plane
@@ -979,6 +1011,7 @@ def plane_process(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
         plane.stop()
 
 
+@pytest.mark.envoy
 def test_serve_applies_both_limits_from_its_flags(plane_process: ControlPlaneProcess) -> None:
     sites = plane_process.sites
     refused = (
@@ -992,6 +1025,7 @@ def test_serve_applies_both_limits_from_its_flags(plane_process: ControlPlanePro
     assert "a manifest file may have at most 400 (--max-manifest-bytes)" in plane_process.log()
 
 
+@pytest.mark.envoy
 @pytest.mark.parametrize("flag", ["--max-sites", "--max-manifest-bytes"])
 @pytest.mark.parametrize("value", ["0", "-3", "many"])
 def test_serve_refuses_a_limit_below_one(tmp_path: Path, flag: str, value: str) -> None:
@@ -1000,6 +1034,7 @@ def test_serve_refuses_a_limit_below_one(tmp_path: Path, flag: str, value: str) 
     assert f"argument {flag}:" in proc.stderr
 
 
+@pytest.mark.unit
 def test_date_only_and_aware_timestamps_still_parse() -> None:
     """The timestamp checks refuse only what cannot be a time; these are times."""
     for value, expected in (

@@ -16,13 +16,13 @@ import aiohttp
 import grpc
 import prometheus_client
 import pytest
-from conftest import free_port, manifest, run_cli, running_gateway, write
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from test_ads_protocol import AdsClient
-from test_delta_protocol import DeltaClient
-from test_metrics import SITE_A, SITE_B, TYPES, Plane, site_set
-from waiting import eventually, wait_until
+from support.manifests import manifest, write
+from support.plane import TYPES, Plane
+from support.processes import free_port, run_cli, running_gateway
+from support.sites import SITE_A, SITE_B, site_set
+from support.waiting import eventually, wait_until
 
 from snapshot.builder import BuildOptions
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
@@ -30,6 +30,7 @@ from watcher.siteset import SiteSet
 from xds_server import cli
 from xds_server.ads.server import ADS_SERVICE
 from xds_server.ads.stream import StreamInfo, TypeStatus
+from xds_server.local.ads_client import DeltaClient, SotwClient
 from xds_server.local.control_plane import ControlPlaneProcess
 from xds_server.local.gateway import LocalEnvoy
 from xds_server.operations.health import GrpcHealth, HealthServer
@@ -45,6 +46,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # -- what "behind" means ---------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_behind_compares_each_subscribed_type_with_the_current_snapshot() -> None:
     plane = ControlPlane(BuildOptions())
     snapshot = plane.apply(site_set(SITE_A))
@@ -67,6 +69,7 @@ def test_behind_compares_each_subscribed_type_with_the_current_snapshot() -> Non
     assert behind(info, newer)
 
 
+@pytest.mark.unit
 def test_the_table_shows_one_line_per_envoy() -> None:
     data = {
         "snapshot": {
@@ -157,7 +160,7 @@ async def inspected() -> AsyncIterator[Inspected]:
         await plane.server.stop(0.5)
 
 
-async def _nacking_pair(cp: Inspected) -> tuple[AdsClient, DeltaClient]:
+async def _nacking_pair(cp: Inspected) -> tuple[SotwClient, DeltaClient]:
     """A state-of-the-world Envoy that holds the snapshot, and a delta one that rejected routes."""
     cp.publish(SITE_A)
     good, bad = cp.sotw("gw-good", "edge-eu"), cp.delta("gw-bad", "edge-us")
@@ -173,6 +176,7 @@ async def _nacking_pair(cp: Inspected) -> tuple[AdsClient, DeltaClient]:
     return good, bad
 
 
+@pytest.mark.unit
 async def test_debug_envoys_lists_every_connected_envoy(inspected: Inspected) -> None:
     cp = inspected
     status, empty = await cp.get("/debug/envoys")
@@ -211,6 +215,7 @@ async def test_debug_envoys_lists_every_connected_envoy(inspected: Inspected) ->
     assert nack["at"].endswith("Z")
 
 
+@pytest.mark.unit
 async def test_status_command_prints_the_table_from_the_xds_port(
     inspected: Inspected, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -245,6 +250,7 @@ async def test_status_command_prints_the_table_from_the_xds_port(
     assert printed["snapshot"]["version"] == snapshot.version
 
 
+@pytest.mark.unit
 async def test_list_envoys_takes_json_and_answers_json(inspected: Inspected) -> None:
     cp = inspected
     cp.publish(SITE_A)
@@ -261,6 +267,7 @@ async def test_list_envoys_takes_json_and_answers_json(inspected: Inspected) -> 
         assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.envoy
 def test_status_command_says_so_when_nothing_answers() -> None:
     address = f"127.0.0.1:{free_port()}"
     proc = run_cli("status", "--xds-address", address, "--timeout", "3")
@@ -280,6 +287,7 @@ async def _check(channel: grpc.aio.Channel, service: str) -> int:
     return status
 
 
+@pytest.mark.unit
 async def test_grpc_health_serves_once_a_snapshot_is_published_and_not_after_stop() -> None:
     health = GrpcHealth()
     plane = ControlPlane(
@@ -327,6 +335,7 @@ async def _is(status: Any, want: int) -> bool:
     return bool(await status == want)
 
 
+@pytest.mark.unit
 async def test_grpc_health_is_serving_at_once_when_registered_after_a_publish(inspected: Inspected) -> None:
     cp = inspected
     async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:
@@ -370,6 +379,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Served, LocalEnvoy]]:
         yield Served(gateway.sites, gateway.control_plane, metrics_port), gateway.envoy
 
 
+@pytest.mark.envoy
 def test_a_real_envoy_through_metrics_inspection_status_and_health(served: tuple[Served, LocalEnvoy]) -> None:
     cp, _ = served
     (cp.sites / "b.yaml").write_text(manifest("b", "b.example.test", "web-b", free_port()))

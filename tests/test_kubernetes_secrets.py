@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import trustme
-from k8s_cluster import Cluster, fast_settings, start_replica
-from waiting import eventually
+from support.kubernetes import Cluster, fast_settings, start_replica
+from support.waiting import eventually
 
 from snapshot.model import Certificate, Problem, SiteKey, StaticSite
 from watcher.k8s import (
@@ -34,7 +34,7 @@ from watcher.k8s import (
 from watcher.k8s_api import SECRETS, KubeApi
 from watcher.siteset import SiteSet
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.kubernetes]
 
 SECRETS_RESOURCE = "v1/secrets"
 TLS = "kubernetes.io/tls"

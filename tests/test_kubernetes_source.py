@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import prometheus_client
 import pytest
-from conftest import free_port, run_cli, try_get
-from k8s_cluster import (
+from kmock import KubernetesError, KubernetesResourceNotFoundError
+from support.kubernetes import (
     Cluster,
     feed,
     no_cluster_env,
@@ -30,8 +30,8 @@ from k8s_cluster import (
     start_replica,
     start_serve_process,
 )
-from kmock import KubernetesError, KubernetesResourceNotFoundError
-from waiting import eventually
+from support.processes import free_port, run_cli, try_get
+from support.waiting import eventually
 
 from snapshot.model import GROUP, PLURAL, VERSION, SiteKey
 from watcher import k8s
@@ -58,6 +58,7 @@ def store_domains(cluster: Cluster) -> dict[SiteKey, str]:
     return {SiteKey(ns, name): body["spec"]["domain"] for (ns, name), body in cluster.stored_sites().items()}
 
 
+@pytest.mark.kubernetes
 async def test_create_update_delete_change_the_snapshot(cluster: Cluster) -> None:
     replica = await start_replica(cluster)
     try:
@@ -77,6 +78,7 @@ async def test_create_update_delete_change_the_snapshot(cluster: Cluster) -> Non
         await replica.close()
 
 
+@pytest.mark.kubernetes
 async def test_status_and_events_follow_the_verdict(cluster: Cluster) -> None:
     replica = await start_replica(cluster)
     try:
@@ -111,6 +113,7 @@ def refusal(status: int) -> KubernetesError:
 LIST_REFUSALS = {404: "is the StaticSite CRD installed?", 403: "check the service account's RBAC"}
 
 
+@pytest.mark.kubernetes
 @pytest.mark.parametrize("status", sorted(LIST_REFUSALS))
 async def test_nothing_is_published_before_the_initial_listing_completes(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
@@ -171,6 +174,7 @@ async def test_nothing_is_published_before_the_initial_listing_completes(
 # -- watch gaps ------------------------------------------------------------------------------
 
 
+@pytest.mark.kubernetes
 async def test_a_dropped_watch_resumes_without_losing_or_duplicating_sites(cluster: Cluster) -> None:
     stable = {SiteKey("docs", f"stable-{i}"): f"stable-{i}.example.com" for i in range(10)}
     for key, domain in stable.items():
@@ -213,6 +217,7 @@ async def test_a_dropped_watch_resumes_without_losing_or_duplicating_sites(clust
         await replica.close()
 
 
+@pytest.mark.kubernetes
 async def test_changes_the_watch_missed_are_healed_by_the_resync_listing(cluster: Cluster) -> None:
     for name in ("keep", "gone", "changed"):
         await cluster.create_site("docs", name, f"{name}.example.com")
@@ -230,6 +235,7 @@ async def test_changes_the_watch_missed_are_healed_by_the_resync_listing(cluster
         await replica.close()
 
 
+@pytest.mark.kubernetes
 async def test_a_relisting_by_kopf_after_an_expired_watch_triggers_our_listing(cluster: Cluster) -> None:
     """kopf relists when its watch expires (410 Gone); a deletion in the gap is absent, not
     announced: our own listing, run soon after kopf's, is what removes the site."""
@@ -266,6 +272,7 @@ async def test_a_relisting_by_kopf_after_an_expired_watch_triggers_our_listing(c
         await replica.close()
 
 
+@pytest.mark.kubernetes
 async def test_a_deletion_between_our_first_listing_and_kopfs_is_healed(cluster: Cluster) -> None:
     """kopf starts after our initial listing, and lists on its own: what is deleted in between is
     absent from its listing, never announced. The listing we make after kopf's removes it."""
@@ -294,6 +301,7 @@ async def test_a_deletion_between_our_first_listing_and_kopfs_is_healed(cluster:
 # -- invalid specs, namespaces ---------------------------------------------------------------
 
 
+@pytest.mark.kubernetes
 async def test_an_invalid_spec_keeps_the_last_good_version_serving(cluster: Cluster) -> None:
     replica = await start_replica(cluster)
     key = SiteKey("docs", "main")
@@ -342,6 +350,7 @@ async def test_an_invalid_spec_keeps_the_last_good_version_serving(cluster: Clus
         await replica.close()
 
 
+@pytest.mark.kubernetes
 async def test_only_the_given_namespaces_are_served(cluster: Cluster) -> None:
     await cluster.create_site("docs", "before", "before.docs.example.com")
     await cluster.create_site("other", "before", "before.other.example.com")
@@ -371,6 +380,7 @@ async def test_only_the_given_namespaces_are_served(cluster: Cluster) -> None:
 # -- nothing written to users' objects -------------------------------------------------------
 
 
+@pytest.mark.kubernetes
 async def test_the_control_plane_writes_nothing_to_sites_but_their_status(cluster: Cluster) -> None:
     await cluster.create_service("docs", "web")
     replica = await start_replica(cluster)
@@ -407,6 +417,7 @@ async def test_the_control_plane_writes_nothing_to_sites_but_their_status(cluste
 # -- delete and re-create --------------------------------------------------------------------
 
 
+@pytest.mark.kubernetes
 async def test_a_site_deleted_and_created_again_serves_the_new_spec(cluster: Cluster) -> None:
     replica = await start_replica(cluster)
     try:
@@ -427,6 +438,7 @@ async def test_a_site_deleted_and_created_again_serves_the_new_spec(cluster: Clu
         await replica.close()
 
 
+@pytest.mark.kubernetes
 async def test_a_late_deletion_of_the_earlier_incarnation_leaves_the_new_one_served(cluster: Cluster) -> None:
     """kopf handles each uid in a task of its own: the deletion of the old incarnation may be
     handled after the creation of the new one. Here two watch requests deliver them in that order."""
@@ -473,6 +485,7 @@ def versioned(uid: str, revision: int, domain: str = "docs.example.com") -> dict
     return body
 
 
+@pytest.mark.unit
 def test_the_cache_ignores_an_older_version_that_arrives_late() -> None:
     cache = ObjectCache()
     assert cache.event("ADDED", versioned("a", 2, "new.example.com"), now=1.0) == KEY
@@ -480,6 +493,7 @@ def test_the_cache_ignores_an_older_version_that_arrives_late() -> None:
     assert (cache.get(KEY) or {})["spec"]["domain"] == "new.example.com"
 
 
+@pytest.mark.unit
 def test_the_cache_sees_an_unchanged_object_again_without_a_change() -> None:
     cache = ObjectCache()
     cache.event("ADDED", versioned("a", 1), now=1.0)
@@ -487,6 +501,7 @@ def test_the_cache_sees_an_unchanged_object_again_without_a_change() -> None:
     assert cache.objects[KEY].seen == 5.0
 
 
+@pytest.mark.unit
 def test_the_cache_ignores_a_deletion_of_what_it_does_not_hold() -> None:
     cache = ObjectCache()
     assert cache.event("DELETED", versioned("a", 1), now=1.0) is None
@@ -498,6 +513,7 @@ def test_the_cache_ignores_a_deletion_of_what_it_does_not_hold() -> None:
     list(itertools.permutations(["added-a", "deleted-a", "added-b"])),
     ids=lambda order: ",".join(order),
 )
+@pytest.mark.unit
 def test_the_cache_ends_with_the_new_incarnation_whatever_the_order(order: tuple[str, ...]) -> None:
     events = {
         "added-a": ("ADDED", versioned("a", 1, "first.example.com")),
@@ -511,6 +527,7 @@ def test_the_cache_ends_with_the_new_incarnation_whatever_the_order(order: tuple
     assert cache.get(KEY) == events["added-b"][1]
 
 
+@pytest.mark.unit
 def test_a_listing_does_not_resurrect_an_object_deleted_after_it_was_requested() -> None:
     cache = ObjectCache()
     cache.event("ADDED", versioned("a", 1), now=1.0)
@@ -522,6 +539,7 @@ def test_a_listing_does_not_resurrect_an_object_deleted_after_it_was_requested()
     assert cache.reconcile([versioned("a", 1)], started=5.0, now=6.0) == {KEY}
 
 
+@pytest.mark.unit
 def test_a_listing_brings_a_new_incarnation_despite_the_deletion_of_the_old() -> None:
     cache = ObjectCache()
     cache.event("ADDED", versioned("a", 1), now=1.0)
@@ -530,6 +548,7 @@ def test_a_listing_brings_a_new_incarnation_despite_the_deletion_of_the_old() ->
     assert (cache.get(KEY) or {})["metadata"]["uid"] == "b"
 
 
+@pytest.mark.unit
 def test_a_listing_removes_what_it_lacks_unless_an_event_brought_it_since() -> None:
     cache = ObjectCache()
     older, newer = ("docs", "older"), ("docs", "newer")
@@ -540,6 +559,7 @@ def test_a_listing_removes_what_it_lacks_unless_an_event_brought_it_since() -> N
     assert cache.get(newer) is not None
 
 
+@pytest.mark.unit
 def test_a_listing_keeps_a_newer_version_an_event_brought_and_adopts_newer_ones() -> None:
     cache = ObjectCache()
     cache.event("MODIFIED", versioned("a", 5, "event.example.com"), now=4.0)
@@ -554,6 +574,7 @@ def test_a_listing_keeps_a_newer_version_an_event_brought_and_adopts_newer_ones(
     list(itertools.permutations(["added-a", "modified-a", "deleted-a", "added-b"])),
     ids=lambda order: ",".join(order),
 )
+@pytest.mark.unit
 def test_the_source_serves_the_new_incarnation_whatever_the_order(order: tuple[str, ...]) -> None:
     events = {
         "added-a": ("ADDED", versioned("a", 1, "first.example.com")),
@@ -569,6 +590,7 @@ def test_the_source_serves_the_new_incarnation_whatever_the_order(order: tuple[s
     assert sites.invalid == {}
 
 
+@pytest.mark.unit
 def test_deleting_a_site_whose_current_version_is_invalid_forgets_its_problems() -> None:
     source = offline_source()
     key = SiteKey(*KEY)
@@ -587,6 +609,7 @@ def test_deleting_a_site_whose_current_version_is_invalid_forgets_its_problems()
 # -- the real process --------------------------------------------------------------------------
 
 
+@pytest.mark.envoy
 async def test_the_serve_process_routes_a_site_from_the_cluster(
     cluster: Cluster, backends: Callable[[str], SampleBackend], tmp_path: Path
 ) -> None:
@@ -673,6 +696,7 @@ async def test_the_serve_process_routes_a_site_from_the_cluster(
     ],
     ids=["missing", "not-yaml", "not-a-mapping", "no-context"],
 )
+@pytest.mark.envoy
 def test_serve_without_credentials_exits_2_naming_the_problem(
     tmp_path: Path, content: str | None, why: str
 ) -> None:

@@ -19,16 +19,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import free_port
-from k8s_cluster import (
+from support.kubernetes import (
     LEASE_NAMESPACE,
     Cluster,
     Replica,
     site_body,
     start_replica,
 )
-from test_ads_protocol import AdsClient, names
-from waiting import eventually
+from support.processes import free_port
+from support.waiting import eventually
 
 from snapshot.builder import Phase
 from snapshot.model import API_VERSION, KIND, SiteKey
@@ -37,8 +36,9 @@ from watcher.k8s import SITES
 from watcher.k8s_api import LEASES, SERVICES
 from watcher.k8s_status import MAX_MESSAGE
 from watcher.leader import DEFAULT_LEASE_NAME
+from xds_server.local.ads_client import SotwClient, sotw_names
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.kubernetes]
 
 LEASE = (1.5, 1.0, 0.1)  # lease duration, renew deadline, retry period (seconds)
 PERIOD = LEASE[2]
@@ -280,11 +280,11 @@ async def close_all(*replicas: Replica) -> None:
 
 async def served_clusters(port: int) -> tuple[str, set[str]]:
     """Ask one replica for its clusters over ADS, as a gateway does: (version, names)."""
-    client = AdsClient(port, node_id="gateway-under-test", cluster="gateways")
+    client = SotwClient(port, node_id="gateway-under-test", cluster="gateways")
     try:
         client.subscribe(CLUSTER_TYPE)
         response = await client.recv()
-        return response.version_info, set(names(response))
+        return response.version_info, set(sotw_names(response))
     finally:
         await client.close()
 
@@ -441,7 +441,7 @@ async def test_a_site_envoy_rejects_is_traced_and_its_status_carries_envoys_mess
 
     # A gateway takes the clusters and accepts them; then a second site arrives and the
     # gateway refuses the clusters that carry it, naming the cluster as Envoy does.
-    client = AdsClient(replica.plane.xds_port, node_id="gateway-7", cluster="gateways")
+    client = SotwClient(replica.plane.xds_port, node_id="gateway-7", cluster="gateways")
     try:
         client.subscribe(CLUSTER_TYPE)
         client.ack(await client.recv())
@@ -458,7 +458,7 @@ async def test_a_site_envoy_rejects_is_traced_and_its_status_carries_envoys_mess
     ready = ready_condition(status)
     assert ready["message"].startswith("Envoy gateway-7 rejected its Cluster: Error adding/updating")
     assert len(ready["message"]) == MAX_MESSAGE
-    assert names(third) == ["docs/web/80"]
+    assert sotw_names(third) == ["docs/web/80"]
     events = await events_when(cluster, "docs", "api", [("Normal", "Accepted"), ("Warning", "EnvoyRejected")])
     assert events[-1]["message"] == ready["message"]
     main = await cluster.status("docs", "main")

@@ -4,103 +4,31 @@ control plane on loopback."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import AsyncIterator
+from functools import partial
 
 import prometheus_client
 import pytest
-from test_ads_protocol import QUIET, SITE_A, SITE_B, AdsClient, StreamClient, names, site
-from test_delta_protocol import DeltaClient
-from waiting import eventually
+from support.plane import TYPES, Plane
+from support.sites import SITE_A, SITE_B, site_set
+from support.sites import site as make_site
+from support.waiting import eventually
 
 from snapshot.builder import BuildOptions
-from snapshot.model import Problem, SiteKey, StaticSite
+from snapshot.model import StaticSite
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
-from watcher.siteset import SiteSet
 from xds_server.ads.stream import StreamInfo, TypeStatus
+from xds_server.local.ads_client import sotw_names
 from xds_server.operations.metrics import OVERFLOW_GROUP, GatewayGroups, Metrics, Propagation
 from xds_server.process.control_plane import ControlPlane
 from xds_server.process.observer import Observer, ObserverFuncs
 
+# Sites as a source makes them, in namespace "default".
+site = partial(make_site, namespace="default", parsed=True)
+pytestmark = pytest.mark.unit
+
 SITE_A_MOVED = site("a", "a.example.test", "svc-a2")  # site a, served by another backend
-TYPES = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
-
-
-def site_set(*sites: StaticSite, invalid: Iterable[SiteKey] = ()) -> SiteSet:
-    problems = {key: (Problem(f"{key}.yaml", "spec.domain", "is not a DNS name"),) for key in invalid}
-    return SiteSet(MappingProxyType({s.key: s for s in sites}), invalid=MappingProxyType(problems))
-
-
-@dataclass
-class Plane:
-    """A control plane with metrics in a registry of its own, serving on a free loopback port."""
-
-    plane: ControlPlane
-    metrics: Metrics
-    registry: prometheus_client.CollectorRegistry
-    port: int
-    clients: list[StreamClient] = field(default_factory=list)
-
-    def value(self, name: str, **labels: str) -> float | None:
-        return self.registry.get_sample_value(name, labels)
-
-    def count(self, name: str, **labels: str) -> float:
-        return self.value(name, **labels) or 0.0
-
-    def series(self, name: str) -> list[dict[str, str]]:
-        """The label sets of every sample of `name` now."""
-        return [
-            dict(s.labels) for metric in self.registry.collect() for s in metric.samples if s.name == name
-        ]
-
-    def publish(self, *sites: StaticSite) -> Snapshot:
-        snapshot = self.plane.apply(site_set(*sites))
-        assert snapshot is not None
-        return snapshot
-
-    def sotw(self, node_id: str, group: str = "edge") -> AdsClient:
-        client = AdsClient(self.port, node_id, group)
-        self.clients.append(client)
-        return client
-
-    def delta(self, node_id: str, group: str = "edge") -> DeltaClient:
-        client = DeltaClient(self.port, node_id, group)
-        self.clients.append(client)
-        return client
-
-    def stream(self, node_id: str) -> StreamInfo:
-        [info] = [s for s in self.plane.server.streams() if s.node_id == node_id]
-        return info
-
-    async def settle(self, client: AdsClient | DeltaClient) -> None:
-        """Subscribe to clusters, listeners and routes; ACK until the client holds the snapshot."""
-        if isinstance(client, AdsClient):
-            for type_url in TYPES:
-                client.subscribe(type_url, ["http"] if type_url == ROUTE_TYPE else [])
-        else:
-            for type_url in TYPES:
-                client.subscribe(type_url, *(["http"] if type_url == ROUTE_TYPE else []))
-        await self.converge(client)
-
-    async def converge(self, client: AdsClient | DeltaClient) -> None:
-        """ACK what comes until the server sees the client hold the current snapshot."""
-        node = client.node.id
-        snapshot = self.plane.server.snapshot
-        assert snapshot is not None
-
-        def holds() -> bool:
-            found = [s for s in self.plane.server.streams() if s.node_id == node]
-            return bool(found) and all(
-                st.acked_version == snapshot.of_type(t).version for t, st in found[0].types.items()
-            )
-
-        for _ in range(10):  # a few rounds: a held-back cluster set takes two
-            await client.ack_until_quiet(QUIET / 3)
-            if holds():
-                return
-        await eventually(holds, what=f"{node} to hold snapshot {snapshot.version}")
 
 
 @contextlib.asynccontextmanager
@@ -359,7 +287,7 @@ async def test_a_held_back_cluster_set_is_not_the_snapshot(cp: Plane) -> None:
     cds, rds = await client.recv_n(2)
     assert cds.type_url == CLUSTER_TYPE
     assert rds.type_url == ROUTE_TYPE
-    assert len(names(cds)) == 2  # the old cluster is held back
+    assert len(sotw_names(cds)) == 2  # the old cluster is held back
     assert cds.version_info.startswith(snapshot.of_type(CLUSTER_TYPE).version + "+")
     client.ack(cds)
     client.ack(rds)

@@ -24,6 +24,8 @@ from snapshot.model import (
     parse_site,
 )
 
+pytestmark = pytest.mark.unit
+
 ORIGIN = "sites/blog.yaml document 2"
 
 _MISSING = object()

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
-from conftest import free_port, try_get
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from site_source import Sites
-from waiting import eventually
+from support.processes import free_port, try_get
+from support.site_source import Sites
+from support.sites import site
+from support.waiting import eventually
 
 from snapshot.builder import BuildOptions, Phase
 from snapshot.model import Backend, SiteKey, StaticSite
@@ -31,6 +32,8 @@ from xds_server.local.sample_backend import SampleBackend
 from xds_server.operations.metrics import Metrics
 from xds_server.process.control_plane import ControlPlane
 from xds_server.process.observer import ObserverFuncs
+
+pytestmark = pytest.mark.envoy
 
 UNLUCKY = 13
 
@@ -49,15 +52,6 @@ def refuse_in_envoy(obj: StaticSite | Backend, body: bytes) -> bytes:
         cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
         return cluster.SerializeToString(deterministic=True)
     return body
-
-
-def site(name: str, backend: SampleBackend, *, service: str | None = None, generation: int = 1) -> StaticSite:
-    return StaticSite(
-        SiteKey("docs", name),
-        f"{name}.example.test",
-        Backend("docs", service or f"{name}-svc", backend.port),
-        generation=generation,
-    )
 
 
 @pytest.mark.parametrize("variant", ["delta", "sotw"])
@@ -103,12 +97,12 @@ async def test_a_refused_site_is_traced_left_out_and_reported_while_the_others_u
         return found.phase if found is not None else None
 
     try:
-        source.declare(site("a", blue))
+        source.declare(site("a", port=blue.port, generation=1))
         await asyncio.to_thread(envoy.start)
         await serves("a.example.test", "blue")
 
         # Six new sites at once; one of them is refused by Envoy with a message naming no site.
-        news = [site(f"n{i}", green, generation=UNLUCKY if i == 4 else 1) for i in range(6)]
+        news = [site(f"n{i}", port=green.port, generation=UNLUCKY if i == 4 else 1) for i in range(6)]
         source.declare(*news)
         for i in (0, 1, 2, 3, 5):
             await serves(f"n{i}.example.test", "green")
@@ -124,7 +118,7 @@ async def test_a_refused_site_is_traced_left_out_and_reported_while_the_others_u
         assert "unclosed" in n4.message
 
         # A refused update of a served site: Envoy names the cluster; the last good version stays.
-        source.declare(site("a", green, service="refused-web"))
+        source.declare(site("a", port=green.port, service="refused-web", generation=1))
         await eventually(lambda: state("a") is Phase.REJECTED, within=15, what="a to be rejected")
         await serves("a.example.test", "blue")
         a = plane.status.states()[SiteKey("docs", "a")]
@@ -135,9 +129,9 @@ async def test_a_refused_site_is_traced_left_out_and_reported_while_the_others_u
         assert registry.get_sample_value("staticsite_xds_site_rejections_total") == 2
 
         # Every other site keeps updating, and the refused ones come back once fixed.
-        source.declare(site("n0", blue))
+        source.declare(site("n0", port=blue.port, generation=1))
         await serves("n0.example.test", "blue")
-        source.declare(site("n4", blue, generation=2), site("a", green))
+        source.declare(site("n4", port=blue.port, generation=2), site("a", port=green.port, generation=1))
         await serves("n4.example.test", "blue")
         await serves("a.example.test", "green")
         assert state("n4") is Phase.PROVISIONED

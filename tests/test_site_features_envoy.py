@@ -26,18 +26,21 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import free_port
 from cryptography import x509
-from site_source import Sites
-from waiting import eventually
+from support.processes import free_port
+from support.site_source import Sites
+from support.sites import site
+from support.waiting import eventually
 
 from snapshot.builder import BuildOptions
 from snapshot.certificates import load_certificate
-from snapshot.model import Backend, Certificate, HealthCheck, SiteKey, StaticSite, TlsSpec
+from snapshot.model import Certificate, HealthCheck, StaticSite, TlsSpec
 from snapshot.resources import UNKNOWN_DOMAIN_BODY, cluster_name
 from xds_server.local.gateway import LocalEnvoy, local_bootstrap
 from xds_server.local.sample_backend import SampleBackend
 from xds_server.process.control_plane import ControlPlane
+
+pytestmark = pytest.mark.envoy
 
 Backends = Callable[[str], SampleBackend]
 NAMESPACE = "docs"
@@ -165,25 +168,6 @@ def dns_names(der_cert: bytes) -> list[str]:
     return names
 
 
-def site(
-    name: str,
-    domain: str,
-    backend: SampleBackend | int,
-    *,
-    health_check: HealthCheck | None = None,
-    **fields: Any,
-) -> StaticSite:
-    """A site of namespace `docs` whose backend is the Service `<name>-svc` on the backend's port."""
-    port = backend if isinstance(backend, int) else backend.port
-    return StaticSite(
-        SiteKey(NAMESPACE, name),
-        domain,
-        Backend(NAMESPACE, f"{name}-svc", port, health_check),
-        generation=1,
-        **fields,
-    )
-
-
 def tls_site(
     name: str,
     domain: str,
@@ -194,7 +178,7 @@ def tls_site(
     **fields: Any,
 ) -> StaticSite:
     spec = TlsSpec(certificate_file=f"{name}.crt", key_file=f"{name}.key", allow_insecure=allow_insecure)
-    return site(name, domain, backend, tls=spec, certificate=cert, **fields)
+    return site(name, domain, port=backend.port, generation=1, tls=spec, certificate=cert, **fields)
 
 
 def _distinct_ports(count: int) -> list[int]:
@@ -319,7 +303,7 @@ async def test_each_https_domain_gets_its_own_certificate_and_backend_by_sni(
     one_leaf, two_leaf = ca.issue_cert("one.example.test"), ca.issue_cert("two.example.test")
     one = tls_site("one", "one.example.test", backends("blue"), certificate(one_leaf, "file/one"))
     two = tls_site("two", "two.example.test", backends("green"), certificate(two_leaf, "file/two"))
-    plain = site("plain", "plain.example.test", backends("plain"))
+    plain = site("plain", "plain.example.test", port=backends("plain").port, generation=1)
     async with running(tmp_path, one, two, plain, variant=variant) as gw:
         trusted = trusting(ca)
         for domain, backend, leaf in (
@@ -497,7 +481,8 @@ async def test_aliases_serve_the_site_and_redirect_domains_answer_301_to_its_dom
     main = site(
         "main",
         "main.example.test",
-        main_backend,
+        port=main_backend.port,
+        generation=1,
         aliases=("alias.example.test",),
         redirect_from=("old.example.test", "older.example.test"),
     )
@@ -534,8 +519,8 @@ async def test_aliases_serve_the_site_and_redirect_domains_answer_301_to_its_dom
 
 
 async def test_an_exact_domain_beats_a_wildcard(tmp_path: Path, backends: Backends) -> None:
-    wild = site("wild", "*.example.test", backends("wild"))
-    exact = site("exact", "exact.example.test", backends("exact"))
+    wild = site("wild", "*.example.test", port=backends("wild").port, generation=1)
+    exact = site("exact", "exact.example.test", port=backends("exact").port, generation=1)
     async with running(tmp_path, wild, exact) as gw:
         await gw.served("exact.example.test", "exact")
         await gw.served("other.example.test", "wild")
@@ -548,10 +533,10 @@ async def test_an_exact_domain_beats_a_wildcard(tmp_path: Path, backends: Backen
 async def test_sites_mounted_at_paths_of_one_domain(tmp_path: Path, backends: Backends) -> None:
     domain = "mount.example.test"
     sites = [
-        site("root", domain, backends("root")),
-        site("api", domain, backends("api"), path_prefix="/api", rewrite_prefix="/"),
-        site("docs", domain, backends("docs"), path_prefix="/docs"),
-        site("v2", domain, backends("v2"), path_prefix="/docs/v2"),
+        site("root", domain, port=backends("root").port, generation=1),
+        site("api", domain, port=backends("api").port, generation=1, path_prefix="/api", rewrite_prefix="/"),
+        site("docs", domain, port=backends("docs").port, generation=1, path_prefix="/docs"),
+        site("v2", domain, port=backends("v2").port, generation=1, path_prefix="/docs/v2"),
     ]
     async with running(tmp_path, *sites) as gw:
         await gw.served(domain, "v2", "/docs/v2")
@@ -591,7 +576,8 @@ async def test_response_headers_are_set_over_the_backends_and_removed(
     styled = site(
         "styled",
         "styled.example.test",
-        web,
+        port=web.port,
+        generation=1,
         headers_set=(
             ("cache-control", "public, max-age=300"),
             ("strict-transport-security", "max-age=63072000"),
@@ -599,7 +585,7 @@ async def test_response_headers_are_set_over_the_backends_and_removed(
         ),
         headers_remove=("x-backend", "x-served-by"),
     )
-    bare = site("bare", "bare.example.test", web)
+    bare = site("bare", "bare.example.test", port=web.port, generation=1)
     async with running(tmp_path, styled, bare) as gw:
         answer = await gw.wait(
             "styled.example.test", until=lambda a: a.status == 200, what="styled.example.test to answer"
@@ -622,8 +608,8 @@ async def test_responses_are_compressed_as_the_client_accepts_unless_the_site_sa
     tmp_path: Path, backends: Backends
 ) -> None:
     web = backends("web")
-    zipped = site("zipped", "zipped.example.test", web)
-    raw = site("raw", "raw.example.test", web, compression=False)
+    zipped = site("zipped", "zipped.example.test", port=web.port, generation=1)
+    raw = site("raw", "raw.example.test", port=web.port, generation=1, compression=False)
     async with running(tmp_path, zipped, raw) as gw:
         await gw.served("raw.example.test", "web")
         plain = await gw.served("zipped.example.test", "web", "/page.html")
@@ -668,7 +654,8 @@ async def test_an_unhealthy_backend_gets_no_requests_until_it_recovers(
     checked = site(
         "checked",
         "checked.example.test",
-        backend,
+        port=backend.port,
+        generation=1,
         health_check=HealthCheck("/healthz", interval_ms=500, unhealthy_threshold=1, healthy_threshold=1),
     )
     async with running(tmp_path, checked) as gw:
@@ -696,10 +683,10 @@ async def test_a_slow_backend_times_out_and_a_refused_connection_is_retried(
 ) -> None:
     slow = backends("slow")
     dead_port, other_dead_port = _distinct_ports(2)
-    hurried = site("hurried", "hurried.example.test", slow, request_timeout_ms=300)
-    patient = site("patient", "patient.example.test", slow)
-    retried = site("retried", "retried.example.test", dead_port, connect_retries=2)
-    once = site("once", "once.example.test", other_dead_port)
+    hurried = site("hurried", "hurried.example.test", port=slow.port, generation=1, request_timeout_ms=300)
+    patient = site("patient", "patient.example.test", port=slow.port, generation=1)
+    retried = site("retried", "retried.example.test", port=dead_port, generation=1, connect_retries=2)
+    once = site("once", "once.example.test", port=other_dead_port, generation=1)
     async with running(tmp_path, hurried, patient, retried, once, stats=(f"cluster.{NAMESPACE}/",)) as gw:
         await gw.served("hurried.example.test", "slow", "/?delay_ms=50")
         started = time.monotonic()

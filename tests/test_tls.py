@@ -27,11 +27,12 @@ import grpc
 import pytest
 import trustme
 import yaml
-from conftest import Response, free_port, manifest, run_cli, try_get
 from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from waiting import eventually, wait_until
+from support.manifests import manifest
+from support.processes import Response, free_port, run_cli, try_get
+from support.waiting import eventually, wait_until
 
 from snapshot.certificates import MAX_PEM_BYTES
 from snapshot.resources import CLUSTER_TYPE
@@ -265,6 +266,7 @@ def served_by(plane: ControlPlaneProcess, name: str) -> Response | None:
     return response if response is not None and response.backend == name else None
 
 
+@pytest.mark.envoy
 def test_shipped_mtls_bootstrap_is_valid(tmp_path: Path, pki: Pki) -> None:
     boot = MTLS_BOOTSTRAP.read_text()
     assert f"{SECRET_MOUNT}/ca.crt" in boot
@@ -279,6 +281,7 @@ def test_shipped_mtls_bootstrap_is_valid(tmp_path: Path, pki: Pki) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.envoy
 def test_envoy_over_mutual_tls_through_a_rotation(
     tmp_path: Path, pki: Pki, control_plane: ControlPlaneProcess
 ) -> None:
@@ -338,6 +341,7 @@ def test_envoy_over_mutual_tls_through_a_rotation(
 # -- who gets in --------------------------------------------------------------------------------
 
 
+@pytest.mark.envoy
 def test_only_clients_with_a_certificate_from_the_client_ca_get_in(
     tmp_path: Path, pki: Pki, control_plane: ControlPlaneProcess
 ) -> None:
@@ -356,6 +360,7 @@ def test_only_clients_with_a_certificate_from_the_client_ca_get_in(
     assert control_plane.alive()
 
 
+@pytest.mark.envoy
 def test_without_the_flags_the_port_is_plain_text_and_local_by_default(tmp_path: Path) -> None:
     assert DEFAULT_XDS_ADDRESS.rpartition(":")[0] == "127.0.0.1"
     args = _parser().parse_args(["serve", "--sites", str(tmp_path)])
@@ -384,6 +389,7 @@ def logged_after_a_connection(plane: ControlPlaneProcess, pki: Pki, text: str) -
     return check
 
 
+@pytest.mark.envoy
 def test_a_broken_rotation_keeps_the_last_good_certificate(
     pki: Pki, control_plane: ControlPlaneProcess
 ) -> None:
@@ -441,6 +447,7 @@ def serving(pki: Pki) -> ServingCertificate:
     )
 
 
+@pytest.mark.unit
 def test_a_new_configuration_is_handed_over_only_when_the_files_changed(pki: Pki) -> None:
     certificate = serving(pki)
     certificate.server_credentials()
@@ -461,6 +468,7 @@ def test_a_new_configuration_is_handed_over_only_when_the_files_changed(pki: Pki
     assert certificate.rotations == 2
 
 
+@pytest.mark.unit
 def test_a_half_written_key_is_reported_once_and_the_finished_one_taken(
     pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -483,6 +491,7 @@ def test_a_half_written_key_is_reported_once_and_the_finished_one_taken(
     assert key_chunks(renewed.private_key_pem.bytes())[0] not in repr(certificate.current)
 
 
+@pytest.mark.unit
 async def test_the_files_are_followed_while_nobody_connects(pki: Pki) -> None:
     certificate = serving(pki)
     stop = asyncio.Event()
@@ -510,6 +519,7 @@ async def test_the_files_are_followed_while_nobody_connects(pki: Pki) -> None:
         ("--tls-key", "other", "does not belong to the certificate in --tls-cert"),
     ],
 )
+@pytest.mark.unit
 def test_files_that_cannot_serve_are_named_at_start(
     tmp_path: Path, pki: Pki, flag: str, damage: str, message: str
 ) -> None:
@@ -542,6 +552,7 @@ def test_files_that_cannot_serve_are_named_at_start(
     assert message in str(caught.value)
 
 
+@pytest.mark.unit
 def test_client_credentials_need_the_certificate_and_key_together(pki: Pki) -> None:
     with pytest.raises(TlsFileError, match="--tls-cert and --tls-key go together"):
         channel_credentials(pki.client_dir / "ca.crt", pki.client_dir / "tls.crt")
@@ -566,6 +577,7 @@ def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
         (["--tls-client-ca"], "--tls-cert and --tls-key"),
     ],
 )
+@pytest.mark.envoy
 def test_serve_needs_all_three_tls_flags(tmp_path: Path, pki: Pki, given: list[str], missing: str) -> None:
     flags = dict(zip(pki.serve_flags[::2], pki.serve_flags[1::2], strict=True))
     proc = serve(tmp_path, *(part for flag in given for part in (flag, flags[flag])))
@@ -576,6 +588,7 @@ def test_serve_needs_all_three_tls_flags(tmp_path: Path, pki: Pki, given: list[s
     )
 
 
+@pytest.mark.envoy
 def test_serve_names_the_flag_and_file_that_cannot_be_read(tmp_path: Path, pki: Pki) -> None:
     flags = list(pki.serve_flags)
     missing = tmp_path / "nowhere" / "ca.crt"
@@ -590,6 +603,7 @@ def status(port: int, *flags: str | Path) -> subprocess.CompletedProcess[str]:
     return run_cli("status", "--xds-address", f"127.0.0.1:{port}", "--json", *flags)
 
 
+@pytest.mark.envoy
 def test_status_reaches_a_mutual_tls_port_with_the_client_flags(
     pki: Pki, control_plane: ControlPlaneProcess
 ) -> None:

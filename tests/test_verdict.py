@@ -9,6 +9,8 @@ from snapshot.builder import SnapshotBuilder
 from snapshot.model import Backend, Certificate, Problem, SiteKey, StaticSite, TlsSpec
 from snapshot.verdict import Phase, SiteState
 
+pytestmark = pytest.mark.unit
+
 KEY = SiteKey("docs", "site")
 OTHER = SiteKey("docs", "older")
 BACKEND = Backend("docs", "web", 80)

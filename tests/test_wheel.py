@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, try_get
-from test_deploy import _stages
-from waiting import wait_until
+from support.dockerfile import build_stages
+from support.processes import free_port, try_get
+from support.waiting import wait_until
 
 from xds_server.local.gateway import REPO_ROOT, stop_process
+
+pytestmark = pytest.mark.envoy
 
 DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 
@@ -45,7 +47,7 @@ def _outside_env() -> dict[str, str]:
 
 def build_context(dest: Path) -> None:
     """What the first stage of deploy/Dockerfile copies, laid out as it lays it out."""
-    build, *_ = _stages()
+    build, *_ = build_stages()
     for instruction in build:
         if instruction.keyword != "COPY" or instruction.value.startswith("--"):
             continue

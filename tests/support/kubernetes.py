@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-from waiting import eventually
 
 from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
+from support.waiting import eventually
 from watcher.k8s import SITES, KubernetesSource
 from watcher.k8s_api import EVENTS, LEASES, SERVICES, KubeApi
 from watcher.siteset import DEFAULT_MAX_SITES

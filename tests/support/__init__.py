@@ -1,0 +1,1 @@
+"""What the tests share: sites, snapshots, waiting, processes, a Kubernetes API, stream drivers."""
