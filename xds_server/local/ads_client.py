@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from google.rpc import status_pb2  # type: ignore[import-untyped]
+from google.rpc import status_pb2
 
 from snapshot.resources import (
     CLUSTER_TYPE,
