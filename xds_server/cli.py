@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     tls = serve.add_argument_group(
         "mutual TLS on the xDS port",
-        "all three together; without them the port is plain text. The files are re-read when they change",
+        "all three together; without them the port is plain text, which only a loopback "
+        "--xds-address allows unless --insecure-plaintext is given. The files are re-read when "
+        "they change",
     )
     tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="the server's certificate chain (PEM)")
     tls.add_argument(
@@ -121,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="CA certificates (PEM); a client must present a certificate signed by one of them",
+    )
+    tls.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="serve plain text on an --xds-address other than loopback; any client that reaches "
+        "the port can then read every site's private key",
     )
     serve.add_argument(
         "--force-polling", action="store_true", help="poll the folder instead of using inotify"
@@ -280,6 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
             hold_off=args.hold_off_ms / 1000,
             max_delay=args.max_delay_ms / 1000,
             serving=_serving_certificate(args),
+            insecure_plaintext=args.insecure_plaintext,
         )
     except ValueError as exc:  # bad flags: name them and stop
         print(f"staticsite-xds: {exc}", file=sys.stderr)
