@@ -60,6 +60,10 @@ def service_dns_names(namespace: str, service: str = DEFAULT_SERVICE) -> tuple[s
     )
 
 
+class CertificateError(Exception):
+    """The certificates cannot be kept as planned (the message says what to do)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CertificatePlan:
     """What `staticsite-xds certificates` keeps valid in one namespace."""
@@ -343,10 +347,6 @@ async def _write(
     await api.patch(
         SECRETS, plan.namespace, name, {"metadata": metadata, "data": {**stale, **_encoded(files)}}
     )
-
-
-class CertificateError(Exception):
-    """The certificates cannot be kept as planned (the message says what to do)."""
 
 
 async def keep_certificates(
