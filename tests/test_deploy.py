@@ -43,6 +43,14 @@ CONTROL_PLANE = "staticsite-xds"
 GATEWAY = "staticsite-gateway"
 LEADER_LEASE = "staticsite-xds-leader"
 BOOTSTRAP_CONFIG_MAP = "staticsite-gateway-bootstrap"
+GATEWAY_BOOTSTRAP = "bootstrap-mtls.yaml"  # the gateways' bootstrap: ADS over mutual TLS
+CLIENT_CERTIFICATE = "xds-client-certificate.yaml"  # its file-based secret, beside it
+CERTIFICATES = "staticsite-xds-certificates"  # the Job, CronJob and account making the certificates
+CERTIFICATES_ACCOUNT = CERTIFICATES
+SERVER_SECRET = "staticsite-xds-server"
+CLIENT_SECRET = "staticsite-xds-gateway"
+CA_SECRET = "staticsite-xds-ca"
+DEPLOY_CERT_MANAGER = ROOT / "deploy-cert-manager"
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 
 Object = dict[str, Any]
@@ -135,7 +143,9 @@ def _validate(obj: Object) -> None:
 
 
 def _pod_spec(deployment: Object) -> Object:
-    spec: Object = deployment["spec"]["template"]["spec"]
+    """The pod template's spec of a Deployment or Job, or of a CronJob's Jobs."""
+    workload = deployment["spec"]["jobTemplate"] if deployment["kind"] == "CronJob" else deployment
+    spec: Object = workload["spec"]["template"]["spec"]
     return spec
 
 
@@ -217,7 +227,7 @@ def test_deploy_includes_the_crd_and_the_gateway_bootstrap() -> None:
     assert "../envoy" in resources
     (generator,) = _kustomization(ENVOY)["configMapGenerator"]
     assert generator["name"] == BOOTSTRAP_CONFIG_MAP
-    assert generator["files"] == ["bootstrap.yaml"]
+    assert generator["files"] == [GATEWAY_BOOTSTRAP, CLIENT_CERTIFICATE]
     # The name's content hash is what rolls the gateways when the bootstrap changes.
     assert not _kustomization(ENVOY).get("generatorOptions", {}).get("disableNameSuffixHash")
 
@@ -273,13 +283,16 @@ EXPECTED_GRANTS: set[Grant] = (
 )
 
 
-def _grants(objects: list[Object]) -> set[Grant]:
-    """Everything the control plane's ServiceAccount may do, through every binding that names it."""
+def _grants(objects: list[Object], account: str = SERVICE_ACCOUNT) -> set[Grant]:
+    """Everything a ServiceAccount (the control plane's) may do, through every binding that names it."""
     grants: set[Grant] = set()
     for binding in _kinds(objects, "ClusterRoleBinding", "RoleBinding"):
         subjects = binding.get("subjects", [])
         ours = {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
-        assert subjects == [ours], f"{binding['metadata']['name']} binds {subjects}"
+        certificates = {"kind": "ServiceAccount", "name": CERTIFICATES_ACCOUNT, "namespace": NAMESPACE}
+        assert subjects in ([ours], [certificates]), f"{binding['metadata']['name']} binds {subjects}"
+        if subjects[0]["name"] != account:
+            continue
         ref = binding["roleRef"]
         # A role not defined here (cluster-admin, edit, ...) is a grant this test cannot see.
         role = _one(objects, ref["kind"], ref["name"])
@@ -300,6 +313,19 @@ def _grants(objects: list[Object]) -> set[Grant]:
 @pytest.mark.unit
 def test_rbac_grants_exactly_least_privilege() -> None:
     assert _grants(_objects()) == EXPECTED_GRANTS
+
+
+# The certificates Job: its three Secrets, and create (which RBAC cannot limit by name).
+EXPECTED_CERTIFICATES_GRANTS: set[Grant] = {(NAMESPACE, "", "secrets", "create", None)} | {
+    (NAMESPACE, "", "secrets", verb, name)
+    for verb in ("get", "update", "patch")
+    for name in (CA_SECRET, SERVER_SECRET, CLIENT_SECRET)
+}
+
+
+@pytest.mark.unit
+def test_rbac_lets_the_certificates_job_write_only_its_secrets() -> None:
+    assert _grants(_objects(), CERTIFICATES_ACCOUNT) == EXPECTED_CERTIFICATES_GRANTS
 
 
 @pytest.mark.unit
@@ -398,10 +424,11 @@ def test_control_plane_ports_probes_and_service_agree() -> None:
 
 
 @pytest.mark.unit
-def test_gateway_bootstrap_reaches_the_control_plane_service() -> None:
+@pytest.mark.parametrize("bootstrap_file", ["bootstrap.yaml", GATEWAY_BOOTSTRAP])
+def test_gateway_bootstrap_reaches_the_control_plane_service(bootstrap_file: str) -> None:
     objects = _objects()
     service = _one(objects, "Service", CONTROL_PLANE)
-    (bootstrap,) = _documents(ENVOY / "bootstrap.yaml")
+    (bootstrap,) = _documents(ENVOY / bootstrap_file)
     (ads,) = bootstrap["dynamic_resources"]["ads_config"]["grpc_services"]
     (cluster,) = [
         c for c in bootstrap["static_resources"]["clusters"] if c["name"] == ads["envoy_grpc"]["cluster_name"]
@@ -430,7 +457,7 @@ def test_gateway_deployment_agrees_with_bootstrap_and_control_plane() -> None:
     assert config_path.parent == Path(mount["mountPath"])
     assert config_path.name in config_map["data"]
     assert yaml.safe_load(config_map["data"][config_path.name]) == yaml.safe_load(
-        (ENVOY / "bootstrap.yaml").read_text()
+        (ENVOY / GATEWAY_BOOTSTRAP).read_text()
     )
 
     # The node id is the pod's name; the node cluster names the gateway group.
@@ -497,8 +524,12 @@ def _deployments() -> list[Object]:
     return _kinds(_objects(), "Deployment")
 
 
+def _workloads() -> list[Object]:
+    return _kinds(_objects(), "Deployment", "Job", "CronJob")
+
+
 @pytest.mark.unit
-@pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("deployment", _workloads(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
 def test_every_container_is_locked_down(deployment: Object) -> None:
     pod = _pod_spec(deployment)
     pod_security = pod.get("securityContext", {})
@@ -538,6 +569,185 @@ def test_control_plane_resources_and_writable_tmp() -> None:
     _one(_objects(), "ServiceAccount", SERVICE_ACCOUNT)
 
 
+# --- mutual TLS between the control plane and the gateways, by default -------------------------
+
+
+def _volume_mount(deployment: Object, secret: str) -> Path:
+    """Where the pod mounts the Secret (it must, and read-only)."""
+    volumes = [v for v in _pod_spec(deployment)["volumes"] if v.get("secret", {}).get("secretName") == secret]
+    assert len(volumes) == 1, f"{deployment['metadata']['name']} does not mount the Secret {secret}"
+    (volume,) = volumes
+    assert not volume["secret"].get("optional"), "without the Secret the pod must wait, not start"
+    (mount,) = [m for m in _container(deployment)["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount.get("readOnly") is True
+    return Path(mount["mountPath"])
+
+
+SECRET_KEYS = {"tls.crt", "tls.key", "ca.crt"}  # a kubernetes.io/tls Secret's, with the CA
+
+
+@pytest.mark.unit
+def test_control_plane_serves_mutual_tls_from_its_secret() -> None:
+    deployment = _one(_objects(), "Deployment", CONTROL_PLANE)
+    args = _control_plane_args()
+    assert args.insecure_plaintext is False
+    assert "--insecure-plaintext" not in _container(deployment)["args"]
+    mount = _volume_mount(deployment, SERVER_SECRET)
+    files = {"tls.crt": args.tls_cert, "tls.key": args.tls_key, "ca.crt": args.tls_client_ca}
+    for key, path in files.items():
+        assert path == mount / key, key
+    assert set(files) == SECRET_KEYS
+
+
+def _certificates_args(workload: Object) -> argparse.Namespace:
+    container = _container(workload)
+    assert _env(container)["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    args = [NAMESPACE if a == "$(POD_NAMESPACE)" else a for a in container["args"]]
+    return _parse(args)
+
+
+def _client_certificate_files() -> tuple[Path, dict[str, Path]]:
+    """The folder Envoy watches for the client pair, and the files the mTLS bootstrap reads by key."""
+    (bootstrap,) = _documents(ENVOY / GATEWAY_BOOTSTRAP)
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    common = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+    (sds,) = common["tls_certificate_sds_secret_configs"]
+    (secret,) = yaml.safe_load((ENVOY / CLIENT_CERTIFICATE).read_text())["resources"]
+    assert secret["name"] == sds["name"]
+    pair = secret["tls_certificate"]
+    files = {
+        "tls.crt": Path(pair["certificate_chain"]["filename"]),
+        "tls.key": Path(pair["private_key"]["filename"]),
+        "ca.crt": Path(common["validation_context"]["trusted_ca"]["filename"]),
+        CLIENT_CERTIFICATE: Path(sds["sds_config"]["path_config_source"]["path"]),
+    }
+    return Path(pair["watched_directory"]["path"]), files
+
+
+@pytest.mark.unit
+def test_gateways_run_the_mtls_bootstrap_with_the_client_secret_where_it_reads_it() -> None:
+    objects = _objects()
+    gateway = _one(objects, "Deployment", GATEWAY)
+    args = _container(gateway)["args"]
+    assert Path(args[args.index("-c") + 1]).name == GATEWAY_BOOTSTRAP
+    mount = _volume_mount(gateway, CLIENT_SECRET)
+    watched, files = _client_certificate_files()
+    assert watched == mount
+    for key in SECRET_KEYS:
+        assert files[key] == mount / key, key
+    # The client secret's file is in the bootstrap's ConfigMap, mounted beside the bootstrap.
+    (bootstrap_mount,) = [m for m in _container(gateway)["volumeMounts"] if m["name"] == "bootstrap"]
+    assert files[CLIENT_CERTIFICATE] == Path(bootstrap_mount["mountPath"]) / CLIENT_CERTIFICATE
+    assert CLIENT_CERTIFICATE in _one(objects, "ConfigMap", BOOTSTRAP_CONFIG_MAP)["data"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_certificates_job_makes_the_secrets_the_pods_mount(kind: str) -> None:
+    from xds_server.operations.issuer import service_dns_names
+
+    objects = _objects()
+    workload = _one(objects, kind, CERTIFICATES)
+    args = _certificates_args(workload)
+    assert args.command == "certificates"
+    assert args.namespace == NAMESPACE
+    assert (args.server_secret, args.client_secret, args.ca_secret) == (
+        SERVER_SECRET,
+        CLIENT_SECRET,
+        CA_SECRET,
+    )
+    assert _pod_spec(workload)["serviceAccountName"] == CERTIFICATES_ACCOUNT
+    _volume_mount(_one(objects, "Deployment", CONTROL_PLANE), args.server_secret)
+    _volume_mount(_one(objects, "Deployment", GATEWAY), args.client_secret)
+    # No pod mounts the CA's key.
+    for pod in _workloads():
+        secrets = {v.get("secret", {}).get("secretName") for v in _pod_spec(pod).get("volumes", [])}
+        assert args.ca_secret not in secrets
+    # The name the gateways check the control plane's certificate for is one it names.
+    (bootstrap,) = _documents(ENVOY / GATEWAY_BOOTSTRAP)
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    tls = cluster["transport_socket"]["typed_config"]
+    (san,) = tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"]
+    names = args.dns_name or service_dns_names(args.namespace, args.service)
+    assert san["matcher"]["exact"] in names
+    assert tls["sni"] in names
+    if kind == "CronJob":
+        minute, hour, *rest = workload["spec"]["schedule"].split()
+        assert minute.isdigit(), "renewal runs daily"
+        assert hour.isdigit(), "renewal runs daily"
+        assert rest == ["*", "*", "*"], "renewal runs daily"
+        assert workload["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+@pytest.mark.unit
+def test_network_policy_admits_only_gateways_to_the_xds_port() -> None:
+    objects = _objects()
+    control_plane = _one(objects, "Deployment", CONTROL_PLANE)
+    gateway = _one(objects, "Deployment", GATEWAY)
+    container = _container(control_plane)
+    xds_port = _host_port(_control_plane_args().xds_address)[1]
+    metrics_port = _host_port(_control_plane_args().metrics_address)[1]
+    policies = [
+        p
+        for p in _kinds(objects, "NetworkPolicy")
+        if _selects(p["spec"]["podSelector"], control_plane["spec"]["template"]["metadata"]["labels"])
+    ]
+    assert len(policies) == 1
+    spec = policies[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    admitted: dict[int, list[Object]] = {}
+    for rule in spec["ingress"]:
+        for port in rule["ports"]:
+            assert port.get("protocol", "TCP") == "TCP"
+            admitted.setdefault(_container_port(container, port["port"]), []).append(rule)
+    assert set(admitted) == {xds_port, metrics_port}
+    (xds_rule,) = admitted[xds_port]
+    (peer,) = xds_rule["from"]
+    assert set(peer) == {"podSelector"}, "gateways of this namespace only"
+    assert _selects(peer["podSelector"], gateway["spec"]["template"]["metadata"]["labels"])
+    assert not _selects(peer["podSelector"], control_plane["spec"]["template"]["metadata"]["labels"])
+    (metrics_rule,) = admitted[metrics_port]
+    assert "from" not in metrics_rule, "the metrics port stays open for scraping"
+
+
+# --- the cert-manager alternative --------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_cert_manager_overlay_makes_the_same_secrets_instead_of_the_job() -> None:
+    from xds_server.operations.issuer import service_dns_names
+
+    rendered = _kustomize(DEPLOY_CERT_MANAGER)
+    for obj in rendered:
+        if not obj["apiVersion"].startswith("cert-manager.io/"):
+            _validate(obj)
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in rendered}
+    for kind in ("Job", "CronJob", "ServiceAccount", "Role", "RoleBinding"):
+        assert (kind, CERTIFICATES) not in kinds, kind
+    assert _grants(rendered) == EXPECTED_GRANTS
+    certificates = {c["spec"]["secretName"]: c["spec"] for c in _kinds(rendered, "Certificate")}
+    assert set(certificates) == {CA_SECRET, SERVER_SECRET, CLIENT_SECRET}
+    issuers = {i["metadata"]["name"]: i["spec"] for i in _kinds(rendered, "Issuer")}
+    assert certificates[CA_SECRET]["isCA"] is True
+    assert "selfSigned" in issuers[certificates[CA_SECRET]["issuerRef"]["name"]]
+    for secret, usage in ((SERVER_SECRET, "server auth"), (CLIENT_SECRET, "client auth")):
+        spec = certificates[secret]
+        # A CA issuer writes ca.crt beside tls.crt and tls.key.
+        assert issuers[spec["issuerRef"]["name"]] == {"ca": {"secretName": CA_SECRET}}
+        assert usage in spec["usages"]
+        assert spec["privateKey"]["rotationPolicy"] == "Always"
+    assert sorted(certificates[SERVER_SECRET]["dnsNames"]) == sorted(service_dns_names(NAMESPACE))
+    for obj in rendered:
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"]["namespace"] == NAMESPACE
+    control_plane = _one(rendered, "Deployment", CONTROL_PLANE)
+    assert (
+        _container(control_plane)["args"] == _container(_one(_objects(), "Deployment", CONTROL_PLANE))["args"]
+    )
+    _volume_mount(control_plane, SERVER_SECRET)
+    _volume_mount(_one(rendered, "Deployment", GATEWAY), CLIENT_SECRET)
+
+
 # --- the rendering, with kubectl's kustomize ---------------------------------------------------
 
 
@@ -575,7 +785,7 @@ def test_rendering_mounts_the_generated_bootstrap(rendered: list[Object]) -> Non
     assert re.fullmatch(rf"{BOOTSTRAP_CONFIG_MAP}-[a-z0-9]{{10}}", name), name
     config_map = _one(rendered, "ConfigMap", name)
     assert config_map["metadata"]["namespace"] == gateway["metadata"]["namespace"]
-    assert config_map["data"]["bootstrap.yaml"] == (ENVOY / "bootstrap.yaml").read_text()
+    assert config_map["data"][GATEWAY_BOOTSTRAP] == (ENVOY / GATEWAY_BOOTSTRAP).read_text()
 
 
 @pytest.mark.unit
@@ -600,6 +810,9 @@ def test_rendering_binds_the_service_account_the_control_plane_runs_as(rendered:
     assert account["metadata"]["namespace"] == deployment["metadata"]["namespace"]
     for binding in _kinds(rendered, "ClusterRoleBinding", "RoleBinding"):
         (subject,) = binding["subjects"]
+        if binding["metadata"]["name"] == CERTIFICATES:  # the certificates Job's own account
+            assert (subject["name"], subject["namespace"]) == (CERTIFICATES_ACCOUNT, NAMESPACE)
+            continue
         assert (subject["name"], subject["namespace"]) == (
             account["metadata"]["name"],
             account["metadata"]["namespace"],
@@ -716,3 +929,29 @@ def test_image_context_holds_what_the_wheel_needs() -> None:
     ignored -= {""}
     assert {".git", ".venv"} <= ignored
     assert not sources & ignored, "the build context leaves out what the Dockerfile copies"
+
+
+@pytest.mark.unit
+def test_rendering_runs_mutual_tls_between_control_plane_and_gateways(rendered: list[Object]) -> None:
+    control_plane = _one(rendered, "Deployment", CONTROL_PLANE)
+    args = _container(control_plane)["args"]
+    parsed = _parse(args)
+    assert "--insecure-plaintext" not in args
+    assert not parsed.insecure_plaintext
+    mount = _volume_mount(control_plane, SERVER_SECRET)
+    assert (parsed.tls_cert, parsed.tls_key, parsed.tls_client_ca) == (
+        mount / "tls.crt",
+        mount / "tls.key",
+        mount / "ca.crt",
+    )
+    gateway = _one(rendered, "Deployment", GATEWAY)
+    gateway_args = _container(gateway)["args"]
+    bootstrap = Path(gateway_args[gateway_args.index("-c") + 1])
+    (volume,) = [v for v in _pod_spec(gateway)["volumes"] if "configMap" in v]
+    config_map = _one(rendered, "ConfigMap", volume["configMap"]["name"])
+    assert config_map["data"][bootstrap.name] == (ENVOY / GATEWAY_BOOTSTRAP).read_text()
+    assert _volume_mount(gateway, CLIENT_SECRET) == _client_certificate_files()[0]
+    (policy,) = _kinds(rendered, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    for kind in ("Job", "CronJob"):
+        assert _certificates_args(_one(rendered, kind, CERTIFICATES)).command == "certificates"

@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -621,3 +622,44 @@ def test_status_reaches_a_mutual_tls_port_with_the_client_flags(
     half = status(port, "--tls-ca", client / "ca.crt", "--tls-cert", client / "tls.crt")
     assert half.returncode == 2
     assert half.stderr.strip() == "staticsite-xds: --tls-cert and --tls-key go together"
+
+
+# -- plain text only on loopback, unless asked for by name ----------------------------------------
+
+
+@pytest.mark.envoy
+def test_serve_refuses_plain_text_on_a_reachable_address(tmp_path: Path) -> None:
+    proc = serve(tmp_path, "--xds-address", f"0.0.0.0:{free_port()}")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("staticsite-xds: --xds-address 0.0.0.0:")
+    assert "--insecure-plaintext" in proc.stderr
+    assert "--tls-cert, --tls-key and --tls-client-ca" in proc.stderr
+
+
+@pytest.mark.envoy
+def test_serve_with_insecure_plaintext_warns_at_start_and_in_readyz(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    xds_port, metrics_port = free_port(), free_port()
+    flags = ["--xds-address", f"0.0.0.0:{xds_port}", "--insecure-plaintext"]
+    flags += ["--metrics-address", f"127.0.0.1:{metrics_port}"]
+    plane = ControlPlaneProcess(sites, tmp_path, xds_port, free_port(), extra=flags).start()
+    try:
+        warning = "any client that reaches the port can read every site's private key"
+        assert any("WARNING" in line and warning in line for line in plane.log().splitlines())
+        assert ads_call(plane.xds_port, None).type_url == CLUSTER_TYPE
+
+        def readyz() -> tuple[int, str] | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as r:
+                    return int(r.status), r.read().decode()
+            except OSError:
+                return None
+
+        status_code, body = wait_until(readyz, what="/readyz to answer")
+        assert status_code == 200
+        assert body.startswith("ready\n")
+        assert warning in body
+    finally:
+        plane.stop()

@@ -15,6 +15,7 @@ from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
 from watcher.siteset import DEFAULT_MAX_SITES
 
+from .operations import issuer
 from .operations.inspection import DEFAULT_TIMEOUT
 from .operations.tls import ServingCertificate
 from .process.control_plane import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY
@@ -110,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     tls = serve.add_argument_group(
         "mutual TLS on the xDS port",
-        "all three together; without them the port is plain text. The files are re-read when they change",
+        "all three together; without them the port is plain text, which only a loopback "
+        "--xds-address allows unless --insecure-plaintext is given. The files are re-read when "
+        "they change",
     )
     tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="the server's certificate chain (PEM)")
     tls.add_argument(
@@ -121,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="CA certificates (PEM); a client must present a certificate signed by one of them",
+    )
+    tls.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="serve plain text on an --xds-address other than loopback; any client that reaches "
+        "the port can then read every site's private key",
     )
     serve.add_argument(
         "--force-polling", action="store_true", help="poll the folder instead of using inotify"
@@ -189,6 +198,60 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for an answer (default %(default)g)",
     )
 
+    certificates = sub.add_parser(
+        "certificates",
+        help="make (or renew) the xDS port's CA, server and client certificates as Kubernetes Secrets",
+        description="Keep a CA, a server certificate for the control plane's Service and a client "
+        "certificate for the gateways in Secrets of type kubernetes.io/tls (tls.crt, tls.key, "
+        "ca.crt). Writes only a Secret that is missing, unusable, or expires within --renew-before; "
+        "in a pod it uses its service account, else the kubeconfig.",
+    )
+    certificates.add_argument(
+        "--namespace", required=True, help="where the Secrets live (the control plane's)"
+    )
+    certificates.add_argument(
+        "--service",
+        default=issuer.DEFAULT_SERVICE,
+        help="the control plane's Service; names the server certificate unless --dns-name is given "
+        "(%(default)s)",
+    )
+    certificates.add_argument(
+        "--dns-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name of the server certificate (repeat; default: SERVICE.NAMESPACE.svc, "
+        "SERVICE.NAMESPACE.svc.cluster.local, SERVICE.NAMESPACE and SERVICE)",
+    )
+    certificates.add_argument(
+        "--server-secret",
+        default=issuer.DEFAULT_SERVER_SECRET,
+        help="the control plane's Secret (%(default)s)",
+    )
+    certificates.add_argument(
+        "--client-secret", default=issuer.DEFAULT_CLIENT_SECRET, help="the gateways' Secret (%(default)s)"
+    )
+    certificates.add_argument(
+        "--ca-secret", default=issuer.DEFAULT_CA_SECRET, help="the CA's certificate and key (%(default)s)"
+    )
+    certificates.add_argument(
+        "--client-name",
+        default=issuer.DEFAULT_CLIENT_NAME,
+        help="the common name of the gateways' certificate (%(default)s)",
+    )
+    for flag, default, what in (
+        ("--days", issuer.DEFAULT_DAYS, "days the server and client certificates are valid"),
+        ("--ca-days", issuer.DEFAULT_CA_DAYS, "days the CA is valid"),
+        (
+            "--renew-before",
+            issuer.DEFAULT_RENEW_BEFORE_DAYS,
+            "renew a certificate that expires within this many days",
+        ),
+    ):
+        certificates.add_argument(
+            flag, type=_at_least_one, default=default, metavar="DAYS", help=f"{what} (%(default)d)"
+        )
+
     demo = sub.add_parser("demo", help="run the control plane, a real Envoy and sample backends locally")
     demo.add_argument(
         "--sites", type=Path, default=Path("demo-sites"), help="sites folder (seeded if missing)"
@@ -224,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "certificates":
+        return _certificates(args)
     from .local.demo import run_demo
 
     return run_demo(args.sites, args.xds_port, args.http_port, args.admin_port, args.https_port)
@@ -280,6 +345,7 @@ def _serve(args: argparse.Namespace) -> int:
             hold_off=args.hold_off_ms / 1000,
             max_delay=args.max_delay_ms / 1000,
             serving=_serving_certificate(args),
+            insecure_plaintext=args.insecure_plaintext,
         )
     except ValueError as exc:  # bad flags: name them and stop
         print(f"staticsite-xds: {exc}", file=sys.stderr)
@@ -307,6 +373,26 @@ def _serving_certificate(args: argparse.Namespace) -> ServingCertificate | None:
             f"--tls-cert, --tls-key and --tls-client-ca go together; missing {' and '.join(missing)}"
         )
     return ServingCertificate.from_paths(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+# The `certificates` flags whose value is the plan's field of the same name.
+_PLAN_FLAGS = ("server_secret", "client_secret", "ca_secret", "client_name", "days", "ca_days")
+
+
+def _certificates(args: argparse.Namespace) -> int:
+    from .operations.issuer import CertificatePlan, keep_certificates_in_cluster
+
+    try:
+        plan = CertificatePlan(
+            namespace=args.namespace,
+            dns_names=tuple(args.dns_name) or issuer.service_dns_names(args.namespace, args.service),
+            renew_before_days=args.renew_before,
+            **{name: getattr(args, name) for name in _PLAN_FLAGS},
+        )
+    except ValueError as exc:  # bad flags: name them and stop
+        print(f"staticsite-xds: {exc}", file=sys.stderr)
+        return 2
+    return keep_certificates_in_cluster(plan)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 - `/healthz`: 200 while the process runs its event loop.
 - `/readyz`: 200 once the first complete snapshot is published (in Kubernetes mode, only
-  after the initial listing of every StaticSite), 503 before.
+  after the initial listing of every StaticSite), 503 before. A warning about how the
+  process runs (plain text on a reachable xDS port) follows the verdict in the body.
 - `/metrics`: the Prometheus registry of the process.
 - `/debug/envoys`: every connected Envoy as JSON (see `inspection.py`), when an inspection is given.
 
@@ -41,8 +42,10 @@ class HealthServer:
         ready: Callable[[], bool],
         registry: prometheus_client.CollectorRegistry | None = None,
         inspect: Callable[[], object] | None = None,
+        warning: str | None = None,
     ):
         self.ready = ready
+        self.warning = warning  # named in /readyz's body, whatever the verdict
         self.registry = registry or prometheus_client.REGISTRY
         self.inspect = inspect  # JSON-able data for /debug/envoys
         self._runner: web.AppRunner | None = None
@@ -86,9 +89,10 @@ class HealthServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
+        warning = "" if self.warning is None else f"warning: {self.warning}\n"
         if self.ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready: no complete snapshot published yet\n")
+            return web.Response(text="ready\n" + warning)
+        return web.Response(status=503, text="not ready: no complete snapshot published yet\n" + warning)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = prometheus_client.generate_latest(self.registry)

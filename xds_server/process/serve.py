@@ -8,6 +8,7 @@ plane and its observers (metrics, gRPC health, the status writer), the operators
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -59,10 +60,50 @@ class ServeConfig:
     hold_off: float = DEFAULT_HOLD_OFF
     max_delay: float = DEFAULT_MAX_DELAY
     serving: ServingCertificate | None = None  # the xDS port's TLS (None: plain text)
+    insecure_plaintext: bool = False  # plain text allowed on an address other than loopback
+
+
+PLAINTEXT_WARNING = (
+    "the xDS port serves plain text on {address}: any client that reaches the port can read "
+    "every site's private key (--insecure-plaintext)"
+)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether `host:port` binds only the loopback interface (127.0.0.0/8, ::1, localhost)."""
+    host, _ = split_address(address)
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def plaintext_warning(config: ServeConfig) -> str | None:
+    """The warning plain text on a reachable address earns; `ServeError` without the flag."""
+    if config.serving is not None:
+        if config.insecure_plaintext:
+            raise ServeError("--insecure-plaintext and the --tls-* flags exclude each other")
+        return None
+    try:
+        if is_loopback(config.xds_address):
+            return None
+    except ValueError as exc:
+        raise ServeError(f"--xds-address: {exc}") from None
+    if not config.insecure_plaintext:
+        raise ServeError(
+            f"--xds-address {config.xds_address} is not a loopback address: serve mutual TLS "
+            "there with --tls-cert, --tls-key and --tls-client-ca, or give --insecure-plaintext "
+            "to serve plain text anyway (any client that reaches the port can then read every "
+            "site's private key)"
+        )
+    return PLAINTEXT_WARNING.format(address=config.xds_address)
 
 
 def serve(config: ServeConfig) -> None:
     """Run the control plane until SIGTERM or SIGINT; ServeError if it cannot be assembled."""
+    warning = plaintext_warning(config)
     if config.metrics_address is not None:
         try:
             split_address(config.metrics_address)
@@ -88,6 +129,8 @@ def serve(config: ServeConfig) -> None:
     serving = config.serving
     if serving is not None:
         log.info("the xDS port serves mutual TLS: %s", serving.describe())
+    if warning is not None:
+        log.warning("%s", warning)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -96,7 +139,7 @@ def serve(config: ServeConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         companions: list[Coroutine[Any, Any, None]] = [health.serve(stop)]
         if config.metrics_address is not None:
-            http = HealthServer(lambda: plane.ready, inspect=lambda: report(plane))
+            http = HealthServer(lambda: plane.ready, inspect=lambda: report(plane), warning=warning)
             companions.append(http.serve(config.metrics_address, stop))
         if serving is not None:
             companions.append(serving.follow(stop))
