@@ -713,7 +713,7 @@ def test_network_policy_admits_only_gateways_to_the_xds_port() -> None:
 # --- the cert-manager alternative --------------------------------------------------------------
 
 
-@pytest.mark.unit
+@pytest.mark.envoy  # renders with kubectl when it is installed
 def test_cert_manager_overlay_makes_the_same_secrets_instead_of_the_job() -> None:
     from xds_server.operations.issuer import service_dns_names
 
