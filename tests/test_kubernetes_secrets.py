@@ -143,7 +143,7 @@ class Watching:
     @property
     def held(self) -> set[tuple[str, str]]:
         """The Secrets the source holds in memory."""
-        return set(self.source.secrets.objects)
+        return set(self.source.cache.secrets.objects)
 
 
 async def watch_a_tls_site(cluster: Cluster, watching: Any, pair: Pair) -> Watching:

@@ -432,7 +432,7 @@ async def test_a_site_deleted_and_created_again_serves_the_new_spec(cluster: Clu
         await eventually(lambda: replica.domains() == ["again-4.example.com"], what="the last incarnation")
         assert replica.clusters() == {"docs/web/8004"}
         await replica.mode.source.relist()  # and a listing agrees
-        assert replica.mode.source.object(SiteKey("docs", "main"))["metadata"]["uid"] in uids
+        assert replica.mode.source.cache.object(SiteKey("docs", "main"))["metadata"]["uid"] in uids
         await eventually(lambda: replica.domains() == ["again-4.example.com"], what="still the last")
     finally:
         await replica.close()

@@ -478,7 +478,7 @@ async def test_status_is_written_once_per_change_and_never_for_its_own_echo(
 
     # The write comes back as a watch event; the writer sees its own status there, and stops.
     source = replica.mode.source
-    await eventually(lambda: (source.object(key) or {}).get("status") == written, what="the echo")
+    await eventually(lambda: (source.cache.object(key) or {}).get("status") == written, what="the echo")
     await stays(lambda: len(status_writes(cluster, "main")), what="status writes after the echo")
     assert len(status_writes(cluster, "main")) == 1
 
@@ -489,7 +489,7 @@ async def test_status_is_written_once_per_change_and_never_for_its_own_echo(
     await cluster.create_site("other", "site", "other.example.com")
     await status_when(cluster, "other", "site", "Provisioned", "Accepted")
     await eventually(
-        lambda: ((source.object(key) or {}).get("metadata") or {}).get("labels") == {"team": "docs"},
+        lambda: ((source.cache.object(key) or {}).get("metadata") or {}).get("labels") == {"team": "docs"},
         what="the label change to arrive",
     )
     # The same verdicts again, as the control plane and a new leadership would hand them.
@@ -514,7 +514,7 @@ def delay_site_updates(replica: Replica, delay: float) -> list[dict[str, Any]]:
     held: list[dict[str, Any]] = []
 
     def late(cache: Any, event: Any, then: Any) -> None:
-        if cache is source.sites and event.get("type") == "MODIFIED":
+        if cache is source.cache.sites and event.get("type") == "MODIFIED":
             held.append(event["object"])
             loop.call_later(delay, deliver, cache, event, then)
         else:
@@ -542,7 +542,7 @@ async def test_a_late_echo_of_an_earlier_write_causes_no_further_write(
     source = replica.mode.source
 
     def echoed() -> bool:
-        return says(dict((source.object(key) or {}).get("status") or {}), "Provisioned", "Accepted")
+        return says(dict((source.cache.object(key) or {}).get("status") or {}), "Provisioned", "Accepted")
 
     await eventually(echoed, what="the echo of the last write")
     await stays(lambda: len(status_writes(cluster, "main")), what="status writes")

@@ -51,7 +51,7 @@ from .k8s_secrets import (
     secret_ref,
 )
 from .k8s_sites import SiteIndex
-from .siteset import DEFAULT_MAX_SITES, SiteLimit, SiteSet
+from .siteset import DEFAULT_MAX_SITES, SiteSet
 from .source_state import SourceState
 
 __all__ = [
@@ -145,40 +145,7 @@ class KubernetesSource:
         self._dirty = asyncio.Event()
         self._relisted = asyncio.Event()
 
-    # -- what others read ------------------------------------------------------------------
-
-    @property
-    def sites(self) -> ObjectCache:
-        return self.cache.sites
-
-    @property
-    def services(self) -> ObjectCache:
-        return self.cache.services
-
-    @property
-    def secrets(self) -> ObjectCache:
-        """The Secrets some site names, and no other."""
-        return self.cache.secrets
-
-    @property
-    def ready(self) -> asyncio.Event:
-        """Set once the initial listings are complete."""
-        return self.cache.ready
-
-    @property
-    def limit(self) -> SiteLimit:
-        return self.index.limit
-
-    def object(self, key: SiteKey) -> dict[str, Any] | None:
-        """The StaticSite object as last seen."""
-        return self.cache.object(key)
-
-    def service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.cache.service(namespace, name)
-
-    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Secret some site names, as last seen (None: not named, not found, or not read yet)."""
-        return self.cache.secret(namespace, name)
+    # -- what others read: `cache` (what the cluster holds), and the current site set -----
 
     def secret_users(self, namespace: str, name: str) -> frozenset[SiteKey]:
         """The sites whose current declaration names this Secret."""
@@ -202,7 +169,7 @@ class KubernetesSource:
         stopped = asyncio.create_task(stop.wait())
         try:
             yield self.current(None)
-            self.ready.set()
+            self.cache.ready.set()
             while True:
                 dirty = asyncio.create_task(self._dirty.wait())
                 done, _ = await asyncio.wait({dirty, stopped, operator}, return_when=asyncio.FIRST_COMPLETED)
@@ -231,9 +198,9 @@ class KubernetesSource:
                 await self.relist()
                 log.info(
                     "initial listing complete: %d StaticSites, %d Services, %d Secrets they name (%s)",
-                    len(self.sites.objects),
-                    len(self.services.objects),
-                    len(self.secrets.objects),
+                    len(self.cache.sites.objects),
+                    len(self.cache.services.objects),
+                    len(self.cache.secrets.objects),
                     ", ".join(self.namespaces) if self.namespaces else "all namespaces",
                 )
                 return True
@@ -271,12 +238,12 @@ class KubernetesSource:
             raise
         self.state.report(None)
         now = time.monotonic()
-        site_keys = self.sites.reconcile(sites, started, now)
+        site_keys = self.cache.sites.reconcile(sites, started, now)
         secret_keys = self.followed.listed(named, secrets, started, now)
         self._sites_changed(site_keys)
         self.followed.prune()
         self.followed.changed(secret_keys)
-        self._services_changed(self.services.reconcile(services, started, now))
+        self._services_changed(self.cache.services.reconcile(services, started, now))
         self.listings += 1
 
     async def _list(
@@ -336,10 +303,10 @@ class KubernetesSource:
     # -- what kopf hands over (a `WatchFeed`) ----------------------------------------------
 
     def site_event(self, event: Mapping[str, Any]) -> None:
-        self._event(self.sites, event, self._sites_changed)
+        self._event(self.cache.sites, event, self._sites_changed)
 
     def service_event(self, event: Mapping[str, Any]) -> None:
-        self._event(self.services, event, self._services_changed)
+        self._event(self.cache.services, event, self._services_changed)
 
     def wants_secret(self, key: ObjectKey) -> bool:
         return self.followed.named(key)
@@ -351,7 +318,7 @@ class KubernetesSource:
         if not isinstance(body, dict):
             return
         kind = event.get("type")
-        if kind is None and self.ready.is_set():
+        if kind is None and self.cache.ready.is_set():
             self._relisted.set()  # kopf is relisting after a watch gap: check with a listing of ours
         key = cache.event(kind, body, time.monotonic())
         if key is not None:
@@ -363,7 +330,7 @@ class KubernetesSource:
         if not isinstance(body, dict) or not self.followed.named(object_key(body)):
             return  # no site names it (any more)
         kind = event.get("type")
-        if kind is None and self.ready.is_set():
+        if kind is None and self.cache.ready.is_set():
             self._relisted.set()
         self.followed.event(kind, body)
 
@@ -377,9 +344,9 @@ class KubernetesSource:
         changed: set[SiteKey] = set()
         for namespace, name in keys:
             key = SiteKey(namespace, name)
-            if self.index.update(key, self.sites.get((namespace, name))):
+            if self.index.update(key, self.cache.sites.get((namespace, name))):
                 changed.add(key)
-        moved = self.limit.settle()  # sites admitted from the waiting ones, now, not at `current()`
+        moved = self.index.limit.settle()  # sites admitted from the waiting ones, now, not at `current()`
         changed |= moved
         if changed:
             self._changed |= changed

@@ -77,7 +77,7 @@ class StatusWriter:
     def __init__(
         self,
         api: KubeApi,
-        source: ClusterCache,  # what the Kubernetes source last saw of the cluster
+        cache: ClusterCache,  # what the Kubernetes source last saw of the cluster
         *,
         is_leader: Callable[[], bool] = lambda: True,
         identity: str = COMPONENT,
@@ -85,7 +85,7 @@ class StatusWriter:
         backend_grace: float = BACKEND_GRACE,
     ) -> None:
         self.api = api
-        self.source = source
+        self.cache = cache
         self.is_leader = is_leader
         self.identity = identity
         self.concurrency = concurrency
@@ -132,7 +132,7 @@ class StatusWriter:
         site = self._sites.sites.get(key)
         if site is not None:
             backend = site.backend
-            service = self.source.service(backend.namespace, backend.service_name)
+            service = self.cache.service(backend.namespace, backend.service_name)
             state = with_backend(state, site.domain, backend, backend_seen(service))
         return Verdict(
             state.phase.value,
@@ -145,7 +145,7 @@ class StatusWriter:
     # -- writing ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.source.ready.wait()
+        await self.cache.ready.wait()
         while not stop.is_set():
             woke = asyncio.create_task(self._wake.wait())
             stopped = asyncio.create_task(stop.wait())
@@ -184,7 +184,7 @@ class StatusWriter:
         return failed
 
     async def _sync_one(self, key: SiteKey) -> None:
-        body = self.source.object(key)
+        body = self.cache.object(key)
         verdict = self.verdict(key)
         if body is None or verdict is None:
             self._unseen.pop(key, None)

@@ -109,7 +109,7 @@ class Cluster:
             if not replica.task.done():
                 source = replica.mode.source
                 await eventually(
-                    lambda source=source: (source.service(namespace, name) is not None) == present,
+                    lambda source=source: (source.cache.service(namespace, name) is not None) == present,
                     what=f"replica {replica.identity} to see Service {namespace}/{name}"
                     + ("" if present else " gone"),
                 )
@@ -268,7 +268,7 @@ def offline_source(**options: Any) -> KubernetesSource:
 
 def feed(source: KubernetesSource, kind: str | None, body: dict[str, Any]) -> None:
     """One watch event (kind None: an object of a listing), as kopf hands it to the source."""
-    source._event(source.sites, {"type": kind, "object": body}, source._sites_changed)
+    source._event(source.cache.sites, {"type": kind, "object": body}, source._sites_changed)
 
 
 @dataclass
