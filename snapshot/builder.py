@@ -20,7 +20,7 @@ from .consistency import Plan, check_consistency, check_domains, plan_of
 from .https_chains import HttpsChains
 from .model import Backend, Certificate, SiteKey, StaticSite
 from .route_table import RouteTable
-from .snapshot import Resource, ResourceSet, Snapshot
+from .snapshot import DEFAULT_GROUP, Resource, ResourceSet, Snapshot
 from .verdict import Phase, SiteState, accepted, claimed, missing_certificate
 
 
@@ -75,8 +75,10 @@ class SnapshotBuilder:
     set from the previous one.
     """
 
-    def __init__(self, options: BuildOptions | None = None) -> None:
+    def __init__(self, options: BuildOptions | None = None, group: str = DEFAULT_GROUP) -> None:
+        """`group` names the gateway group whose snapshots this builder makes."""
         self.options = options or BuildOptions()
+        self.group = group
         # Tests only: rewrites the bytes of a site's virtual host or a backend's cluster, to
         # produce what Envoy refuses though the model accepts it.
         self.resource_hook: Callable[[StaticSite | Backend, bytes], bytes] | None = None
@@ -205,7 +207,8 @@ class SnapshotBuilder:
 
         self._check(hosts)
         snapshot = Snapshot.of(
-            [self._clusters, self._endpoints, self._tls.secrets, self._listeners, self._routes]
+            [self._clusters, self._endpoints, self._tls.secrets, self._listeners, self._routes],
+            self.group,
         )
         return BuildResult(
             snapshot,

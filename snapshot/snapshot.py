@@ -154,20 +154,28 @@ def _set_version(type_url: str, digest: int) -> str:
     return content_hash(type_url.encode(), digest.to_bytes(8, "big"))
 
 
+DEFAULT_GROUP = "default"  # the gateway group of a site that names none
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A self-consistent set of Envoy resources of every type we serve, and its version."""
+    """A self-consistent set of Envoy resources of every type we serve, and its version.
+
+    Each gateway group is served a snapshot of its own; `group` names it. The version is the
+    content's alone: two groups served the same resources have snapshots of the same version.
+    """
 
     version: str
     types: Mapping[str, ResourceSet]
+    group: str = DEFAULT_GROUP
 
     @classmethod
-    def of(cls, sets: Iterable[ResourceSet]) -> Snapshot:
+    def of(cls, sets: Iterable[ResourceSet], group: str = DEFAULT_GROUP) -> Snapshot:
         by_type = {s.type_url: s for s in sets}
         for type_url in TYPE_ORDER:
             by_type.setdefault(type_url, ResourceSet.of(type_url, ()))
         version = content_hash(*(by_type[t].version.encode() for t in TYPE_ORDER))
-        return cls(version, MappingProxyType(by_type))
+        return cls(version, MappingProxyType(by_type), group)
 
     def of_type(self, type_url: str) -> ResourceSet:
         return self.types[type_url]
