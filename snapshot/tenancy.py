@@ -13,6 +13,11 @@ holds one of those. So a domain granted exactly to one namespace is never served
 whether or not the first has a site on it now. A grant whose `namespaces` cannot be read
 admits no namespace, but its domains still count for ownership: a typo never hands a domain
 to somebody else.
+
+A site's wildcard domain `*.s` is answered by Envoy for every name below `s` that no other
+virtual host has, at any depth. So it is permitted only if, besides `*.s` itself, every
+pattern granted below `s` (and `**.s`) admits the site's namespace too: otherwise a deleted
+site's domain would pass to the owner of a wildcard above it.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from .model import (
     type_name,
 )
 from .snapshot import DEFAULT_GROUP
-from .verdict import SiteState, domain_not_permitted, gateway_group_not_found
+from .verdict import SiteState, domain_not_permitted, gateway_group_not_found, wildcard_not_permitted
 
 __all__ = [
     "CLIENT_NAME_SUFFIX",
@@ -357,6 +362,8 @@ class _GrantIndex:
     one_label: Mapping[str, _Holders]
     any_depth: Mapping[str, _Holders]
     every: _Holders
+    # Below each domain: the patterns whose domains all lie below it, with their holders.
+    below: Mapping[str, tuple[tuple[str, _Holders], ...]]
 
     @classmethod
     def of(cls, grants: tuple[Grant, ...]) -> _GrantIndex:
@@ -371,7 +378,27 @@ class _GrantIndex:
                 if not holders or holders[-1] != place:
                     holders.append(place)
         exact, one_label, any_depth = ({k: tuple(v) for k, v in t.items()} for t in tables)
-        return cls(exact, one_label, any_depth, tuple(every))
+        below: dict[str, list[tuple[str, _Holders]]] = {}
+        for kind, table in (
+            (PatternKind.EXACT, exact),
+            (PatternKind.ONE_LABEL, one_label),
+            (PatternKind.ANY_DEPTH, any_depth),
+        ):
+            prefix = ("", "*.", "**.")[kind]
+            for suffix, owners in table.items():
+                _, dot, above = suffix.partition(".")
+                while dot:  # every domain strictly above the pattern's own
+                    below.setdefault(above, []).append((prefix + suffix, owners))
+                    _, dot, above = above.partition(".")
+        return cls(exact, one_label, any_depth, tuple(every), {k: tuple(v) for k, v in below.items()})
+
+    def covered(self, wildcard: str) -> tuple[tuple[str, _Holders], ...]:
+        """The patterns a site's wildcard domain `*.s` would also answer for in Envoy (which
+        matches a wildcard at any depth): those below `s`, and `**.s` itself."""
+        suffix = wildcard[2:]
+        found = self.below.get(suffix, ())
+        deep = self.any_depth.get(suffix)
+        return found if deep is None else (*found, ("**." + suffix, deep))
 
     def holders(self, host: str) -> _Holders:
         """The grants that hold the most specific patterns matching `host` (empty: none match)."""
@@ -739,6 +766,15 @@ class Tenancy:
             holders = index.holders(host)
             if admitted.isdisjoint(holders):
                 return domain_not_permitted(site.key, host, name, self._owners(group, holders))
+            if host.startswith("*."):
+                # Envoy answers a wildcard for every name below it that no other virtual host
+                # has: it must not cover a domain granted more narrowly to someone else, or a
+                # deleted site's domain would pass to the wildcard's owner.
+                for pattern, covered in index.covered(host):
+                    if admitted.isdisjoint(covered):
+                        return wildcard_not_permitted(
+                            site.key, host, pattern, name, self._owners(group, covered) or []
+                        )
         return None
 
     def _owners(self, group: GatewayGroup, holders: tuple[int, ...]) -> list[str] | None:

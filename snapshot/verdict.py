@@ -234,6 +234,21 @@ def domain_not_permitted(
     return SiteState(key, Phase.INVALID, DOMAIN_NOT_PERMITTED, message)
 
 
+def wildcard_not_permitted(
+    key: SiteKey, wildcard: str, pattern: str, group: str, owners: Sequence[str]
+) -> SiteState:
+    """A site refused because its wildcard domain would also answer for `pattern`, which
+    gateway group `group` grants to other namespaces (`owners`) than the site's."""
+    listed = ", ".join(owners[:MAX_NAMES_LISTED]) or "no namespace that exists"
+    if len(owners) > MAX_NAMES_LISTED:
+        listed += f" and {len(owners) - MAX_NAMES_LISTED} more"
+    message = (
+        f"domain {wildcard} would also answer for {pattern}, which gateway group {group} grants to "
+        f"{listed}, not to namespace {key.namespace}: name the domains you own instead"
+    )
+    return SiteState(key, Phase.INVALID, DOMAIN_NOT_PERMITTED, message)
+
+
 def gateway_group_not_found(key: SiteKey, group: str, existing: Sequence[str]) -> SiteState:
     """A site refused because the gateway group it names is not among `existing` (maybe none)."""
     if not existing:
