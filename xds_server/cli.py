@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /healthz, /readyz, /metrics and /debug/envoys over HTTP here (default: off)",
     )
     serve.add_argument(
+        "--admission-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the validating admission webhook for StaticSites and GatewayGroups over HTTPS "
+        "here, with the --tls-cert certificate (default: off)",
+    )
+    serve.add_argument(
         "--xds-address",
         default=DEFAULT_XDS_ADDRESS,
         help=f"host:port of the ADS server ({DEFAULT_XDS_ADDRESS})",
@@ -346,6 +353,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_delay=args.max_delay_ms / 1000,
             serving=_serving_certificate(args),
             insecure_plaintext=args.insecure_plaintext,
+            admission_address=args.admission_address,
         )
     except ValueError as exc:  # bad flags: name them and stop
         print(f"staticsite-xds: {exc}", file=sys.stderr)
