@@ -242,6 +242,13 @@ def _parser() -> argparse.ArgumentParser:
         "--ca-secret", default=issuer.DEFAULT_CA_SECRET, help="the CA's certificate and key (%(default)s)"
     )
     certificates.add_argument(
+        "--webhook-configuration",
+        default=issuer.DEFAULT_WEBHOOK_CONFIGURATION,
+        metavar="NAME",
+        help="the ValidatingWebhookConfiguration whose caBundle is set to the server certificate's "
+        "CA (%(default)s; '' for none)",
+    )
+    certificates.add_argument(
         "--client-name",
         default=issuer.DEFAULT_CLIENT_NAME,
         help="the common name of the gateways' certificate (%(default)s)",
@@ -384,7 +391,15 @@ def _serving_certificate(args: argparse.Namespace) -> ServingCertificate | None:
 
 
 # The `certificates` flags whose value is the plan's field of the same name.
-_PLAN_FLAGS = ("server_secret", "client_secret", "ca_secret", "client_name", "days", "ca_days")
+_PLAN_FLAGS = (
+    "server_secret",
+    "client_secret",
+    "ca_secret",
+    "client_name",
+    "days",
+    "ca_days",
+    "webhook_configuration",
+)
 
 
 def _certificates(args: argparse.Namespace) -> int:
