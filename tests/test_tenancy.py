@@ -512,3 +512,39 @@ def test_the_site_field() -> None:
     assert site("docs", "a.test").gateway_group is None
     assert site("docs", "a.test", group="edge").gateway_group == "edge"
     assert site("docs", "a.test").key == SiteKey("docs", "site")
+
+
+# -- the CRD -----------------------------------------------------------------------------------
+
+
+def test_the_gateway_group_crd_mirrors_the_parser() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from snapshot import tenancy as t
+    from snapshot.model import DNS1123_LABEL_PATTERN, GROUP, VERSION
+
+    crd = yaml.safe_load((Path(__file__).parents[1] / "crds" / "gatewaygroup.yaml").read_text())
+    assert crd["metadata"]["name"] == f"{t.GATEWAY_GROUP_PLURAL}.{GROUP}"
+    assert crd["spec"]["scope"] == "Cluster"
+    assert crd["spec"]["names"]["kind"] == t.GATEWAY_GROUP_KIND
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == VERSION
+    schema = version["schema"]["openAPIV3Schema"]["properties"]
+    assert schema["metadata"]["properties"]["name"]["pattern"] == f"^{DNS1123_LABEL_PATTERN}$"
+    spec = schema["spec"]["properties"]
+    assert spec["clientNames"]["maxItems"] == t.MAX_CLIENT_NAMES
+    assert spec["clientNames"]["items"]["pattern"] == f"^{t.CLIENT_NAME_PATTERN}$"
+    assert spec["clientNames"]["items"]["maxLength"] == t.MAX_CLIENT_NAME_LENGTH
+    assert spec["grants"]["maxItems"] == t.MAX_GRANTS
+    grant = spec["grants"]["items"]["properties"]
+    assert grant["domains"]["maxItems"] == t.MAX_GRANT_DOMAINS
+    names = grant["namespaces"]["properties"]["names"]
+    assert names["maxItems"] == t.MAX_GRANT_NAMESPACES
+    assert names["items"]["pattern"] == f"^{DNS1123_LABEL_PATTERN}$"
+    selector = grant["namespaces"]["properties"]["selector"]["properties"]
+    expression = selector["matchExpressions"]["items"]["properties"]
+    assert tuple(expression["operator"]["enum"]) == t.OPERATORS
+    assert selector["matchExpressions"]["maxItems"] == t.MAX_SELECTOR_TERMS
+    assert expression["values"]["maxItems"] == t.MAX_SELECTOR_VALUES
