@@ -22,7 +22,7 @@ from snapshot.containment import Containment
 from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE
 from snapshot.snapshot import Snapshot
-from snapshot.tenancy import OPEN, Tenancy
+from snapshot.tenancy import Tenancy
 from watcher.siteset import SiteSet, merge_changes
 from watcher.status import StatusLog
 
@@ -143,10 +143,8 @@ class ControlPlane:
 
     @property
     def tenancy(self) -> Tenancy:
-        """The tenancy of the last site set built (the open tenancy while its source gives none)."""
-        # Stand-in until SiteSet carries its tenancy: then `return self.sites.tenancy`.
-        tenancy: Tenancy = getattr(self.sites, "tenancy", OPEN)
-        return tenancy
+        """The tenancy of the last site set built."""
+        return self.sites.tenancy
 
     async def run(
         self,
