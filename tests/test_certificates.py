@@ -7,22 +7,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import ssl
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 import trustme
+import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from support.kubernetes import Cluster
+from support.admission import review, site_body
+from support.kubernetes import WEBHOOKS_RESOURCE, Cluster
 
 from watcher.k8s_api import SECRETS, KubeApi
 from xds_server import cli
+from xds_server.local.gateway import REPO_ROOT
 from xds_server.operations import issuer
-from xds_server.operations.issuer import CertificatePlan, keep_certificates
+from xds_server.operations.admission import AdmissionServer
+from xds_server.operations.issuer import (
+    VALIDATING_WEBHOOKS,
+    CertificatePlan,
+    keep_ca_bundle,
+    keep_certificates,
+)
 from xds_server.operations.tls import ServingCertificate
 
 pytestmark = pytest.mark.kubernetes
@@ -239,3 +250,115 @@ async def test_the_command_writes_the_secrets_once(cluster: Cluster, monkeypatch
     assert await asyncio.to_thread(cli.main, args) == 0
     assert writes(cluster) == 3
     assert await asyncio.to_thread(cli.main, [*args, "--renew-before", "90"]) == 2
+
+
+# -- the admission webhook's caBundle ---------------------------------------------------------
+
+
+WEBHOOK_CONFIGURATION = REPO_ROOT / "deploy" / "admission-webhook.yaml"
+
+
+async def shipped_webhook_configuration(cluster: Cluster) -> None:
+    """The ValidatingWebhookConfiguration of deploy/, as `kubectl apply` creates it."""
+    body = yaml.safe_load(WEBHOOK_CONFIGURATION.read_text())
+    await cluster.create_cluster_object(WEBHOOKS_RESOURCE, body)
+
+
+async def webhook_configuration(cluster: Cluster) -> dict[str, Any]:
+    found = await cluster.api.get(VALIDATING_WEBHOOKS, "", PLAN.webhook_configuration)
+    assert found is not None
+    return found
+
+
+def bundles(configuration: dict[str, Any]) -> list[list[x509.Certificate]]:
+    return [
+        x509.load_pem_x509_certificates(base64.b64decode(w["clientConfig"]["caBundle"]))
+        for w in configuration["webhooks"]
+    ]
+
+
+def bundle_writes(cluster: Cluster) -> int:
+    return len(cluster.requests("PATCH", "/validatingwebhookconfigurations/"))
+
+
+async def test_the_webhook_configuration_gets_the_servers_ca_once(cluster: Cluster) -> None:
+    await shipped_webhook_configuration(cluster)
+    await keep_certificates(cluster.api, PLAN)
+    assert await keep_ca_bundle(cluster.api, PLAN) is True
+    ca = await certificate(cluster, PLAN.ca_secret)
+    configuration = await webhook_configuration(cluster)
+    assert bundles(configuration) == [[ca], [ca]]
+    shipped = yaml.safe_load(WEBHOOK_CONFIGURATION.read_text())["webhooks"]
+    for written, before in zip(configuration["webhooks"], shipped, strict=True):
+        assert {**written, "clientConfig": {**written["clientConfig"], "caBundle": None}} == {
+            **before,
+            "clientConfig": {**before["clientConfig"], "caBundle": None},
+        }  # nothing else of the configuration changes
+    assert await keep_ca_bundle(cluster.api, PLAN) is False
+    assert bundle_writes(cluster) == 1
+
+    # A renewed CA: the old one stays in the bundle while the pods may still present its certificate.
+    await keep_certificates(cluster.api, PLAN, now() + 3640 * DAY)
+    assert await keep_ca_bundle(cluster.api, PLAN) is True
+    new_ca = await certificate(cluster, PLAN.ca_secret)
+    assert bundles(await webhook_configuration(cluster)) == [[new_ca, ca], [new_ca, ca]]
+
+
+async def test_a_missing_webhook_configuration_is_left_alone(cluster: Cluster) -> None:
+    await keep_certificates(cluster.api, PLAN)
+    assert await keep_ca_bundle(cluster.api, PLAN) is False
+    assert bundle_writes(cluster) == 0
+    plan = CertificatePlan(namespace=NAMESPACE, dns_names=PLAN.dns_names, webhook_configuration="")
+    await shipped_webhook_configuration(cluster)
+    assert await keep_ca_bundle(cluster.api, plan) is False
+    assert bundle_writes(cluster) == 0
+
+
+async def test_a_conflicting_write_of_the_bundle_is_read_and_tried_again(cluster: Cluster) -> None:
+    await shipped_webhook_configuration(cluster)
+    await keep_certificates(cluster.api, PLAN)
+    raced = cluster.conflict_on_next_patch(WEBHOOKS_RESOURCE, PLAN.webhook_configuration)
+    assert await keep_ca_bundle(cluster.api, PLAN) is True
+    assert len(raced) == 1
+    assert bundle_writes(cluster) == 2
+    assert bundles(await webhook_configuration(cluster)) == [[await certificate(cluster, PLAN.ca_secret)]] * 2
+
+
+async def test_the_api_server_trusts_the_webhook_through_the_bundle(cluster: Cluster, tmp_path: Path) -> None:
+    await shipped_webhook_configuration(cluster)
+    await keep_certificates(cluster.api, PLAN)
+    await keep_ca_bundle(cluster.api, PLAN)
+    server = write_files(tmp_path / "server", await secret(cluster, PLAN.server_secret))
+    serving = ServingCertificate.from_paths(server / "tls.crt", server / "tls.key", server / "ca.crt")
+    (webhook,) = [w for w in (await webhook_configuration(cluster))["webhooks"] if "staticsites" in w["name"]]
+    client_config = webhook["clientConfig"]
+    service = client_config["service"]
+    # What the API server checks: the bundle's CAs, and the name it calls the Service by.
+    context = ssl.create_default_context(cadata=base64.b64decode(client_config["caBundle"]).decode())
+    admission = AdmissionServer(serving, lambda: None)
+    async with admission.listening("127.0.0.1:0") as port:
+        connector = aiohttp.TCPConnector(ssl=context, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            sent = review(site_body("docs", "main", "docs.example.com"))
+            async with session.post(
+                f"https://127.0.0.1:{port}{service['path']}",
+                json=sent,
+                server_hostname=f"{service['name']}.{service['namespace']}.svc",
+            ) as response:
+                assert response.status == 200
+                answer = await response.json()
+    assert answer["response"]["uid"] == sent["request"]["uid"]
+    assert answer["response"]["allowed"] is True
+
+
+async def test_the_command_writes_the_bundle(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    def emulator(cls: type[KubeApi], user_agent: str = "") -> KubeApi:
+        return KubeApi.for_server(cluster.url, user_agent)
+
+    monkeypatch.setattr(KubeApi, "from_environment", classmethod(emulator))
+    await shipped_webhook_configuration(cluster)
+    args = ["certificates", "--namespace", NAMESPACE]
+    assert await asyncio.to_thread(cli.main, args) == 0
+    assert bundles(await webhook_configuration(cluster)) == [[await certificate(cluster, PLAN.ca_secret)]] * 2
+    assert await asyncio.to_thread(cli.main, args) == 0
+    assert bundle_writes(cluster) == 1

@@ -51,7 +51,14 @@ SERVER_SECRET = "staticsite-xds-server"
 CLIENT_SECRET = "staticsite-xds-gateway"
 CA_SECRET = "staticsite-xds-ca"
 DEPLOY_CERT_MANAGER = ROOT / "deploy-cert-manager"
-CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingWebhookConfiguration",
+}
+WEBHOOK_CONFIGURATION = "staticsite-xds"
 
 Object = dict[str, Any]
 
@@ -316,11 +323,25 @@ def test_rbac_grants_exactly_least_privilege() -> None:
 
 
 # The certificates Job: its three Secrets, and create (which RBAC cannot limit by name).
-EXPECTED_CERTIFICATES_GRANTS: set[Grant] = {(NAMESPACE, "", "secrets", "create", None)} | {
-    (NAMESPACE, "", "secrets", verb, name)
-    for verb in ("get", "update", "patch")
-    for name in (CA_SECRET, SERVER_SECRET, CLIENT_SECRET)
-}
+EXPECTED_CERTIFICATES_GRANTS: set[Grant] = (
+    {(NAMESPACE, "", "secrets", "create", None)}
+    | {
+        (NAMESPACE, "", "secrets", verb, name)
+        for verb in ("get", "update", "patch")
+        for name in (CA_SECRET, SERVER_SECRET, CLIENT_SECRET)
+    }
+    # The admission webhook's caBundle, in its one configuration.
+    | {
+        (
+            "cluster",
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            verb,
+            WEBHOOK_CONFIGURATION,
+        )
+        for verb in ("get", "patch")
+    }
+)
 
 
 @pytest.mark.unit
@@ -417,7 +438,7 @@ def test_control_plane_ports_probes_and_service_agree() -> None:
     assert selector
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     ports = {p["name"]: p for p in service["spec"]["ports"]}
-    assert set(ports) == {"grpc-xds", "metrics"}
+    assert set(ports) == {"grpc-xds", "metrics", "webhook"}
     assert ports["grpc-xds"]["appProtocol"] == "grpc"
     assert _container_port(container, ports["grpc-xds"]["targetPort"]) == xds_port
     assert _container_port(container, ports["metrics"]["targetPort"]) == metrics_port
@@ -700,7 +721,8 @@ def test_network_policy_admits_only_gateways_to_the_xds_port() -> None:
         for port in rule["ports"]:
             assert port.get("protocol", "TCP") == "TCP"
             admitted.setdefault(_container_port(container, port["port"]), []).append(rule)
-    assert set(admitted) == {xds_port, metrics_port}
+    admission_port = _host_port(_control_plane_args().admission_address)[1]
+    assert set(admitted) == {xds_port, metrics_port, admission_port}
     (xds_rule,) = admitted[xds_port]
     (peer,) = xds_rule["from"]
     assert set(peer) == {"podSelector"}, "gateways of this namespace only"
@@ -708,6 +730,8 @@ def test_network_policy_admits_only_gateways_to_the_xds_port() -> None:
     assert not _selects(peer["podSelector"], control_plane["spec"]["template"]["metadata"]["labels"])
     (metrics_rule,) = admitted[metrics_port]
     assert "from" not in metrics_rule, "the metrics port stays open for scraping"
+    (admission_rule,) = admitted[admission_port]
+    assert "from" not in admission_rule, "the API server's address is not known in advance"
 
 
 # --- the cert-manager alternative --------------------------------------------------------------
@@ -722,8 +746,23 @@ def test_cert_manager_overlay_makes_the_same_secrets_instead_of_the_job() -> Non
         if not obj["apiVersion"].startswith("cert-manager.io/"):
             _validate(obj)
     kinds = {(o["kind"], o["metadata"]["name"]) for o in rendered}
-    for kind in ("Job", "CronJob", "ServiceAccount", "Role", "RoleBinding"):
+    for kind in (
+        "Job",
+        "CronJob",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ):
         assert (kind, CERTIFICATES) not in kinds, kind
+    # cert-manager's CA injector writes the webhook's caBundle from the server certificate's CA.
+    webhook = _one(rendered, "ValidatingWebhookConfiguration", WEBHOOK_CONFIGURATION)
+    (server_certificate,) = [
+        c for c in _kinds(rendered, "Certificate") if c["spec"]["secretName"] == SERVER_SECRET
+    ]
+    injected = webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    assert injected == f"{NAMESPACE}/{server_certificate['metadata']['name']}"
     assert _grants(rendered) == EXPECTED_GRANTS
     certificates = {c["spec"]["secretName"]: c["spec"] for c in _kinds(rendered, "Certificate")}
     assert set(certificates) == {CA_SECRET, SERVER_SECRET, CLIENT_SECRET}
@@ -906,7 +945,11 @@ def test_image_command_is_what_the_deployment_runs() -> None:
     assert args.command == "serve"
     assert command == _container(_one(_objects(), "Deployment", CONTROL_PLANE))["args"]
     exposed = {int(p.partition("/")[0]) for i in final if i.keyword == "EXPOSE" for p in i.value.split()}
-    assert exposed == {_host_port(args.xds_address)[1], _host_port(args.metrics_address)[1]}
+    assert exposed == {
+        _host_port(args.xds_address)[1],
+        _host_port(args.metrics_address)[1],
+        _host_port(args.admission_address)[1],
+    }
 
 
 @pytest.mark.unit
@@ -955,3 +998,46 @@ def test_rendering_runs_mutual_tls_between_control_plane_and_gateways(rendered: 
     assert policy["metadata"]["namespace"] == NAMESPACE
     for kind in ("Job", "CronJob"):
         assert _certificates_args(_one(rendered, kind, CERTIFICATES)).command == "certificates"
+
+
+# --- the admission webhook ---------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_the_admission_webhook_reaches_the_control_planes_port_and_never_blocks_applies() -> None:
+    from snapshot.model import GROUP, PLURAL, VERSION
+    from snapshot.tenancy import GATEWAY_GROUP_PLURAL
+    from xds_server.operations.admission import GATEWAY_GROUPS_PATH, SITES_PATH
+    from xds_server.operations.issuer import DEFAULT_WEBHOOK_CONFIGURATION, service_dns_names
+
+    objects = _objects()
+    configuration = _one(objects, "ValidatingWebhookConfiguration", WEBHOOK_CONFIGURATION)
+    assert DEFAULT_WEBHOOK_CONFIGURATION == WEBHOOK_CONFIGURATION  # the one the certificates Job writes
+    service = _one(objects, "Service", CONTROL_PLANE)
+    container = _container(_one(objects, "Deployment", CONTROL_PLANE))
+    args = _control_plane_args()
+    admission_host, admission_port = _host_port(args.admission_address)
+    assert admission_host == "0.0.0.0"
+    assert args.tls_cert is not None, "the webhook serves the xDS port's certificate"
+    expected = {PLURAL: (SITES_PATH, "Namespaced"), GATEWAY_GROUP_PLURAL: (GATEWAY_GROUPS_PATH, "Cluster")}
+    seen = {}
+    for webhook in configuration["webhooks"]:
+        assert webhook["name"].endswith(f".{GROUP}")
+        assert webhook["failurePolicy"] == "Ignore", "an outage of the webhook must not block applies"
+        assert webhook["sideEffects"] == "None"
+        assert webhook["timeoutSeconds"] <= 10
+        assert "v1" in webhook["admissionReviewVersions"]
+        assert "caBundle" not in webhook["clientConfig"], "written by the certificates Job or cert-manager"
+        target = webhook["clientConfig"]["service"]
+        assert (target["name"], target["namespace"]) == (service["metadata"]["name"], NAMESPACE)
+        # The name the API server calls the Service by is one the server certificate names.
+        assert f"{target['name']}.{target['namespace']}.svc" in service_dns_names(NAMESPACE)
+        (port,) = [p for p in service["spec"]["ports"] if p["port"] == target.get("port", 443)]
+        assert _container_port(container, port["targetPort"]) == admission_port
+        (rule,) = webhook["rules"]
+        assert rule["apiGroups"] == [GROUP]
+        assert rule["apiVersions"] == [VERSION]
+        assert sorted(rule["operations"]) == ["CREATE", "UPDATE"], "DELETE is never refused"
+        (resource,) = rule["resources"]
+        seen[resource] = (target["path"], rule["scope"])
+    assert seen == expected

@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /healthz, /readyz, /metrics and /debug/envoys over HTTP here (default: off)",
     )
     serve.add_argument(
+        "--admission-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the validating admission webhook for StaticSites and GatewayGroups over HTTPS "
+        "here, with the --tls-cert certificate (default: off)",
+    )
+    serve.add_argument(
         "--xds-address",
         default=DEFAULT_XDS_ADDRESS,
         help=f"host:port of the ADS server ({DEFAULT_XDS_ADDRESS})",
@@ -235,6 +242,13 @@ def _parser() -> argparse.ArgumentParser:
         "--ca-secret", default=issuer.DEFAULT_CA_SECRET, help="the CA's certificate and key (%(default)s)"
     )
     certificates.add_argument(
+        "--webhook-configuration",
+        default=issuer.DEFAULT_WEBHOOK_CONFIGURATION,
+        metavar="NAME",
+        help="the ValidatingWebhookConfiguration whose caBundle is set to the server certificate's "
+        "CA (%(default)s; '' for none)",
+    )
+    certificates.add_argument(
         "--client-name",
         default=issuer.DEFAULT_CLIENT_NAME,
         help="the common name of the gateways' certificate (%(default)s)",
@@ -346,6 +360,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_delay=args.max_delay_ms / 1000,
             serving=_serving_certificate(args),
             insecure_plaintext=args.insecure_plaintext,
+            admission_address=args.admission_address,
         )
     except ValueError as exc:  # bad flags: name them and stop
         print(f"staticsite-xds: {exc}", file=sys.stderr)
@@ -376,7 +391,15 @@ def _serving_certificate(args: argparse.Namespace) -> ServingCertificate | None:
 
 
 # The `certificates` flags whose value is the plan's field of the same name.
-_PLAN_FLAGS = ("server_secret", "client_secret", "ca_secret", "client_name", "days", "ca_days")
+_PLAN_FLAGS = (
+    "server_secret",
+    "client_secret",
+    "ca_secret",
+    "client_name",
+    "days",
+    "ca_days",
+    "webhook_configuration",
+)
 
 
 def _certificates(args: argparse.Namespace) -> int:

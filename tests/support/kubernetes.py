@@ -8,6 +8,7 @@ creationTimestamp). Everything the control plane does goes over HTTP to the emul
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 import os
@@ -35,6 +36,7 @@ from xds_server.process.kubernetes import KubernetesMode
 from xds_server.process.observer import ObserverFuncs
 
 SITES_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
+WEBHOOKS_RESOURCE = "admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 LEASE_NAMESPACE = "staticsite-xds"
 _revisions = itertools.count(1000)
 
@@ -51,6 +53,9 @@ def declare_resources(kmock: Any) -> None:
     kmock.resources["v1/namespaces"] = info(kind="Namespace", namespaced=False, verbs=every)
     kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
         kind="CustomResourceDefinition", namespaced=False, verbs=every
+    )
+    kmock.resources[WEBHOOKS_RESOURCE] = info(
+        kind="ValidatingWebhookConfiguration", namespaced=False, verbs=every
     )
 
 
@@ -152,6 +157,34 @@ class Cluster:
     async def delete_service(self, namespace: str, name: str) -> None:
         await self.api.call("DELETE", SERVICES.path(namespace, name))
         await self.seen_by_replicas(namespace, name, present=False)
+
+    async def create_cluster_object(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a cluster-scoped object of `resource` ("group/version/plural"), stamped as the
+        API server stamps it."""
+        group, version, plural = resource.split("/")
+        path = f"/apis/{group}/{version}/{plural}"
+        return await self.api.call("POST", path, self._stamp(body, new=True))
+
+    def conflict_on_next_patch(self, resource: str, name: str, namespace: str | None = None) -> list[Any]:
+        """Answer the next PATCH of this object 409 Conflict, and keep the object as it was: what
+        the API server does with a write based on a resourceVersion it no longer holds (the
+        emulator would store the write). The list of refused requests fills as they come."""
+        key = (resource, namespace, name)
+        before = copy.deepcopy(self.kmock.objects[key].raw)
+        path = f"/{resource.rsplit('/', 1)[-1]}/{name}"
+        refused: list[Any] = []
+
+        def next_patch(request: Any) -> bool:
+            hit = not refused and str(request.method).upper().endswith("PATCH") and path in str(request.url)
+            if hit:
+                refused.append(request)
+            return hit
+
+        def unstore(_: Any) -> None:
+            self.kmock.objects[key] = before
+
+        self.kmock[next_patch] << 409 << unstore
+        return refused
 
     async def site(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.api.get(SITES, namespace, name)

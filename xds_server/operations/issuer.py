@@ -11,6 +11,9 @@ CA signed, names other DNS names, or expires within the renewal window. With val
 certificates it writes nothing. A renewed CA reissues both certificates; `ca.crt` then holds
 the new CA and the old one while that one is valid, so a side that still presents a
 certificate from the old CA is accepted until the kubelet has refreshed every mount.
+
+The admission webhook's ValidatingWebhookConfiguration gets the server Secret's `ca.crt` as
+the `caBundle` of each of its webhooks (`keep_ca_bundle`), written only when it differs.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from watcher.k8s_api import SECRETS, ApiError, KubeApi
+from watcher.k8s_api import SECRETS, ApiError, Kind, KubeApi
 
 log = logging.getLogger("staticsite_xds.certificates")
 
@@ -40,6 +43,9 @@ DEFAULT_SERVICE = "staticsite-xds"
 DEFAULT_SERVER_SECRET = "staticsite-xds-server"
 DEFAULT_CLIENT_SECRET = "staticsite-xds-gateway"
 DEFAULT_CA_SECRET = "staticsite-xds-ca"
+DEFAULT_WEBHOOK_CONFIGURATION = "staticsite-xds"  # the admission webhook's (deploy/admission-webhook.yaml)
+VALIDATING_WEBHOOKS = Kind("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations")
+CA_BUNDLE_ATTEMPTS = 5  # writes of the caBundle raced by another writer before giving up
 DEFAULT_CLIENT_NAME = "staticsite-gateway"
 DEFAULT_DAYS = 365
 DEFAULT_CA_DAYS = 3650
@@ -77,6 +83,8 @@ class CertificatePlan:
     days: int = DEFAULT_DAYS
     ca_days: int = DEFAULT_CA_DAYS
     renew_before_days: int = DEFAULT_RENEW_BEFORE_DAYS
+    # The ValidatingWebhookConfiguration whose caBundle is the server certificate's CA ("": none).
+    webhook_configuration: str = DEFAULT_WEBHOOK_CONFIGURATION
 
     def __post_init__(self) -> None:
         if not self.dns_names:
@@ -387,23 +395,71 @@ async def keep_certificates(
     return written
 
 
+async def keep_ca_bundle(api: KubeApi, plan: CertificatePlan) -> bool:
+    """Make the webhook configuration's caBundle the CAs the server certificate's Secret
+    names (`ca.crt`), so the API server trusts the admission webhook; True if it was written.
+
+    A configuration that does not exist is logged and left alone (the certificates still
+    serve the xDS port); a write raced by another writer is read and tried again.
+    """
+    name = plan.webhook_configuration
+    if not name:
+        return False
+    server = await api.get(SECRETS, plan.namespace, plan.server_secret)
+    bundle = ((server or {}).get("data") or {}).get(CA_KEY)
+    if not bundle:
+        raise CertificateError(f"Secret {plan.namespace}/{plan.server_secret} has no {CA_KEY}; run again")
+    for _ in range(CA_BUNDLE_ATTEMPTS):
+        configuration = await api.get(VALIDATING_WEBHOOKS, "", name)
+        if configuration is None:
+            log.warning(
+                "ValidatingWebhookConfiguration %s not found: its caBundle is not written, and the "
+                "API server cannot call the admission webhook until it is (run again once it exists)",
+                name,
+            )
+            return False
+        webhooks = [dict(webhook) for webhook in configuration.get("webhooks") or []]
+        stale = [w for w in webhooks if (w.get("clientConfig") or {}).get("caBundle") != bundle]
+        if not stale:
+            return False
+        for webhook in stale:
+            webhook["clientConfig"] = {**(webhook.get("clientConfig") or {}), "caBundle": bundle}
+        # A merge patch replaces the whole list; the resourceVersion makes a concurrent change a 409.
+        version = (configuration.get("metadata") or {}).get("resourceVersion")
+        patch: dict[str, Any] = {"webhooks": webhooks}
+        if version:
+            patch["metadata"] = {"resourceVersion": version}
+        try:
+            await api.patch(VALIDATING_WEBHOOKS, "", name, patch)
+        except ApiError as exc:
+            if exc.status == 409:
+                continue
+            raise
+        return True
+    raise CertificateError(
+        f"ValidatingWebhookConfiguration {name} kept changing while its caBundle was written"
+    )
+
+
 def keep_certificates_in_cluster(plan: CertificatePlan) -> int:
     """`staticsite-xds certificates`: one run against the cluster; the process's exit status."""
 
-    async def run() -> list[Written]:
+    async def run() -> tuple[list[Written], bool]:
         api = KubeApi.from_environment(user_agent="staticsite-xds/certificates")
         try:
-            return await keep_certificates(api, plan)
+            return await keep_certificates(api, plan), await keep_ca_bundle(api, plan)
         finally:
             api.close()
 
     try:
-        written = asyncio.run(run())
+        written, bundled = asyncio.run(run())
     except (ApiError, CertificateError) as exc:
         print(f"staticsite-xds: {exc}", file=sys.stderr)
         return 1
     for secret in written:
         log.info("Secret %s/%s written: it was %s", plan.namespace, secret.secret, secret.reason)
-    if not written:
+    if bundled:
+        log.info("ValidatingWebhookConfiguration %s: caBundle written", plan.webhook_configuration)
+    if not written and not bundled:
         log.info("the certificates in %s are valid; nothing written", plan.namespace)
     return 0

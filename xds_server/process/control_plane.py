@@ -22,6 +22,7 @@ from snapshot.containment import Containment
 from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE
 from snapshot.snapshot import Snapshot
+from snapshot.tenancy import Tenancy
 from watcher.siteset import SiteSet, merge_changes
 from watcher.status import StatusLog
 
@@ -139,6 +140,11 @@ class ControlPlane:
     def ready(self) -> bool:
         """A complete snapshot has been published."""
         return self.published is not None
+
+    @property
+    def tenancy(self) -> Tenancy:
+        """The tenancy of the last site set built."""
+        return self.sites.tenancy
 
     async def run(
         self,

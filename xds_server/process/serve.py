@@ -2,7 +2,7 @@
 
 A source of sites (a folder, or Kubernetes with its Lease and status writer), the control
 plane and its observers (metrics, gRPC health, the status writer), the operators' ports
-(health, metrics, inspection) and the xDS port's TLS, started together and stopped together.
+(health, metrics, inspection), the admission webhook and the xDS port's TLS, started together and stopped together.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from watcher.leader import DEFAULT_LEASE_NAME
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
 from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
+from ..operations.admission import AdmissionServer
 from ..operations.health import GrpcHealth, HealthServer, split_address
 from ..operations.inspection import Inspection, report
 from ..operations.metrics import Metrics
@@ -61,6 +62,7 @@ class ServeConfig:
     max_delay: float = DEFAULT_MAX_DELAY
     serving: ServingCertificate | None = None  # the xDS port's TLS (None: plain text)
     insecure_plaintext: bool = False  # plain text allowed on an address other than loopback
+    admission_address: str | None = None  # the validating admission webhook's HTTPS port (None: off)
 
 
 PLAINTEXT_WARNING = (
@@ -109,6 +111,7 @@ def serve(config: ServeConfig) -> None:
             split_address(config.metrics_address)
         except ValueError as exc:
             raise ServeError(f"--metrics-address: {exc}") from None
+    _check_admission(config)
     kube = _kubernetes(config) if config.kubernetes is not None else None
     metrics = Metrics()
     health = GrpcHealth()
@@ -143,6 +146,11 @@ def serve(config: ServeConfig) -> None:
             companions.append(http.serve(config.metrics_address, stop))
         if serving is not None:
             companions.append(serving.follow(stop))
+        if config.admission_address is not None:
+            assert serving is not None  # _check_admission
+            # Every replica judges, against the tenancy of the last site set it built.
+            webhook = AdmissionServer(serving, lambda: plane.tenancy if plane.ready else None)
+            companions.append(webhook.serve(config.admission_address, stop))
         sites: AsyncIterator[SiteSet]
         if kube is not None:
             sites = kube.sites(stop)
@@ -166,6 +174,21 @@ def serve(config: ServeConfig) -> None:
         )
 
     asyncio.run(run())
+
+
+def _check_admission(config: ServeConfig) -> None:
+    """The webhook's address is host:port, and it has the xDS port's certificate to serve."""
+    if config.admission_address is None:
+        return
+    try:
+        split_address(config.admission_address)
+    except ValueError as exc:
+        raise ServeError(f"--admission-address: {exc}") from None
+    if config.serving is None:
+        raise ServeError(
+            "--admission-address needs --tls-cert, --tls-key and --tls-client-ca: the webhook "
+            "serves HTTPS with the xDS port's server certificate"
+        )
 
 
 def _kubernetes(config: ServeConfig) -> KubernetesMode:
