@@ -181,7 +181,7 @@ async def test_debug_envoys_lists_every_connected_envoy(inspected: Inspected) ->
     cp = inspected
     status, empty = await cp.get("/debug/envoys")
     assert status == 200
-    assert empty == {"snapshot": None, "envoys": []}
+    assert empty == {"snapshot": None, "snapshots": {}, "envoys": []}
 
     await _nacking_pair(cp)
     snapshot = cp.plane.server.snapshot
@@ -195,8 +195,9 @@ async def test_debug_envoys_lists_every_connected_envoy(inspected: Inspected) ->
     assert set(by_node) == {"gw-good", "gw-bad"}
 
     good, bad = by_node["gw-good"], by_node["gw-bad"]
-    assert (good["gateway_group"], good["variant"], good["behind"]) == ("edge-eu", "sotw", False)
-    assert (bad["gateway_group"], bad["variant"], bad["behind"]) == ("edge-us", "delta", True)
+    assert (good["gateway_group"], good["variant"], good["behind"]) == ("default", "sotw", False)
+    assert (bad["gateway_group"], bad["variant"], bad["behind"]) == ("default", "delta", True)
+    assert (good["declared_group"], bad["declared_group"]) == ("edge-eu", "edge-us")
     assert good["peer"].startswith("ipv4:127.0.0.1:")
     assert good["connected_since"].endswith("Z")
     assert list(good["types"]) == ["Cluster", "Listener", "RouteConfiguration"]
@@ -231,9 +232,9 @@ async def test_status_command_prints_the_table_from_the_xds_port(
     assert out.startswith(f"snapshot {snapshot.version} (generation 1): CDS:")
     assert "2 Envoys connected, 1 behind" in out
     rows = {line.split()[0]: line for line in out.splitlines()[3:]}
-    assert rows["gw-good"].split()[1:3] == ["edge-eu", "sotw"]
+    assert rows["gw-good"].split()[1:3] == ["default", "sotw"]
     assert rows["gw-good"].split()[-2:] == ["no", "-"]
-    assert rows["gw-bad"].split()[1:3] == ["edge-us", "delta"]
+    assert rows["gw-bad"].split()[1:3] == ["default", "delta"]
     assert rows["gw-bad"].split()[3:8] == [
         "CDS:" + snapshot.of_type(CLUSTER_TYPE).version[:8],
         "LDS:" + snapshot.of_type(LISTENER_TYPE).version[:8],
