@@ -83,6 +83,9 @@ class SiteGroups:
         keys: Iterable[SiteKey]
         if tenancy_changed or changed is None:
             keys = sites.keys() | self._group_of.keys()
+            if changed is None:  # the source does not know what changed: every group is built
+                for name in names:
+                    out.setdefault(name, set())
         else:
             keys = changed
         refusals_changed: set[SiteKey] = set()

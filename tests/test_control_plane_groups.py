@@ -43,7 +43,10 @@ def group(name: str, *grants: tuple[Any, list[str]]) -> dict[str, Any]:
 
 
 def tenancy(*groups: dict[str, Any], labels: Mapping[str, Mapping[str, str]] | None = None) -> Tenancy:
-    parsed = {g.name: g for g in (parse_gateway_group(doc, f"gatewaygroup/{doc['metadata']['name']}") for doc in groups)}
+    parsed = {
+        g.name: g
+        for g in (parse_gateway_group(doc, f"gatewaygroup/{doc['metadata']['name']}") for doc in groups)
+    }
     return Tenancy(MappingProxyType(parsed), MappingProxyType(dict(labels or {})), enforced=True)
 
 

@@ -212,16 +212,14 @@ class ControlPlane:
         for name in regrouping.retired:
             self._retire(name)
         todo: dict[str, frozenset[SiteKey] | None] = dict(regrouping.changed)
-        for name, plane in self._planes.items():
-            if plane.reconsider and name in self.groups.groups:
+        for name, kept in self._planes.items():
+            if kept.reconsider and name in self.groups.groups:
                 todo.setdefault(name, frozenset())
-            plane.reconsider = False
+            kept.reconsider = False
         failed = False
         builds: list[_Build] = []
         for name, changed in todo.items():
-            plane = self._planes.get(name)
-            if plane is None:
-                plane = self._planes[name] = self._new_plane(name)
+            plane = self._planes.get(name) or self._planes.setdefault(name, self._new_plane(name))
             started = time.perf_counter()
             built, changed = plane.containment.effective(self.groups.members(name), changed)
             try:
