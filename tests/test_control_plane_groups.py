@@ -84,7 +84,8 @@ def test_sites_go_to_the_group_they_name_and_a_change_marks_only_its_group() -> 
     b = site("b", "b.green.example.test", gateway_group="green")
     first = groups.update({a.key: a, b.key: b}, None, t)
     assert first.changed == {"blue": None, "green": None}  # new groups: built whole
-    assert groups.group_of(a.key) == "blue" and groups.group_of(b.key) == "green"
+    assert groups.group_of(a.key) == "blue"
+    assert groups.group_of(b.key) == "green"
     a2 = dataclasses.replace(a, generation=2)
     second = groups.update({a.key: a2, b.key: b}, {a.key}, t)
     assert second.changed == {"blue": frozenset({a.key})}
@@ -100,7 +101,8 @@ def test_a_site_that_moves_group_leaves_one_and_joins_the_other() -> None:
     moved = dataclasses.replace(a, gateway_group="green")
     regrouping = groups.update({a.key: moved}, {a.key}, t)
     assert regrouping.changed == {"blue": frozenset({a.key}), "green": frozenset({a.key})}
-    assert groups.members("blue") == {} and groups.members("green") == {a.key: moved}
+    assert groups.members("blue") == {}
+    assert groups.members("green") == {a.key: moved}
 
 
 def test_a_refused_site_is_in_no_group_and_its_refusal_says_why() -> None:
@@ -113,7 +115,8 @@ def test_a_refused_site_is_in_no_group_and_its_refusal_says_why() -> None:
     assert regrouping.refusals_changed == {login.key}
     refusal = groups.refusals[login.key]
     assert refusal.reason == "DomainNotPermitted"
-    assert "login.example.test" in refusal.message and "security" in refusal.message
+    assert "login.example.test" in refusal.message
+    assert "security" in refusal.message
     assert groups.members("default") == {ok.key: ok}
 
 
