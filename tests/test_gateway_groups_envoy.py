@@ -511,6 +511,10 @@ def test_a_revoked_grant_takes_its_site_off_the_groups_envoy(gateways: Gateways)
         answer = gateways.get(BLUE, SHOP.domain)
         assert (answer.status, answer.backend) == (404, None)
         assert gateways.get(BLUE, BLUE_DOCS.domain).backend == BLUE_DOCS.backend
+        cluster = cluster_of(gateways, SHOP)
+        wait_until(
+            lambda: cluster not in cluster_names(blue), WAIT, what="shop's cluster to leave blue's Envoy"
+        )
     finally:  # granted again, for whichever test comes next
         gateways.write("groups/blue.yaml", gateway_group(BLUE, *BLUE_GRANTS))
         wait_until(lambda: SHOP.domain in route_domains(blue), WAIT, what="shop back in blue's routes")
