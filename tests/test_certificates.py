@@ -19,9 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from support.kubernetes import Cluster
 
+from snapshot.tenancy import default_client_name
 from watcher.k8s_api import SECRETS, KubeApi
 from xds_server import cli
-from xds_server.ads.membership import ClientIdentity, default_client_name
+from xds_server.ads.membership import ClientIdentity
 from xds_server.operations import issuer
 from xds_server.operations.issuer import CertificatePlan, keep_certificates
 from xds_server.operations.tls import ServingCertificate

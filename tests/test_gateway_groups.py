@@ -29,13 +29,12 @@ from support.wire import running
 from snapshot.builder import BuildOptions
 from snapshot.resources import CLUSTER_TYPE
 from snapshot.snapshot import DEFAULT_GROUP, Snapshot
+from snapshot.tenancy import CLIENT_NAME_SUFFIX, default_client_name
 from xds_server.ads.membership import (
-    CLIENT_NAME_SUFFIX,
     ClientIdentity,
     ClientNames,
     NotAMember,
     SingleGroup,
-    default_client_name,
     refusal_label,
 )
 from xds_server.ads.server import AdsServer

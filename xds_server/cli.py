@@ -12,11 +12,11 @@ from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION
 from snapshot.resources import ACCESS_LOG_STDOUT, DEFAULT_HOST_TEMPLATE
 from snapshot.snapshot import DEFAULT_GROUP
+from snapshot.tenancy import CLIENT_NAME_SUFFIX
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
 from watcher.siteset import DEFAULT_MAX_SITES
 
-from .ads.membership import CLIENT_NAME_SUFFIX
 from .operations import issuer
 from .operations.inspection import DEFAULT_TIMEOUT
 from .operations.tls import ServingCertificate

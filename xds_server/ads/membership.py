@@ -21,13 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from snapshot.snapshot import DEFAULT_GROUP
 
-CLIENT_NAME_SUFFIX = ".gateway-group.staticsite-xds.dev"
 PEM_CERTIFICATE_PROPERTY = "x509_pem_cert"  # the peer's certificate in grpc's auth context
-
-
-def default_client_name(group: str) -> str:
-    """The name `staticsite-xds certificates` writes into a group's gateway certificate."""
-    return f"{group}{CLIENT_NAME_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import grpc
 
-from snapshot.containment import Containment
 from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_ORDER
 from snapshot.snapshot import DEFAULT_GROUP, Snapshot
 from watcher.status import StatusLog
@@ -58,7 +57,14 @@ class PlaneView(Protocol):
     def status(self) -> StatusLog: ...
 
     @property
-    def containment(self) -> Containment: ...
+    def rejections_found(self) -> int:
+        """Sites found to cause an Envoy's rejection since start, in every gateway group."""
+        ...
+
+    @property
+    def searches(self) -> int:
+        """Rejections that needed a search by halves, in every gateway group."""
+        ...
 
 
 def behind(info: StreamInfo, snapshot: Snapshot | None) -> bool:

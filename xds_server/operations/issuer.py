@@ -34,9 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from snapshot.snapshot import DEFAULT_GROUP
+from snapshot.tenancy import default_client_name
 from watcher.k8s_api import SECRETS, ApiError, KubeApi
-
-from ..ads.membership import default_client_name
 
 log = logging.getLogger("staticsite_xds.certificates")
 

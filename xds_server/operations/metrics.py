@@ -335,8 +335,8 @@ class _ScrapeCollector:
         out = _Families.empty()
 
         out.publishes.add_metric([], plane.publishes)
-        out.rejections.add_metric([], plane.containment.rejections_found)
-        out.searches.add_metric([], plane.containment.searches)
+        out.rejections.add_metric([], plane.rejections_found)
+        out.searches.add_metric([], plane.searches)
         for family, counted in (
             (out.responses, metrics.responses),
             (out.response_bytes, metrics.response_bytes),

@@ -30,7 +30,7 @@ from snapshot.verdict import SiteState
 from watcher.siteset import SiteSet, merge_changes
 from watcher.status import StatusLog
 
-from ..ads.membership import ClientIdentity, NotAMember
+from ..ads.membership import ClientIdentity, ClientNames
 from ..ads.server import AdsServer
 from ..ads.stream import Nack, StreamInfo
 from .observer import Observer, ObserverFuncs, Observers
@@ -55,33 +55,22 @@ class GroupPlane:
 
 
 class TenancyMembership:
-    """Which gateway group an Envoy's stream belongs to, by the plane's current tenancy.
-
-    With a client certificate, the group whose client names the certificate carries; the
-    group the node declares (`node.cluster`) must then be empty or the same. Without one
-    (plain text on loopback, or --insecure-plaintext), the group the node declares if it
-    exists, else the default group. While no gateway group is declared (a folder without
-    any), every Envoy is in the default group.
+    """Which gateway group an Envoy's stream belongs to, by the plane's current tenancy: the
+    rule of `ClientNames`, asked of the groups and client names the last site set declared.
+    While no gateway group is declared (a folder without any), every Envoy is in the default
+    group, whatever it presents or declares.
     """
 
     def __init__(self, plane: ControlPlane) -> None:
         self._plane = plane
+        self._rule = ClientNames(
+            lambda names: plane.tenancy.client_group(names), lambda: plane.tenancy.groups
+        )
 
     def group_of(self, identity: ClientIdentity | None, declared: str) -> str:
-        tenancy = self._plane.tenancy
-        if not tenancy.enforced:
+        if not self._plane.tenancy.enforced:
             return DEFAULT_GROUP
-        if identity is None:
-            return declared if declared in tenancy.groups else DEFAULT_GROUP
-        group = tenancy.client_group(identity.names)
-        if group is None:
-            names = ", ".join(identity.names) or "no name"
-            raise NotAMember(f"the client certificate ({names}) is no gateway group's")
-        if declared and declared != group:
-            raise NotAMember(
-                f"the node declares gateway group {declared!r}, but its certificate is group {group!r}'s"
-            )
-        return group
+        return self._rule.group_of(identity, declared)
 
 
 _Build = tuple["GroupPlane", Mapping[SiteKey, StaticSite], "frozenset[SiteKey] | None", BuildResult, float]
@@ -145,6 +134,7 @@ class ControlPlane:
         # the others come and go with the gateway groups.
         self._planes: dict[str, GroupPlane] = {DEFAULT_GROUP: self._new_plane(DEFAULT_GROUP)}
         self._applied = False
+        self._retired = (0, 0)  # the rejections found and searches made in groups since gone
         # Envoy's rejections, traced to sites, which the next builds leave out: each group's
         # containment hears of its Envoys' ACKs and NACKs before any other observer does.
         own = ObserverFuncs(on_ack=self._acked, on_nack=self._nacked, on_close=self._closed)
@@ -183,6 +173,16 @@ class ControlPlane:
         """The snapshot last published to the default group."""
         return self._planes[DEFAULT_GROUP].published
 
+    @property
+    def rejections_found(self) -> int:
+        """Sites found to cause an Envoy's rejection since start, in every gateway group."""
+        return self._retired[0] + sum(p.containment.rejections_found for p in self._planes.values())
+
+    @property
+    def searches(self) -> int:
+        """Rejections that needed a search by halves, in every gateway group."""
+        return self._retired[1] + sum(p.containment.searches for p in self._planes.values())
+
     def planes(self) -> Mapping[str, GroupPlane]:
         """Every gateway group's plane, by group."""
         return MappingProxyType(self._planes)
@@ -197,6 +197,8 @@ class ControlPlane:
 
     def _retire(self, name: str) -> None:
         self.server.retire(name)
+        gone = self._planes[name].containment
+        self._retired = (self._retired[0] + gone.rejections_found, self._retired[1] + gone.searches)
         if name == DEFAULT_GROUP:
             self._planes[name] = self._new_plane(name)  # kept, empty, for when it comes back
         else:
