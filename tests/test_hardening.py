@@ -897,7 +897,8 @@ def test_the_folder_source_refuses_sites_beyond_the_limit_and_admits_them_later(
 
     status = StatusLog()
     with caplog.at_level("INFO", logger="staticsite_xds.status"):
-        status.report(sites, SnapshotBuilder().build(sites.sites, sites.changed))
+        result = SnapshotBuilder().build(sites.sites, sites.changed)
+        status.report(sites, result.sites, result.changed)
     state = status.states()[c]
     assert (state.phase, state.reason) == (Phase.INVALID, SITE_LIMIT_REASON)
     assert state.message == f"{sites_c.origin}: metadata.name: {problem[2]}"

@@ -181,7 +181,7 @@ async def test_debug_envoys_lists_every_connected_envoy(inspected: Inspected) ->
     cp = inspected
     status, empty = await cp.get("/debug/envoys")
     assert status == 200
-    assert empty == {"snapshot": None, "envoys": []}
+    assert empty == {"snapshot": None, "snapshots": {}, "envoys": []}
 
     await _nacking_pair(cp)
     snapshot = cp.plane.server.snapshot
@@ -195,8 +195,9 @@ async def test_debug_envoys_lists_every_connected_envoy(inspected: Inspected) ->
     assert set(by_node) == {"gw-good", "gw-bad"}
 
     good, bad = by_node["gw-good"], by_node["gw-bad"]
-    assert (good["gateway_group"], good["variant"], good["behind"]) == ("edge-eu", "sotw", False)
-    assert (bad["gateway_group"], bad["variant"], bad["behind"]) == ("edge-us", "delta", True)
+    assert (good["gateway_group"], good["variant"], good["behind"]) == ("default", "sotw", False)
+    assert (bad["gateway_group"], bad["variant"], bad["behind"]) == ("default", "delta", True)
+    assert (good["declared_group"], bad["declared_group"]) == ("edge-eu", "edge-us")
     assert good["peer"].startswith("ipv4:127.0.0.1:")
     assert good["connected_since"].endswith("Z")
     assert list(good["types"]) == ["Cluster", "Listener", "RouteConfiguration"]
@@ -231,9 +232,9 @@ async def test_status_command_prints_the_table_from_the_xds_port(
     assert out.startswith(f"snapshot {snapshot.version} (generation 1): CDS:")
     assert "2 Envoys connected, 1 behind" in out
     rows = {line.split()[0]: line for line in out.splitlines()[3:]}
-    assert rows["gw-good"].split()[1:3] == ["edge-eu", "sotw"]
+    assert rows["gw-good"].split()[1:3] == ["default", "sotw"]
     assert rows["gw-good"].split()[-2:] == ["no", "-"]
-    assert rows["gw-bad"].split()[1:3] == ["edge-us", "delta"]
+    assert rows["gw-bad"].split()[1:3] == ["default", "delta"]
     assert rows["gw-bad"].split()[3:8] == [
         "CDS:" + snapshot.of_type(CLUSTER_TYPE).version[:8],
         "LDS:" + snapshot.of_type(LISTENER_TYPE).version[:8],
@@ -389,16 +390,16 @@ def test_a_real_envoy_through_metrics_inspection_status_and_health(served: tuple
         return count >= 1
 
     wait_until(propagated, timeout=15, what="Envoy to ACK the second snapshot")
-    assert (cp.value("staticsite_xds_snapshot_generation", gateway_group="gateways") or 0) >= 2
+    assert (cp.value("staticsite_xds_snapshot_generation", gateway_group="default") or 0) >= 2
     assert cp.value("staticsite_xds_sites", state="provisioned") == 2
     assert cp.value("staticsite_xds_sites", state="conflict") == 0
-    assert cp.value("staticsite_xds_connected_envoys", gateway_group="gateways", variant="delta") == 1
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="default", variant="delta") == 1
     assert (cp.value("staticsite_xds_acks_total", type="RouteConfiguration") or 0) >= 2
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="gateways") == 0
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 0
 
     envoys = json.loads(cp.get("/debug/envoys"))
     [envoy] = envoys["envoys"]
-    assert (envoy["node_id"], envoy["gateway_group"], envoy["behind"]) == ("local-gateway", "gateways", False)
+    assert (envoy["node_id"], envoy["gateway_group"], envoy["behind"]) == ("local-gateway", "default", False)
     assert (
         envoy["types"]["RouteConfiguration"]["acked_version"]
         == envoys["snapshot"]["types"]["RouteConfiguration"]
@@ -407,7 +408,7 @@ def test_a_real_envoy_through_metrics_inspection_status_and_health(served: tuple
     proc = run_cli("status", "--xds-address", f"127.0.0.1:{cp.process.xds_port}")
     assert proc.returncode == 0, proc.stderr
     [row] = [line for line in proc.stdout.splitlines() if line.startswith("local-gateway")]
-    assert row.split()[1:3] == ["gateways", "delta"]
+    assert row.split()[1:3] == ["default", "delta"]
     assert row.split()[-2:] == ["no", "-"]
 
     with grpc.insecure_channel(f"127.0.0.1:{cp.process.xds_port}") as channel:

@@ -4,6 +4,7 @@ control plane on loopback."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -18,6 +19,7 @@ from snapshot.builder import BuildOptions
 from snapshot.model import StaticSite
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
+from xds_server.ads.membership import ClientNames
 from xds_server.ads.stream import StreamInfo, TypeStatus
 from xds_server.local.ads_client import sotw_names
 from xds_server.operations.metrics import OVERFLOW_GROUP, GatewayGroups, Metrics, Propagation
@@ -58,21 +60,23 @@ async def cp() -> AsyncIterator[Plane]:
 
 
 async def test_generation_and_version_follow_each_publish_per_gateway_group(cp: Plane) -> None:
+    assert cp.series("staticsite_xds_snapshot_generation") == []  # no snapshot published yet
     first = cp.publish(SITE_A)
     assert cp.count("staticsite_xds_snapshot_publishes_total") == 1
-    assert cp.series("staticsite_xds_snapshot_generation") == []  # no gateway group seen yet
+    # One series per published group, whether or not an Envoy of it is connected.
+    assert cp.series("staticsite_xds_snapshot_generation") == [{"gateway_group": "default"}]
 
-    eu, us = cp.sotw("gw-eu", "edge-eu"), cp.delta("gw-us", "edge-us")
+    eu, us = cp.sotw("gw-eu", "edge-eu"), cp.delta("gw-us", "edge-us")  # both served the default group
     await cp.settle(eu)
     await cp.settle(us)
-    for group in ("edge-eu", "edge-us"):
+    for group in ("default",):
         assert cp.value("staticsite_xds_snapshot_generation", gateway_group=group) == 1
         assert cp.value("staticsite_xds_snapshot_info", gateway_group=group, version=first.version) == 1
 
     second = cp.publish(SITE_A, SITE_B)
     cp.publish(SITE_A, SITE_B)  # the same content again is no new generation
     assert cp.count("staticsite_xds_snapshot_publishes_total") == 2
-    for group in ("edge-eu", "edge-us"):
+    for group in ("default",):
         assert cp.value("staticsite_xds_snapshot_generation", gateway_group=group) == 2
         assert cp.value("staticsite_xds_snapshot_info", gateway_group=group, version=second.version) == 1
     assert {s["version"] for s in cp.series("staticsite_xds_snapshot_info")} == {second.version}
@@ -84,13 +88,15 @@ async def test_gateway_groups_are_bounded_and_overflow_into_other(cp: Plane) -> 
     assert groups.labels() == ["a", "b", OVERFLOW_GROUP]
 
     cp.metrics.groups = GatewayGroups(limit=1)
-    cp.publish(SITE_A)
-    for i, group in enumerate(("first", "second", "third")):
+    names = ("first", "second", "third")
+    cp.plane.server.membership = ClientNames(lambda _names: None, lambda: names)  # plain text: as declared
+    snapshot = cp.publish(SITE_A)
+    for group in names:
+        cp.plane.server.publish(dataclasses.replace(snapshot, group=group))
+    for i, group in enumerate(names):
         await cp.settle(cp.sotw(f"gw-{i}", group))
-    assert {s["gateway_group"] for s in cp.series("staticsite_xds_snapshot_generation")} == {
-        "first",
-        OVERFLOW_GROUP,
-    }
+    # The snapshot series name the groups within the limit; the others have none.
+    assert {s["gateway_group"] for s in cp.series("staticsite_xds_snapshot_generation")} == {"first"}
     assert cp.value("staticsite_xds_connected_envoys", gateway_group="first", variant="sotw") == 1
     assert cp.value("staticsite_xds_connected_envoys", gateway_group=OVERFLOW_GROUP, variant="sotw") == 2
 
@@ -174,8 +180,8 @@ async def test_each_connected_envoy_shows_the_version_it_acked_until_it_goes(cp:
     sotw, delta = cp.sotw("gw-1", "edge"), cp.delta("gw-2", "edge")
     await cp.settle(sotw)
     await cp.settle(delta)
-    assert cp.value("staticsite_xds_connected_envoys", gateway_group="edge", variant="sotw") == 1
-    assert cp.value("staticsite_xds_connected_envoys", gateway_group="edge", variant="delta") == 1
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="default", variant="sotw") == 1
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="default", variant="delta") == 1
     want = {
         (node, short, snapshot.of_type(t).version)
         for node in ("gw-1", "gw-2")
@@ -187,21 +193,21 @@ async def test_each_connected_envoy_shows_the_version_it_acked_until_it_goes(cp:
     }
     series = cp.series("staticsite_xds_envoy_acked_version_info")
     assert {(s["node_id"], s["type"], s["version"]) for s in series} == want
-    assert {s["gateway_group"] for s in series} == {"edge"}
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 0
+    assert {s["gateway_group"] for s in series} == {"default"}
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 0
 
     late = cp.sotw("gw-3", "edge")  # sent clusters, ACKed nothing: no version to show
     late.subscribe(CLUSTER_TYPE)
     await late.recv()
-    assert cp.value("staticsite_xds_connected_envoys", gateway_group="edge", variant="sotw") == 2
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 1
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="default", variant="sotw") == 2
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 1
     assert {s["node_id"] for s in cp.series("staticsite_xds_envoy_acked_version_info")} == {"gw-1", "gw-2"}
 
     await sotw.close()
     cp.clients.remove(sotw)
     await eventually(lambda: len(cp.plane.server.streams()) == 2)
     assert {s["node_id"] for s in cp.series("staticsite_xds_envoy_acked_version_info")} == {"gw-2"}
-    assert cp.value("staticsite_xds_connected_envoys", gateway_group="edge", variant="sotw") == 1
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="default", variant="sotw") == 1
 
 
 async def test_envoys_behind_counts_those_that_have_not_acked_the_current_snapshot(cp: Plane) -> None:
@@ -209,14 +215,14 @@ async def test_envoys_behind_counts_those_that_have_not_acked_the_current_snapsh
     fast, slow = cp.sotw("gw-fast"), cp.delta("gw-slow")
     await cp.settle(fast)
     await cp.settle(slow)
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 0
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 0
 
     cp.publish(SITE_A, SITE_B)
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 2
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 2
     await cp.converge(fast)
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 1
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 1
     await cp.converge(slow)
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 0
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 0
 
 
 # -- propagation -----------------------------------------------------------------------------
@@ -298,11 +304,11 @@ async def test_a_held_back_cluster_set_is_not_the_snapshot(cp: Plane) -> None:
     assert info.acked_version(CLUSTER_TYPE) == cds.version_info
     assert info.acked_version(ROUTE_TYPE) == rds.version_info
     assert propagations(cp) == 0
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 1
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 1
 
     client.ack(final)
     await eventually(lambda: propagations(cp) == 1)
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="edge") == 0
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 0
 
 
 def test_an_ack_costs_no_scan_of_the_streams() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from snapshot.builder import BuildResult
 from snapshot.model import SiteKey
 from snapshot.verdict import Phase, SiteState, site_state
 
@@ -40,18 +39,20 @@ class StatusLog:
     def report(
         self,
         sites: SiteSet,
-        result: BuildResult,
+        built: Mapping[SiteKey, SiteState],
+        built_changed: frozenset[SiteKey],
         rejected: Mapping[SiteKey, SiteState] | None = None,
         rejections_changed: frozenset[SiteKey] = frozenset(),
     ) -> frozenset[SiteKey] | None:
-        """Report a build; `rejected` are the sites Envoy refused (`rejections_changed`: since
-        the last report). Returns the sites whose state or declaration may have changed (None:
-        any of them)."""
+        """Report a build: `built` is every site's state as the builders (or the tenancy)
+        decided it, of which `built_changed` changed; `rejected` are the sites Envoy refused
+        (`rejections_changed`: since the last report). Returns the sites whose state or
+        declaration may have changed (None: any of them)."""
         invalid = frozenset(sites.invalid)
-        keys = result.changed | invalid | self._invalid | rejections_changed
+        keys = built_changed | invalid | self._invalid | rejections_changed
         self._invalid = invalid
         for key in sorted(keys):
-            state = state_of(key, sites, result.sites, rejected)
+            state = state_of(key, sites, built, rejected)
             if state is None:
                 if self._last.pop(key, None) is not None:
                     log.info("site %s was removed", key)

@@ -25,7 +25,13 @@ async def serving(harness_class: Any, key: Callable[[StreamInfo], Any]) -> Async
         )
     )
     port = await server.start("127.0.0.1:0")
-    harness = harness_class(server, port, acks, nacks)
+    async with running(server, harness_class(server, port, acks, nacks)) as harness:
+        yield harness
+
+
+@contextlib.asynccontextmanager
+async def running(server: AdsServer, harness: Any) -> AsyncIterator[Any]:
+    """`harness` while the test runs; then its `clients` are closed and `server` stopped."""
     try:
         yield harness
     finally:

@@ -69,7 +69,9 @@ class StreamInfo:
     opened_at: float
     variant: str = "sotw"
     node_id: str = ""
-    cluster: str = ""
+    cluster: str = ""  # the group the node declares
+    group: str = ""  # the gateway group it is served ("" until decided)
+    client_names: tuple[str, ...] = ()  # the names of its client certificate, if it has one
     types: dict[str, TypeStatus] = field(default_factory=dict)
 
     def acked_version(self, type_url: str) -> str:
@@ -109,6 +111,9 @@ class StreamObserver(Protocol):
 
     def sent(self, info: StreamInfo, out: Outgoing) -> None: ...
 
+    def refused(self, info: StreamInfo, reason: str) -> None:
+        """The stream was refused its gateway group (`reason` says why); it closes next."""
+
     def stream_closed(self, info: StreamInfo) -> None: ...
 
 
@@ -144,6 +149,10 @@ class StreamEvents:
         info.types.setdefault(out.type_url, TypeStatus()).sent_version = out.version
         if self.observer is not None:
             _isolated(self.observer.sent, info, out)
+
+    def refused(self, info: StreamInfo, reason: str) -> None:
+        if self.observer is not None:
+            _isolated(self.observer.refused, info, reason)
 
     def closed(self, info: StreamInfo) -> None:
         if self.observer is not None:

@@ -404,11 +404,19 @@ class DeltaScript(EnvoyScript):
 
 
 class ScriptedClient(EnvoyScript):
-    """A scripted stream over gRPC: one ADS stream on a channel of its own, requests sent in
-    the order they are queued, responses kept in order as read (or what ended the stream)."""
+    """A scripted stream over gRPC: one ADS stream on a channel of its own (plain text, or TLS
+    with `credentials`), requests sent in the order they are queued, responses kept in order
+    as read (or what ended the stream)."""
 
-    def _connect(self, port: int, method: str) -> None:
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    end_details = ""  # the details of the status that ended the stream, once `end` saw it
+
+    def _connect(self, port: int, method: str, credentials: grpc.ChannelCredentials | None) -> None:
+        target = f"127.0.0.1:{port}"
+        self.channel = (
+            grpc.aio.insecure_channel(target)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials)
+        )
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
         self._responses: asyncio.Queue[Any] = asyncio.Queue()
         open_stream = self.channel.stream_stream(
@@ -456,6 +464,23 @@ class ScriptedClient(EnvoyScript):
             raise AssertionError(f"unexpected response: {self._describe(item)}")
         raise AssertionError(f"stream failed: {item!r}")
 
+    async def end(self, within: float = READ_TIMEOUT) -> grpc.StatusCode:
+        """The status the server ends the stream with (OK when it just ends); fail if a
+        response comes first, or nothing within `within` seconds."""
+        try:
+            item = await asyncio.wait_for(self._responses.get(), within)
+        except TimeoutError:
+            raise AssertionError(f"the stream did not end within {within}s") from None
+        if isinstance(item, self.response_class):
+            raise AssertionError(f"a response instead of the end: {self._describe(item)}")
+        if isinstance(item, EOFError):
+            return grpc.StatusCode.OK
+        if isinstance(item, grpc.aio.AioRpcError):
+            self.end_details = item.details()
+            code: grpc.StatusCode = item.code()
+            return code
+        raise AssertionError(f"stream failed: {item!r}")
+
     async def ack_until_quiet(self, quiet: float = QUIET) -> list[Any]:
         """ACK every response until none arrives for `quiet` seconds; return them."""
         got: list[Any] = []
@@ -481,17 +506,31 @@ class ScriptedClient(EnvoyScript):
 class SotwClient(SotwScript, ScriptedClient):
     """A scripted state-of-the-world stream over gRPC to the server at `port`."""
 
-    def __init__(self, port: int, node_id: str = "envoy-1", cluster: str = "edge") -> None:
+    def __init__(
+        self,
+        port: int,
+        node_id: str = "envoy-1",
+        cluster: str = "edge",
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         super().__init__(node_id, cluster)
-        self._connect(port, SOTW_METHOD)
+        self._connect(port, SOTW_METHOD, credentials)
 
 
 class DeltaClient(DeltaScript, ScriptedClient):
     """A scripted delta stream over gRPC to the server at `port`."""
 
-    def __init__(self, port: int, node_id: str, cluster: str = "edge") -> None:
+    def __init__(
+        self,
+        port: int,
+        node_id: str,
+        cluster: str = "edge",
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         super().__init__(node_id, cluster)
-        self._connect(port, DELTA_METHOD)
+        self._connect(port, DELTA_METHOD, credentials)
 
 
 def _serialize(request: Any) -> bytes:

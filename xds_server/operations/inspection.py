@@ -22,9 +22,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from snapshot.containment import Containment
 from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_ORDER
-from snapshot.snapshot import Snapshot
+from snapshot.snapshot import DEFAULT_GROUP, Snapshot
 from watcher.status import StatusLog
 
 from ..ads.server import AdsServer
@@ -58,7 +57,14 @@ class PlaneView(Protocol):
     def status(self) -> StatusLog: ...
 
     @property
-    def containment(self) -> Containment: ...
+    def rejections_found(self) -> int:
+        """Sites found to cause an Envoy's rejection since start, in every gateway group."""
+        ...
+
+    @property
+    def searches(self) -> int:
+        """Rejections that needed a search by halves, in every gateway group."""
+        ...
 
 
 def behind(info: StreamInfo, snapshot: Snapshot | None) -> bool:
@@ -89,7 +95,9 @@ def envoy_report(info: StreamInfo, snapshot: Snapshot | None) -> dict[str, Any]:
     nack = info.last_nack
     return {
         "node_id": info.node_id,
-        "gateway_group": info.cluster,
+        "gateway_group": info.group,
+        "declared_group": info.cluster,
+        "client_names": list(info.client_names),
         "variant": info.variant,
         "peer": info.peer,
         "connected_since": _timestamp(info.opened_at),
@@ -118,19 +126,30 @@ def _type_rank(type_url: str) -> int:
     return TYPE_ORDER.index(type_url) if type_url in TYPE_ORDER else len(TYPE_ORDER)
 
 
-def server_report(server: AdsServer, generation: int) -> dict[str, Any]:
-    """Every connected Envoy and the snapshot they should hold, as JSON-able data."""
-    snapshot = server.snapshot
-    streams = sorted(server.streams(), key=lambda info: (info.cluster, info.node_id, info.id))
+def _snapshot_report(snapshot: Snapshot, generation: int) -> dict[str, Any]:
     return {
-        "snapshot": None
-        if snapshot is None
-        else {
-            "version": snapshot.version,
-            "generation": generation,
-            "types": {short(t): snapshot.of_type(t).version for t in TYPE_ORDER},
+        "version": snapshot.version,
+        "generation": generation,
+        "types": {short(t): snapshot.of_type(t).version for t in TYPE_ORDER},
+    }
+
+
+def server_report(server: AdsServer, generation: int) -> dict[str, Any]:
+    """Every connected Envoy and the snapshot each group should hold, as JSON-able data.
+
+    `snapshot` is the default group's (`generation`: the publishes of the process), and
+    `snapshots` every group's, by group, each with the publishes made for it.
+    """
+    snapshots = server.snapshots
+    default = server.snapshot
+    streams = sorted(server.streams(), key=lambda info: (info.group, info.node_id, info.id))
+    return {
+        "snapshot": None if default is None else _snapshot_report(default, generation),
+        "snapshots": {
+            group: _snapshot_report(snapshot, server.generations.get(group, 0))
+            for group, snapshot in sorted(snapshots.items())
         },
-        "envoys": [envoy_report(info, snapshot) for info in streams],
+        "envoys": [envoy_report(info, snapshots.get(info.group)) for info in streams],
     }
 
 
@@ -268,19 +287,26 @@ def _nack_summary(nack: Mapping[str, Any] | None, now: float, width: int = 60) -
     return f"{_SERVICE_NAMES.get(nack['type'], nack['type'])} {_ago(nack['at'], now)}: {message}"
 
 
+def _snapshot_line(snapshot: Mapping[str, Any]) -> str:
+    return (
+        f"snapshot {snapshot['version']} (generation {snapshot['generation']}): "
+        f"{_versions({name: (version, False) for name, version in snapshot['types'].items()})}"
+    )
+
+
 def format_table(data: Mapping[str, Any], now: float | None = None) -> str:
     """The inspection report as a table for people."""
     now = time.time() if now is None else now
     snapshot = data.get("snapshot")
+    groups: Mapping[str, Any] = data.get("snapshots") or {}
     envoys = data.get("envoys", [])
-    lines = []
-    if snapshot is None:
+    lines: list[str] = []
+    if set(groups) - {DEFAULT_GROUP}:  # several groups (or another than the default): one line each
+        lines.extend(f"gateway group {group}: {_snapshot_line(groups[group])}" for group in sorted(groups))
+    elif snapshot is None:
         lines.append("no snapshot published yet")
     else:
-        lines.append(
-            f"snapshot {snapshot['version']} (generation {snapshot['generation']}): "
-            f"{_versions({name: (version, False) for name, version in snapshot['types'].items()})}"
-        )
+        lines.append(_snapshot_line(snapshot))
     behind_count = sum(1 for e in envoys if e["behind"])
     lines.append(f"{len(envoys)} Envoys connected, {behind_count} behind")
     if not envoys:

@@ -6,14 +6,16 @@ scraped:
 
 - counted as it happens, with work per event independent of the number of streams: builds
   (a histogram of their duration), responses sent, bytes sent, ACKs and NACKs by resource type,
-  and how long each publish took to reach every connected Envoy (`Propagation`);
+  streams refused their gateway group (by a bounded reason), and how long each publish took
+  to reach every Envoy of its group connected then (`Propagation`, one per group);
 - computed when scraped, from what the control plane holds at that moment: sites by state,
-  the snapshot per gateway group, connected Envoys, Envoys behind, and the version each
+  the snapshot of each gateway group, connected Envoys, Envoys behind, and the version each
   connected Envoy last ACKed. Nothing is kept for an Envoy that went away.
 
-A gateway group is the `cluster` an Envoy's node names. Every group is served the same
-snapshot today; the snapshot metrics carry one series per group seen on a stream, at most
-`MAX_GATEWAY_GROUPS` of them, and any further group is counted as `other`.
+A stream's gateway group is the one the ADS server decided for it (from its client
+certificate). The snapshot metrics carry one series per published group, the stream metrics
+one per group of a stream; at most `MAX_GATEWAY_GROUPS` groups are named, and any further
+group is counted as `other` (which has no snapshot series).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from snapshot.builder import BuildResult
 from snapshot.model import SiteKey
 from snapshot.resources import TYPE_ORDER
-from snapshot.snapshot import Snapshot
+from snapshot.snapshot import DEFAULT_GROUP, Snapshot
 from snapshot.verdict import Phase, SiteState
 from watcher.siteset import SiteSet
 
+from ..ads.membership import refusal_label
 from ..ads.stream import Nack, Outgoing, StreamInfo, short
 from .inspection import PlaneView, behind
 
@@ -164,10 +167,26 @@ class Metrics:
         self.response_bytes: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
         self.acks: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
         self.nacks: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        self.refusals: Tally[str] = Tally()  # streams refused, by `refusal_label`
         self._open: dict[int, StreamInfo] = {}  # the streams connected now
-        self.propagation = Propagation(
-            self._open.values, self.propagation_seconds.observe, self.superseded.inc
-        )
+        self.propagations: dict[str, Propagation] = {}  # by group
+
+    @property
+    def propagation(self) -> Propagation:
+        """The default group's propagation."""
+        return self._propagation(DEFAULT_GROUP)
+
+    def _propagation(self, group: str) -> Propagation:
+        propagation = self.propagations.get(group)
+        if propagation is None:
+            streams = self._open
+
+            def of_group() -> Iterator[StreamInfo]:
+                return (info for info in streams.values() if info.group == group)
+
+            propagation = Propagation(of_group, self.propagation_seconds.observe, self.superseded.inc)
+            self.propagations[group] = propagation
+        return propagation
 
     def export(self, plane: PlaneView) -> None:
         """Also export what `plane` holds (sites, snapshot, Envoys), computed when scraped."""
@@ -184,7 +203,7 @@ class Metrics:
         pass  # sites by state are counted when scraped
 
     def published(self, _sites: SiteSet, snapshot: Snapshot) -> None:
-        self.propagation.published(snapshot)
+        self._propagation(snapshot.group).published(snapshot)
 
     def stream_opened(self, info: StreamInfo) -> None:
         self._open[info.id] = info
@@ -193,7 +212,9 @@ class Metrics:
         acks = self.acks
         if type_url in acks:
             acks[type_url] += 1
-        self.propagation.acked(info, type_url, version)
+        propagation = self.propagations.get(info.group)
+        if propagation is not None:
+            propagation.acked(info, type_url, version)
 
     def nacked(self, _info: StreamInfo, nack: Nack) -> None:
         if nack.type_url in self.nacks:
@@ -206,9 +227,14 @@ class Metrics:
             responses[type_url] += 1
             self.response_bytes[type_url] += len(out.payload)
 
+    def refused(self, _info: StreamInfo, reason: str) -> None:
+        self.refusals[refusal_label(reason)] += 1
+
     def stream_closed(self, info: StreamInfo) -> None:
         self._open.pop(info.id, None)
-        self.propagation.closed(info)
+        propagation = self.propagations.get(info.group)
+        if propagation is not None:
+            propagation.closed(info)
 
 
 class _Families(NamedTuple):
@@ -225,6 +251,7 @@ class _Families(NamedTuple):
     response_bytes: CounterMetricFamily
     acks: CounterMetricFamily
     nacks: CounterMetricFamily
+    refused: CounterMetricFamily
     rejections: CounterMetricFamily
     searches: CounterMetricFamily
 
@@ -233,7 +260,7 @@ class _Families(NamedTuple):
         return cls(
             generation=GaugeMetricFamily(
                 PREFIX + "snapshot_generation",
-                "How many snapshots this process has published: the generation a gateway group is served.",
+                "How many snapshots this process has published for a gateway group: the generation it is served.",
                 labels=["gateway_group"],
             ),
             info=GaugeMetricFamily(
@@ -274,6 +301,11 @@ class _Families(NamedTuple):
                 "NACKs (rejected responses) received from Envoys, by resource type.",
                 labels=["type"],
             ),
+            refused=CounterMetricFamily(
+                PREFIX + "streams_refused",
+                "xDS streams refused their gateway group, by reason (see the log for each).",
+                labels=["reason"],
+            ),
             rejections=CounterMetricFamily(
                 PREFIX + "site_rejections",
                 "Sites found to cause an Envoy's rejection and left out of the snapshots.",
@@ -303,8 +335,8 @@ class _ScrapeCollector:
         out = _Families.empty()
 
         out.publishes.add_metric([], plane.publishes)
-        out.rejections.add_metric([], plane.containment.rejections_found)
-        out.searches.add_metric([], plane.containment.searches)
+        out.rejections.add_metric([], plane.rejections_found)
+        out.searches.add_metric([], plane.searches)
         for family, counted in (
             (out.responses, metrics.responses),
             (out.response_bytes, metrics.response_bytes),
@@ -313,19 +345,22 @@ class _ScrapeCollector:
         ):
             for type_url, value in counted.items():
                 family.add_metric([short(type_url)], value)
+        for reason, value in sorted(metrics.refusals.items()):
+            out.refused.add_metric([reason], value)
 
         counts = Tally(state.phase for state in plane.status.states().values())
         for phase, label in STATE_LABELS.items():
             out.sites.add_metric([label], counts.get(phase, 0))
 
-        snapshot = plane.server.snapshot
+        snapshots = plane.server.snapshots
+        generations = plane.server.generations
         by_group: Tally[tuple[str, str]] = Tally()
         behind_by_group: Tally[str] = Tally()
         newest: dict[tuple[str, str, str], tuple[int, str]] = {}  # (node, group, type) -> stream, version
         for stream in plane.server.streams():
-            group = metrics.groups.label(stream.cluster)
+            group = metrics.groups.label(stream.group)
             by_group[group, stream.variant] += 1
-            if behind(stream, snapshot):
+            if behind(stream, snapshots.get(stream.group)):
                 behind_by_group[group] += 1
             for type_url, status in stream.types.items():
                 if not status.acked_version:
@@ -334,10 +369,13 @@ class _ScrapeCollector:
                 if key not in newest or newest[key][0] < stream.id:  # one series per node: the newest
                     newest[key] = (stream.id, status.acked_version)
 
+        for name, snapshot in sorted(snapshots.items()):
+            group = metrics.groups.label(name)
+            if group == OVERFLOW_GROUP and name != OVERFLOW_GROUP:
+                continue  # one series each for the groups named, none for the rest
+            out.generation.add_metric([group], generations.get(name, 0))
+            out.info.add_metric([group, snapshot.version], 1)
         for group in metrics.groups.labels():
-            out.generation.add_metric([group], plane.publishes)
-            if snapshot is not None:
-                out.info.add_metric([group, snapshot.version], 1)
             for variant in VARIANTS:
                 out.connected.add_metric([group, variant], by_group.get((group, variant), 0))
             out.behind.add_metric([group], behind_by_group.get(group, 0))

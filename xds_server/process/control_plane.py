@@ -11,7 +11,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -19,13 +21,16 @@ import grpc
 from snapshot.builder import BuildOptions, BuildResult, SnapshotBuilder
 from snapshot.consistency import InconsistentSnapshot
 from snapshot.containment import Containment
-from snapshot.model import SiteKey
+from snapshot.groups import SiteGroups
+from snapshot.model import SiteKey, StaticSite
 from snapshot.resources import CLUSTER_TYPE
-from snapshot.snapshot import Snapshot
+from snapshot.snapshot import DEFAULT_GROUP, Snapshot
 from snapshot.tenancy import Tenancy
+from snapshot.verdict import SiteState
 from watcher.siteset import SiteSet, merge_changes
 from watcher.status import StatusLog
 
+from ..ads.membership import ClientIdentity, ClientNames
 from ..ads.server import AdsServer
 from ..ads.stream import Nack, StreamInfo
 from .observer import Observer, ObserverFuncs, Observers
@@ -36,12 +41,73 @@ DEFAULT_HOLD_OFF = 0.005  # seconds of quiet awaited before building
 DEFAULT_MAX_DELAY = 0.12  # never hold a change longer than this, however busy the source
 
 
+@dataclass(eq=False, slots=True)
+class GroupPlane:
+    """One gateway group's share of the control plane: its builder, the bookkeeping of what
+    its Envoys rejected, and the snapshot last published to it."""
+
+    name: str
+    builder: SnapshotBuilder
+    containment: Containment = dataclasses.field(default_factory=Containment)
+    published: Snapshot | None = None
+    last: BuildResult | None = None
+    reconsider: bool = False  # build again even if no site of it changed
+
+
+class TenancyMembership:
+    """Which gateway group an Envoy's stream belongs to, by the plane's current tenancy: the
+    rule of `ClientNames`, asked of the groups and client names the last site set declared.
+    While no gateway group is declared (a folder without any), every Envoy is in the default
+    group, whatever it presents or declares.
+    """
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+        self._rule = ClientNames(
+            lambda names: plane.tenancy.client_group(names), lambda: plane.tenancy.groups
+        )
+
+    def group_of(self, identity: ClientIdentity | None, declared: str) -> str:
+        if not self._plane.tenancy.enforced:
+            return DEFAULT_GROUP
+        return self._rule.group_of(identity, declared)
+
+
+_Build = tuple["GroupPlane", Mapping[SiteKey, StaticSite], "frozenset[SiteKey] | None", BuildResult, float]
+
+
+class _States(Mapping[SiteKey, SiteState]):
+    """The verdict of every site: its refusal by the tenancy, or its group's builder's state."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+
+    def __getitem__(self, key: SiteKey) -> SiteState:
+        groups = self._plane.groups
+        group = groups.group_of(key)
+        if group is None:
+            return groups.refusals[key]
+        last = self._plane.planes()[group].last
+        if last is None:
+            raise KeyError(key)
+        return last.sites[key]
+
+    def __iter__(self) -> Iterator[SiteKey]:
+        yield from self._plane.groups.refusals
+        for plane in self._plane.planes().values():
+            if plane.last is not None:
+                yield from plane.last.sites
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class ControlPlane:
-    """Turns every new site set into a snapshot and publishes it to the ADS server.
+    """Turns every new site set into a snapshot per gateway group and publishes them.
 
     Changes arriving in a burst are coalesced: a build waits for `hold_off` seconds without a
     new change, but never more than `max_delay` after the first change it holds, and then
-    builds the latest set once.
+    builds the latest set once. Only the groups a change touches are built and published.
     """
 
     def __init__(
@@ -56,67 +122,181 @@ class ControlPlane:
         the order given."""
         if hold_off < 0 or max_delay < 0:
             raise ValueError("hold-off and maximum delay must not be negative")
-        self.builder = SnapshotBuilder(options)
+        self.options = options
         self.status = StatusLog()
         self.hold_off = hold_off
         self.max_delay = max(max_delay, hold_off)
         self.sites = SiteSet()
-        self.published: Snapshot | None = None
+        self.groups = SiteGroups()
         self.publishes = 0
         self.observers = Observers(observers)
-        # Envoy's rejections: traced to sites, which the next builds leave out. The plane hears
-        # of each ACK and NACK before any other observer does.
-        self.containment = Containment()
-        own = ObserverFuncs(
-            on_ack=self._acked,
-            on_nack=self._nacked,
-            on_close=lambda info: self.containment.stream_closed(info.id),
-        )
-        self.server = AdsServer(observer=Observers([own, *observers]))
+        # The default group's plane always exists (its builder is where tests set hooks);
+        # the others come and go with the gateway groups.
+        self._planes: dict[str, GroupPlane] = {DEFAULT_GROUP: self._new_plane(DEFAULT_GROUP)}
+        self._applied = False
+        self._retired = (0, 0)  # the rejections found and searches made in groups since gone
+        # Envoy's rejections, traced to sites, which the next builds leave out: each group's
+        # containment hears of its Envoys' ACKs and NACKs before any other observer does.
+        own = ObserverFuncs(on_ack=self._acked, on_nack=self._nacked, on_close=self._closed)
+        self.server = AdsServer(observer=Observers([own, *observers]), membership=TenancyMembership(self))
         self.xds_port = 0  # the port the xDS server listens on, once it does
         self._pending: SiteSet | None = None
         self._pending_changes: frozenset[SiteKey] | None = None
         self._arrived = asyncio.Event()
 
+    # -- the groups ------------------------------------------------------------------------
+
+    def _new_plane(self, name: str) -> GroupPlane:
+        plane = GroupPlane(name, SnapshotBuilder(self.options, name))
+        default = getattr(self, "_planes", {}).get(DEFAULT_GROUP)
+        if default is not None:  # a hook set on the default group's builder holds for all
+            plane.builder.resource_hook = default.builder.resource_hook
+        return plane
+
+    @property
+    def tenancy(self) -> Tenancy:
+        """The gateway groups and grants of the last site set built."""
+        return self.sites.tenancy
+
+    @property
+    def builder(self) -> SnapshotBuilder:
+        """The default group's builder."""
+        return self._planes[DEFAULT_GROUP].builder
+
+    @property
+    def containment(self) -> Containment:
+        """The default group's rejections."""
+        return self._planes[DEFAULT_GROUP].containment
+
+    @property
+    def published(self) -> Snapshot | None:
+        """The snapshot last published to the default group."""
+        return self._planes[DEFAULT_GROUP].published
+
+    @property
+    def rejections_found(self) -> int:
+        """Sites found to cause an Envoy's rejection since start, in every gateway group."""
+        return self._retired[0] + sum(p.containment.rejections_found for p in self._planes.values())
+
+    @property
+    def searches(self) -> int:
+        """Rejections that needed a search by halves, in every gateway group."""
+        return self._retired[1] + sum(p.containment.searches for p in self._planes.values())
+
+    def planes(self) -> Mapping[str, GroupPlane]:
+        """Every gateway group's plane, by group."""
+        return MappingProxyType(self._planes)
+
+    def snapshots(self) -> dict[str, Snapshot]:
+        """The snapshot last published to each group that exists."""
+        return {
+            name: plane.published
+            for name, plane in self._planes.items()
+            if plane.published is not None and name in self.groups.groups
+        }
+
+    def _retire(self, name: str) -> None:
+        self.server.retire(name)
+        gone = self._planes[name].containment
+        self._retired = (self._retired[0] + gone.rejections_found, self._retired[1] + gone.searches)
+        if name == DEFAULT_GROUP:
+            self._planes[name] = self._new_plane(name)  # kept, empty, for when it comes back
+        else:
+            del self._planes[name]
+        log.info("gateway group %s no longer exists: its streams were closed", name)
+
+    # -- a build ---------------------------------------------------------------------------
+
     def apply(self, sites: SiteSet) -> Snapshot | None:
-        """Build and publish a snapshot for `sites` now; None if it failed its check."""
-        started = time.perf_counter()
-        built, changed = self.containment.effective(sites.sites, sites.changed)
-        try:
-            result = self.builder.build(built, changed)
-        except InconsistentSnapshot as exc:  # a builder bug: keep serving the last good snapshot
-            log.error("the new snapshot failed its consistency check and was not published: %s", exc)
-            self.builder.reset()  # start the next build afresh
-            return None
-        took = (time.perf_counter() - started) * 1000
-        self.observers.built(result, took / 1000)
+        """Build and publish snapshots for `sites` now; return the default group's snapshot
+        (None if its build failed its check)."""
+        regrouping = self.groups.update(sites.sites, sites.changed, sites.tenancy)
+        for name in regrouping.retired:
+            self._retire(name)
+        todo: dict[str, frozenset[SiteKey] | None] = dict(regrouping.changed)
+        for name, kept in self._planes.items():
+            if kept.reconsider and name in self.groups.groups:
+                todo.setdefault(name, frozenset())
+            kept.reconsider = False
+        failed = False
+        builds: list[_Build] = []
+        for name, changed in todo.items():
+            plane = self._planes.get(name) or self._planes.setdefault(name, self._new_plane(name))
+            started = time.perf_counter()
+            built, changed = plane.containment.effective(self.groups.members(name), changed)
+            try:
+                result = plane.builder.build(built, changed)
+            except InconsistentSnapshot as exc:  # a builder bug: keep serving the last good snapshot
+                log.error(
+                    "the new snapshot of gateway group %s failed its consistency check and was not published: %s",
+                    name,
+                    exc,
+                )
+                plane.builder.reset()  # start the next build afresh
+                failed = failed or name == DEFAULT_GROUP
+                continue
+            took = time.perf_counter() - started
+            self.observers.built(result, took)
+            plane.last = result
+            builds.append((plane, built, changed, result, took))
         self.sites = sites
+        self._applied = True
+        states_changed = set(regrouping.refusals_changed)
+        rejections_changed: set[SiteKey] = set()
+        for build in builds:
+            states_changed |= build[3].changed
+        for plane in self._planes.values():
+            rejections_changed |= plane.containment.take_state_changes()
         touched = self.status.report(
-            sites, result, self.containment.states(), self.containment.take_state_changes()
+            sites, _States(self), frozenset(states_changed), self._rejected(), frozenset(rejections_changed)
         )
         self.observers.status(sites, self.status.states(), touched)
-        snapshot = result.snapshot
-        new = self.server.publish(snapshot)
-        if new:
-            self.publishes += 1
-            self._log_publish(result, took)
-        if self.containment.built(snapshot, built, changed, result.sites, result.changed, new=new):
-            self._reconsider()
-        self.published = snapshot
-        self.observers.published(sites, snapshot)
-        return snapshot
+        for plane, built, changed, result, took in builds:
+            snapshot = result.snapshot
+            new = self.server.publish(snapshot)
+            if new:
+                self.publishes += 1
+                self._log_publish(result, took * 1000)
+            if plane.containment.built(snapshot, built, changed, result.sites, result.changed, new=new):
+                plane.reconsider = True
+                self._reconsider()
+            plane.published = snapshot
+            self.observers.published(sites, snapshot)
+        if regrouping.tenancy_changed:
+            self.server.recheck()  # an Envoy's certificate may name another group now, or none
+        return None if failed else self.published
+
+    def _rejected(self) -> Mapping[SiteKey, SiteState]:
+        rejected: dict[SiteKey, SiteState] = {}
+        for plane in self._planes.values():
+            rejected.update(plane.containment.states())
+        return rejected
+
+    def _plane_of(self, info: StreamInfo) -> GroupPlane | None:
+        return self._planes.get(info.group or DEFAULT_GROUP)
 
     def _acked(self, info: StreamInfo, _type_url: str, _version: str) -> None:
-        if self.containment.acked(info.id, info.held_versions()):
+        plane = self._plane_of(info)
+        if plane is not None and plane.containment.acked(info.id, info.held_versions()):
+            plane.reconsider = True
             self._reconsider()
 
     def _nacked(self, info: StreamInfo, nack: Nack) -> None:
-        if self.containment.nacked(info.node_id, nack.type_url, nack.snapshot_version, nack.message):
+        plane = self._plane_of(info)
+        if plane is not None and plane.containment.nacked(
+            info.node_id, nack.type_url, nack.snapshot_version, nack.message
+        ):
+            plane.reconsider = True
             self._reconsider()
 
+    def _closed(self, info: StreamInfo) -> None:
+        plane = self._plane_of(info)
+        if plane is not None:
+            plane.containment.stream_closed(info.id)
+
     def _reconsider(self) -> None:
-        """Build the current sites again (what the containment holds back has changed)."""
-        if self.published is None:
+        """Build the current sites again (what a containment holds back has changed)."""
+        if not self._applied:
             return
         if self._pending is None:
             self.offer(dataclasses.replace(self.sites, changed=frozenset()))
@@ -126,8 +306,9 @@ class ControlPlane:
     def _log_publish(self, result: BuildResult, took: float) -> None:
         snapshot = result.snapshot
         log.info(
-            "published snapshot %s: %d sites, %d clusters (built in %.1f ms; %d added, %d changed, %d removed)",
+            "published snapshot %s: gateway group %s, %d sites, %d clusters (built in %.1f ms; %d added, %d changed, %d removed)",
             snapshot.version,
+            snapshot.group,
             result.served,
             len(snapshot.of_type(CLUSTER_TYPE)),
             took,
@@ -138,13 +319,11 @@ class ControlPlane:
 
     @property
     def ready(self) -> bool:
-        """A complete snapshot has been published."""
-        return self.published is not None
-
-    @property
-    def tenancy(self) -> Tenancy:
-        """The tenancy of the last site set built."""
-        return self.sites.tenancy
+        """A complete snapshot has been published to every gateway group that exists."""
+        return self._applied and all(
+            (plane := self._planes.get(name)) is not None and plane.published is not None
+            for name in self.groups.groups
+        )
 
     async def run(
         self,

@@ -2,7 +2,7 @@
 
 Each change goes through `ControlPlane.apply` in one visible sequence: build, `built`, the
 sites' states (`status`), publish, `published`. The ADS server's streams report `stream_opened`,
-`acked`, `nacked`, `sent` and `stream_closed` as they happen. Metrics, health, the status
+`acked`, `nacked`, `sent`, `refused` and `stream_closed` as they happen. Metrics, health, the status
 writer and the demo are observers; `ObserverFuncs` makes one of plain functions, and
 `Observers` tells several in the order given.
 """
@@ -57,6 +57,7 @@ class ObserverFuncs:
     on_nack: Callable[[StreamInfo, Nack], None] | None = None
     on_sent: Callable[[StreamInfo, Outgoing], None] | None = None
     on_close: Callable[[StreamInfo], None] | None = None
+    on_refuse: Callable[[StreamInfo, str], None] | None = None
 
     def built(self, result: BuildResult, seconds: float) -> None:
         if self.on_built is not None:
@@ -87,6 +88,10 @@ class ObserverFuncs:
     def sent(self, info: StreamInfo, out: Outgoing) -> None:
         if self.on_sent is not None:
             self.on_sent(info, out)
+
+    def refused(self, info: StreamInfo, reason: str) -> None:
+        if self.on_refuse is not None:
+            self.on_refuse(info, reason)
 
     def stream_closed(self, info: StreamInfo) -> None:
         if self.on_close is not None:
@@ -129,6 +134,9 @@ class Observers:
 
     def sent(self, info: StreamInfo, out: Outgoing) -> None:
         self._each("sent", info, out)
+
+    def refused(self, info: StreamInfo, reason: str) -> None:
+        self._each("refused", info, reason)
 
     def stream_closed(self, info: StreamInfo) -> None:
         self._each("stream_closed", info)
