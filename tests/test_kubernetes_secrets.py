@@ -31,7 +31,7 @@ from watcher.k8s import (
     certificate_name,
     load_secret,
 )
-from watcher.k8s_api import SECRETS, KubeApi
+from watcher.k8s_api import SECRETS, ApiError, KubeApi
 from watcher.siteset import SiteSet
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.kubernetes]
@@ -362,6 +362,67 @@ async def test_only_the_secrets_sites_name_are_held(cluster: Cluster, watching: 
     ours = cluster.requests_by("staticsite-xds/") + cluster.requests_by("kopf/")
     writes = [r for r in ours if "/secrets" in r.url.path and not str(r.method).upper().endswith("GET")]
     assert writes == [], "Secrets are only read"
+
+
+def secret_reads(cluster: Cluster) -> list[Any]:
+    """Every listing and watch of Secrets the source (or its kopf) asked for."""
+    kinds = (cluster.kmock.action.LIST, cluster.kmock.action.WATCH)
+    ours = cluster.requests_by("staticsite-xds/") + cluster.requests_by("kopf/")
+    return [r for r in ours if r.action in kinds and r.url.path.endswith("/secrets")]
+
+
+async def test_only_tls_secrets_are_listed_and_watched(
+    cluster: Cluster, watching: Any, ca: trustme.CA
+) -> None:
+    """The API server sends no Secret of another type: every listing and watch selects the type,
+    and a named Secret of another type is read by its own GET, held without its data."""
+    pair = issue(ca)
+    await create_secret(cluster, "docs", "opaque", pair, kind="Opaque")
+    await create_secret(cluster, "docs", "web-tls", pair)
+    await cluster.create_site("docs", "other", "other.example.com", **{"tls": {"secretName": "opaque"}})
+    await cluster.create_site("docs", "main", "docs.example.com", **TLS_SPEC)
+    watched: Watching = await watching()
+    assert watched.certificate() is not None
+    (problem,) = watched.problems(SiteKey("docs", "other"))
+    assert "its type is 'Opaque', not kubernetes.io/tls" in problem.message
+    held = watched.source.cache.secret("docs", "opaque")
+    assert held is not None
+    assert "data" not in held, "of a Secret of another type, only its metadata and type are held"
+    assert secret_gets(cluster, "opaque") == 1
+    assert secret_gets(cluster, "web-tls") == 0
+
+    # the watch brings no event of a Secret of another type, even one a site names
+    watches = len([r for r in secret_reads(cluster) if r.action == cluster.kmock.action.WATCH])
+    assert watches >= 1
+    patch = cluster._stamp({"data": {"extra": b64(b"x")}}, new=False)
+    await cluster.api.patch(SECRETS, "docs", "opaque", patch)
+    await renew_secret(cluster, "docs", "web-tls", issue(ca))
+    await eventually(lambda: watched.certificate().chain != pair.chain, what="the renewal")  # type: ignore[union-attr]
+    await watched.source.relist()
+    assert "data" not in (watched.source.cache.secret("docs", "opaque") or {})
+    reads = secret_reads(cluster)
+    assert reads
+    assert all(r.params.get("fieldSelector") == "type=kubernetes.io/tls" for r in reads), [
+        (r.url.path, dict(r.params)) for r in reads
+    ]
+
+
+async def test_the_emulator_selects_secrets_by_type_as_an_api_server_does(
+    cluster: Cluster, ca: trustme.CA
+) -> None:
+    """Without this, a test could not tell a listing of every Secret from one of TLS Secrets."""
+    pair = issue(ca)
+    await create_secret(cluster, "docs", "opaque", pair, kind="Opaque")
+    await create_secret(cluster, "docs", "web-tls", pair)
+    every = await cluster.api.list_objects(SECRETS)
+    tls = await cluster.api.list_objects(SECRETS, field_selector="type=kubernetes.io/tls")
+    other = await cluster.api.list_objects(SECRETS, "docs", field_selector="type!=kubernetes.io/tls")
+    assert sorted(b["metadata"]["name"] for b in every) == ["opaque", "web-tls"]
+    assert [b["metadata"]["name"] for b in tls] == ["web-tls"]
+    assert [b["metadata"]["name"] for b in other] == ["opaque"]
+    with pytest.raises(ApiError) as refused:
+        await cluster.api.list_objects(SECRETS, field_selector="data.x=y")
+    assert refused.value.status == 400
 
 
 async def test_a_site_that_comes_to_name_a_secret_keeps_its_version_while_it_is_read(

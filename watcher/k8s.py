@@ -16,7 +16,8 @@ where sites came from. The rules it keeps:
   seconds; the outage and its end are logged once each and shown in a metric
   (`watcher.source_state`), and a listing on its return heals what the watch missed.
 - A site's `spec.tls.secretName` names a `kubernetes.io/tls` Secret of its namespace; only
-  the Secrets some site names are held, and a renewal yields a new set (see
+  Secrets of that type are listed and watched (a field selector: the API server sends no
+  other), only the Secrets some site names are held, and a renewal yields a new set (see
   `watcher.k8s_secrets`).
 
 The parts: a `ClusterCache` of what the cluster holds (given, so that the status writer reads
@@ -44,6 +45,7 @@ from .k8s_cache import ClusterCache, ObjectCache, ObjectKey, object_key
 from .k8s_kopf import KopfWatch
 from .k8s_secrets import (
     SECRET_FIELD,
+    TLS_SECRET_SELECTOR,
     TLS_SECRET_TYPE,
     FollowedSecrets,
     certificate_name,
@@ -231,8 +233,11 @@ class KubernetesSource:
                 key = object_key(body)
                 return key in named or followed.named(key)
 
-            # With no Secret named, there is nothing to keep of a listing of them all: none is made.
-            secrets = await self._list(SECRETS, keep=wanted) if named else []
+            # With no Secret named, there is nothing to keep of a listing of them: none is made.
+            secrets = (
+                await self._list(SECRETS, keep=wanted, field_selector=TLS_SECRET_SELECTOR) if named else []
+            )
+            secrets += await followed.unlisted(named, map(object_key, secrets))
         except ApiError as exc:
             self.state.report(_explain(exc))
             raise
@@ -247,13 +252,15 @@ class KubernetesSource:
         self.listings += 1
 
     async def _list(
-        self, kind: Kind, keep: Callable[[dict[str, Any]], bool] | None = None
+        self, kind: Kind, keep: Callable[[dict[str, Any]], bool] | None = None, field_selector: str = ""
     ) -> list[dict[str, Any]]:
         if not self.namespaces:
-            return await self.api.list_objects(kind, keep=keep)
+            return await self.api.list_objects(kind, keep=keep, field_selector=field_selector)
         items: list[dict[str, Any]] = []
         for namespace in self.namespaces:
-            items.extend(await self.api.list_objects(kind, namespace, keep=keep))
+            items.extend(
+                await self.api.list_objects(kind, namespace, keep=keep, field_selector=field_selector)
+            )
         return items
 
     async def check(self) -> None:

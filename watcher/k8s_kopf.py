@@ -22,6 +22,7 @@ from snapshot.model import GROUP, PLURAL, VERSION
 
 from .k8s_api import KubeApi
 from .k8s_cache import ObjectKey, object_key
+from .k8s_secrets import TLS_SECRET_SELECTOR
 from .source_state import SourceState
 
 log = logging.getLogger("staticsite_xds.kubernetes")
@@ -112,7 +113,8 @@ class KopfWatch:
 
         @kopf.on.event("v1", "secrets", registry=registry)
         async def secret_event(event: Mapping[str, Any], **_: Any) -> None:
-            # Most Secrets are no site's: dropped here, in kopf's thread, before they go further.
+            # Only TLS Secrets come (see `run`), and most are no site's: dropped here, in kopf's
+            # thread, before they go further.
             body = event.get("object")
             if isinstance(body, Mapping) and feed.wants_secret(object_key(body)):
                 loop.call_soon_threadsafe(feed.secret_event, event)
@@ -130,6 +132,8 @@ class KopfWatch:
         settings = self.settings
         settings.scanning.disabled = True  # needs no RBAC on CRDs and namespaces
         settings.posting.enabled = False  # our Events are written by the status writer only
+        # The API server sends only TLS Secrets: the others never reach this process.
+        settings.watching.field_selectors["v1", "secrets"] = TLS_SECRET_SELECTOR
         settings.process.ultimate_exiting_timeout = None
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,63 @@ def declare_resources(kmock: Any) -> None:
     kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
         kind="CustomResourceDefinition", namespaced=False, verbs=every
     )
+    honour_secret_field_selectors(kmock)
+
+
+# The fields a real API server lets a Secret's listing or watch select on, and their values.
+SECRET_FIELDS = {
+    "metadata.name": lambda body: str((body.get("metadata") or {}).get("name") or ""),
+    "metadata.namespace": lambda body: str((body.get("metadata") or {}).get("namespace") or ""),
+    "type": lambda body: str(body.get("type") or "Opaque"),  # the API server's default type
+}
+
+
+def field_selection(selector: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a Secret is selected by a field selector (`a=b,c!=d`), as a real API server
+    judges it; a field it cannot select on is refused (400), as there."""
+    from kmock import KubernetesError
+
+    terms: list[tuple[str, str, bool]] = []
+    for term in filter(None, selector.split(",")):
+        negated = "!=" in term
+        field_name, _, value = term.partition("!=" if negated else "=")
+        value = value.removeprefix("=")  # `==` means `=`
+        if field_name not in SECRET_FIELDS:
+            known = ", ".join(f'"{f}"' for f in SECRET_FIELDS)
+            message = f'"{field_name}" is not a known field selector: only {known}'
+            raise KubernetesError(400, "BadRequest", message)
+        terms.append((field_name, value, negated))
+    return lambda body: all((SECRET_FIELDS[f](body) == v) != negated for f, v, negated in terms)
+
+
+def honour_secret_field_selectors(kmock: Any) -> None:
+    """Make the emulator's listings and watches of Secrets honour `fieldSelector`, as a real API
+    server does (kmock alone ignores it): a client that asks for every Secret gets every one."""
+    secrets = kmock.resource("", "v1", "secrets")
+
+    async def listing(request: Any) -> Any:
+        selector = request.params.get("fieldSelector")
+        if not selector:
+            raise NotImplementedError  # the emulator answers (NotImplemented would retire the reaction)
+        selected = field_selection(selector)
+        page = await kmock._serve_list(request)
+        return {**page, "items": [body for body in page["items"] if selected(body)]}
+
+    def watch(request: Any) -> Any:
+        selector = request.params.get("fieldSelector")
+        if not selector:
+            raise NotImplementedError
+        selected = field_selection(selector)
+
+        async def events() -> AsyncIterator[Any]:
+            async for event in kmock._serve_watch(request):
+                if not isinstance(event, dict) or selected(event.get("object") or {}):
+                    yield event
+
+        return events()
+
+    kmock[kmock.action.LIST, secrets] << listing
+    kmock[kmock.action.WATCH, secrets] << watch
 
 
 def fast_settings(watch_timeout: float | None = None) -> kopf.OperatorSettings:
