@@ -1,5 +1,5 @@
 """The one build step pyproject.toml cannot say: the wheel carries Envoy's bootstraps and the
-StaticSite CRD as package data of xds_server (see xds_server/shipped_files.py).
+StaticSite and GatewayGroup CRDs as package data of xds_server (see xds_server/shipped_files.py).
 
 They stay in the repository's top-level envoy/ and crds/ folders, where kustomize reads
 them, and are copied into the package only when it is built; an editable install reads them
@@ -14,7 +14,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-SHIPPED = {"envoy": "bootstrap*.yaml", "crds": "staticsite.yaml"}  # folder -> the files it ships
+# folder -> the files it ships
+SHIPPED = {"envoy": ("bootstrap*.yaml",), "crds": ("staticsite.yaml", "gatewaygroup.yaml")}
 PACKAGE_DATA = Path("xds_server", "shipped")
 
 
@@ -23,14 +24,15 @@ class BuildWithShippedFiles(build_py):
         super().run()
         if self.editable_mode:
             return
-        for folder, pattern in SHIPPED.items():
-            files = sorted((ROOT / folder).glob(pattern))
-            if not files:
-                raise FileNotFoundError(f"{ROOT / folder}: no {pattern} to ship")
+        for folder, patterns in SHIPPED.items():
             target = Path(self.build_lib) / PACKAGE_DATA / folder
             self.mkpath(str(target))
-            for file in files:
-                self.copy_file(str(file), str(target / file.name))
+            for pattern in patterns:
+                files = sorted((ROOT / folder).glob(pattern))
+                if not files:
+                    raise FileNotFoundError(f"{ROOT / folder}: no {pattern} to ship")
+                for file in files:
+                    self.copy_file(str(file), str(target / file.name))
 
 
 setup(cmdclass={"build_py": BuildWithShippedFiles})

@@ -29,7 +29,7 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 # ObjectMeta fields a manifest may carry (the API server adds most of them itself).
-_METADATA_FIELDS = frozenset(
+METADATA_FIELDS = frozenset(
     {
         "name",
         "namespace",
@@ -62,6 +62,7 @@ _SPEC_FIELDS = frozenset(
         "compression",
         "requestTimeout",
         "connectRetries",
+        "gatewayGroup",
     }
 )
 _BACKEND_FIELDS = frozenset({"serviceName", "servicePort", "healthCheck"})
@@ -72,6 +73,8 @@ _HEADERS_FIELDS = frozenset({"set", "remove"})
 # The same patterns are in the CRD's schema (crds/staticsite.yaml); a test holds them equal.
 _LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 HOST_PATTERN = rf"(\*\.)?{_LABEL}(\.{_LABEL})*"
+# A DNS-1123 label (a namespace, a gateway group): lower case, at most 63 characters.
+DNS1123_LABEL_PATTERN = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _SEGMENT_CHAR = r"A-Za-z0-9_~!$&()*+,;=:@-"
 # "/" or "/a/b" (a trailing "/" is allowed and ignored); a segment is not only dots.
 PATH_PREFIX_PATTERN = rf"(/[.{_SEGMENT_CHAR}]*[{_SEGMENT_CHAR}][.{_SEGMENT_CHAR}]*)*/?"
@@ -96,7 +99,7 @@ MAX_UNKNOWN_FIELDS = 10
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _MAX_SHOWN = 200  # characters of a value shown in a message
 
-_Reporter = Callable[[str, str], None]
+Reporter = Callable[[str, str], None]
 
 
 class SiteKey(NamedTuple):
@@ -201,6 +204,7 @@ class StaticSite:
     compression: bool = True
     request_timeout_ms: int | None = None  # None: Envoy's default (15 s); 0: no timeout
     connect_retries: int = 0  # retries when the backend cannot be connected to
+    gateway_group: str | None = None  # the gateway group that serves it; None: the default group
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -228,12 +232,19 @@ class Problem:
         return f"{where}{field}{self.message}"
 
 
-class InvalidSite(ValueError):
-    """A StaticSite manifest failed validation; `problems` lists every problem found."""
+class InvalidDeclaration(ValueError):
+    """A manifest failed validation; `problems` lists every problem found."""
 
-    def __init__(self, problems: list[Problem], key: SiteKey | None = None) -> None:
+    def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
+
+
+class InvalidSite(InvalidDeclaration):
+    """A StaticSite manifest failed validation; `key`: the identity it claims, if any."""
+
+    def __init__(self, problems: list[Problem], key: SiteKey | None = None) -> None:
+        super().__init__(problems)
         self.key = key
 
 
@@ -323,23 +334,20 @@ def parse_site(doc: Any, origin: str = "") -> StaticSite:
         problems.append(Problem(origin, field, message))
 
     if not isinstance(doc, Mapping):
-        raise InvalidSite([Problem(origin, "", f"expected a mapping, got {_type_name(doc)}")])
+        raise InvalidSite([Problem(origin, "", f"expected a mapping, got {type_name(doc)}")])
 
-    _check_unknown(doc, _TOP_FIELDS, "", bad)
-    if doc.get("kind") != KIND:
-        bad("kind", f"must be {KIND!r}, got {describe(doc.get('kind'))}")
-    if doc.get("apiVersion") != API_VERSION:
-        bad("apiVersion", f"must be {API_VERSION!r}, got {describe(doc.get('apiVersion'))}")
+    check_unknown(doc, _TOP_FIELDS, "", bad)
+    check_kind(doc, KIND, bad)
 
     name, namespace, generation, created = _parse_metadata(doc.get("metadata"), bad)
     key = SiteKey(namespace, name) if name and namespace else None
 
     spec = doc.get("spec")
     if not isinstance(spec, Mapping):
-        bad("spec", "is required" if spec is None else f"must be a mapping, got {_type_name(spec)}")
+        bad("spec", "is required" if spec is None else f"must be a mapping, got {type_name(spec)}")
         raise InvalidSite(problems, key)
-    _check_unknown(spec, _SPEC_FIELDS, "spec.", bad)
-    domain = _parse_host(spec.get("domain"), "spec.domain", bad, required=True)
+    check_unknown(spec, _SPEC_FIELDS, "spec.", bad)
+    domain = parse_host(spec.get("domain"), "spec.domain", bad, required=True)
     backend = _parse_backend(spec.get("backend"), namespace, bad)
     aliases = _parse_hosts(spec.get("aliases"), "spec.aliases", bad)
     redirect_from = _parse_hosts(spec.get("redirectFrom"), "spec.redirectFrom", bad)
@@ -353,6 +361,7 @@ def parse_site(doc: Any, origin: str = "") -> StaticSite:
     compression = _parse_bool(spec.get("compression"), "spec.compression", bad, default=True)
     timeout = _parse_duration(spec.get("requestTimeout"), "spec.requestTimeout", bad)
     retries = _parse_int(spec.get("connectRetries"), "spec.connectRetries", 0, MAX_CONNECT_RETRIES, bad)
+    group = _parse_gateway_group_name(spec.get("gatewayGroup"), bad)
 
     if problems or key is None or backend is None:
         raise InvalidSite(problems, key)
@@ -373,25 +382,52 @@ def parse_site(doc: Any, origin: str = "") -> StaticSite:
         compression=compression,
         request_timeout_ms=timeout,
         connect_retries=retries or 0,
+        gateway_group=group,
     )
 
 
-def _parse_metadata(meta: Any, bad: _Reporter) -> tuple[str, str, int, str | None]:
+def check_kind(doc: Mapping[Any, Any], kind: str, bad: Reporter) -> None:
+    """A manifest declares `kind`, of this project's API version."""
+    if doc.get("kind") != kind:
+        bad("kind", f"must be {kind!r}, got {describe(doc.get('kind'))}")
+    if doc.get("apiVersion") != API_VERSION:
+        bad("apiVersion", f"must be {API_VERSION!r}, got {describe(doc.get('apiVersion'))}")
+
+
+def parse_metadata_name(meta: Any, bad: Reporter, valid: Callable[[str], bool], rule: str) -> str | None:
+    """A manifest's metadata.name ("" with a problem when it is missing or not `valid`, and
+    `rule` says what a name is); None when the metadata is no mapping. Unknown metadata
+    fields are problems too."""
     if not isinstance(meta, Mapping):
-        bad("metadata", "is required" if meta is None else f"must be a mapping, got {_type_name(meta)}")
-        return "", "", 0, None
-    _check_unknown(meta, _METADATA_FIELDS, "metadata.", bad)
+        bad("metadata", "is required" if meta is None else f"must be a mapping, got {type_name(meta)}")
+        return None
+    check_unknown(meta, METADATA_FIELDS, "metadata.", bad)
     name = meta.get("name")
     if name is None:
         bad("metadata.name", "is required")
-        name = ""
-    elif not isinstance(name, str) or not _is_dns1123_subdomain(name):
-        bad(
-            "metadata.name",
-            f"{describe(name)} is not a valid name (lower-case letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit, at most 253 characters)",
-        )
-        name = ""
+        return ""
+    if not isinstance(name, str) or not valid(name):
+        bad("metadata.name", f"{describe(name)} is not {rule}")
+        return ""
+    return name
+
+
+def metadata_generation(meta: Mapping[str, Any]) -> int:
+    """metadata.generation, or 0 when it has none (a file, not the API server, wrote it)."""
+    generation = meta.get("generation", 0)
+    return 0 if not isinstance(generation, int) or isinstance(generation, bool) else generation
+
+
+def _parse_metadata(meta: Any, bad: Reporter) -> tuple[str, str, int, str | None]:
+    name = parse_metadata_name(
+        meta,
+        bad,
+        is_dns1123_subdomain,
+        "a valid name (lower-case letters, digits, '-' and '.', "
+        "starting and ending with a letter or digit, at most 253 characters)",
+    )
+    if name is None:
+        return "", "", 0, None
     namespace = meta.get("namespace", DEFAULT_NAMESPACE)
     if not isinstance(namespace, str) or not _is_label(namespace, _DNS1123_LABEL):
         bad(
@@ -400,13 +436,10 @@ def _parse_metadata(meta: Any, bad: _Reporter) -> tuple[str, str, int, str | Non
             "letters, digits and '-', at most 63 characters)",
         )
         namespace = ""
-    generation = meta.get("generation", 0)
-    if not isinstance(generation, int) or isinstance(generation, bool):
-        generation = 0
-    return name, namespace, generation, _timestamp(meta.get("creationTimestamp"), bad)
+    return name, namespace, metadata_generation(meta), _timestamp(meta.get("creationTimestamp"), bad)
 
 
-def _timestamp(value: Any, bad: _Reporter) -> str | None:
+def _timestamp(value: Any, bad: Reporter) -> str | None:
     """A creationTimestamp as the API server writes it (RFC 3339, UTC, to the second).
 
     Conflicts compare timestamps as text, so every spelling must be the same: YAML reads an
@@ -432,18 +465,18 @@ def _timestamp(value: Any, bad: _Reporter) -> str | None:
             return None
     if isinstance(value, date):
         return f"{value.isoformat()}T00:00:00Z"
-    bad(field, f"must be a timestamp (RFC 3339), got {_type_name(value)}")
+    bad(field, f"must be a timestamp (RFC 3339), got {type_name(value)}")
     return None
 
 
-def _parse_host(value: Any, field: str, bad: _Reporter, *, required: bool = False) -> str:
+def parse_host(value: Any, field: str, bad: Reporter, *, required: bool = False) -> str:
     """A domain: a DNS name, or a wildcard `*.` followed by one; compared in lower case."""
     if value is None:
         if required:
             bad(field, "is required")
         return ""
     if not isinstance(value, str):
-        bad(field, f"must be a string, got {_type_name(value)}")
+        bad(field, f"must be a string, got {type_name(value)}")
         return ""
     domain = normalize_domain(value)
     shown = describe(value)
@@ -480,17 +513,17 @@ def _parse_host(value: Any, field: str, bad: _Reporter, *, required: bool = Fals
     return ""
 
 
-def _parse_hosts(value: Any, field: str, bad: _Reporter) -> tuple[str, ...]:
-    if not _is_collection(value, list, field, "a list of domains", "domains", MAX_DOMAINS, bad):
+def _parse_hosts(value: Any, field: str, bad: Reporter) -> tuple[str, ...]:
+    if not is_collection(value, list, field, "a list of domains", "domains", MAX_DOMAINS, bad):
         return ()
     # An invalid entry stays in place (empty), so later messages name the right positions.
     return tuple(
-        _parse_host(item, f"{field}[{index}]", bad, required=True) for index, item in enumerate(value)
+        parse_host(item, f"{field}[{index}]", bad, required=True) for index, item in enumerate(value)
     )
 
 
 def _check_distinct(
-    domain: str, aliases: tuple[str, ...], redirect_from: tuple[str, ...], bad: _Reporter
+    domain: str, aliases: tuple[str, ...], redirect_from: tuple[str, ...], bad: Reporter
 ) -> None:
     """Each domain appears once among spec.domain, spec.aliases and spec.redirectFrom."""
     seen: dict[str, str] = {domain: "spec.domain"} if domain else {}
@@ -505,12 +538,12 @@ def _check_distinct(
                 seen[host] = where
 
 
-def _parse_path(value: Any, field: str, bad: _Reporter) -> str | None:
+def _parse_path(value: Any, field: str, bad: Reporter) -> str | None:
     """A path prefix: "/" or "/a/b" (normalized without a trailing slash); None if absent."""
     if value is None:
         return None
     if not isinstance(value, str):
-        bad(field, f"must be a string, got {_type_name(value)}")
+        bad(field, f"must be a string, got {type_name(value)}")
         return None
     if not value or len(value) > MAX_PATH_PREFIX or not re.fullmatch(PATH_PREFIX_PATTERN, value):
         bad(
@@ -522,16 +555,16 @@ def _parse_path(value: Any, field: str, bad: _Reporter) -> str | None:
     return value.rstrip("/") or "/"
 
 
-def _parse_tls(value: Any, bad: _Reporter) -> TlsSpec | None:
+def _parse_tls(value: Any, bad: Reporter) -> TlsSpec | None:
     field = "spec.tls"
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        bad(field, f"must be a mapping, got {_type_name(value)}")
+        bad(field, f"must be a mapping, got {type_name(value)}")
         return None
-    _check_unknown(value, _TLS_FIELDS, "spec.tls.", bad)
+    check_unknown(value, _TLS_FIELDS, "spec.tls.", bad)
     secret = value.get("secretName")
-    if secret is not None and (not isinstance(secret, str) or not _is_dns1123_subdomain(secret)):
+    if secret is not None and (not isinstance(secret, str) or not is_dns1123_subdomain(secret)):
         bad("spec.tls.secretName", f"{describe(secret)} is not a valid Secret name")
         secret = None
     files: list[str | None] = []
@@ -554,17 +587,17 @@ def _parse_tls(value: Any, bad: _Reporter) -> TlsSpec | None:
     return TlsSpec(secret, certificate_file, key_file, allow)
 
 
-def _parse_headers(value: Any, bad: _Reporter) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+def _parse_headers(value: Any, bad: Reporter) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     if value is None:
         return (), ()
     if not isinstance(value, Mapping):
-        bad("spec.responseHeaders", f"must be a mapping, got {_type_name(value)}")
+        bad("spec.responseHeaders", f"must be a mapping, got {type_name(value)}")
         return (), ()
-    _check_unknown(value, _HEADERS_FIELDS, "spec.responseHeaders.", bad)
+    check_unknown(value, _HEADERS_FIELDS, "spec.responseHeaders.", bad)
     set_value = value.get("set")
     chosen: dict[str, str] = {}  # lower-cased name -> value
     field = "spec.responseHeaders.set"
-    if _is_collection(
+    if is_collection(
         set_value, Mapping, field, "a mapping of header names to values", "headers", MAX_HEADERS, bad
     ):
         for name, header in set_value.items():
@@ -572,7 +605,7 @@ def _parse_headers(value: Any, bad: _Reporter) -> tuple[tuple[tuple[str, str], .
             if not _header_name_ok(name, where, bad):
                 continue
             if not isinstance(header, str):
-                bad(where, f"must be a string, got {_type_name(header)}")
+                bad(where, f"must be a string, got {type_name(header)}")
             elif len(header) > MAX_HEADER_VALUE or not re.fullmatch(HEADER_VALUE_PATTERN, header):
                 bad(
                     where,
@@ -586,7 +619,7 @@ def _parse_headers(value: Any, bad: _Reporter) -> tuple[tuple[tuple[str, str], .
     remove_value = value.get("remove")
     removed: list[str] = []
     field = "spec.responseHeaders.remove"
-    if _is_collection(remove_value, list, field, "a list of header names", "headers", MAX_HEADERS, bad):
+    if is_collection(remove_value, list, field, "a list of header names", "headers", MAX_HEADERS, bad):
         for index, name in enumerate(remove_value):
             where = f"{field}[{index}]"
             if not _header_name_ok(name, where, bad):
@@ -601,20 +634,20 @@ def _parse_headers(value: Any, bad: _Reporter) -> tuple[tuple[tuple[str, str], .
     return tuple(chosen.items()), tuple(removed)
 
 
-def _is_collection(
+def is_collection(
     value: Any,
     kind: type[list[Any]] | type[Mapping[Any, Any]],
     field: str,
     expected: str,
     noun: str,
     limit: int,
-    bad: _Reporter,
+    bad: Reporter,
 ) -> TypeGuard[Any]:
     """Whether an optional list or mapping is given, of the right kind and within its limit."""
     if value is None:
         return False
     if not isinstance(value, kind):
-        bad(field, f"must be {expected}, got {_type_name(value)}")
+        bad(field, f"must be {expected}, got {type_name(value)}")
         return False
     if len(value) > limit:
         bad(field, f"has {len(value)} {noun}; at most {limit} are allowed")
@@ -622,7 +655,7 @@ def _is_collection(
     return True
 
 
-def _header_name_ok(name: Any, where: str, bad: _Reporter) -> bool:
+def _header_name_ok(name: Any, where: str, bad: Reporter) -> bool:
     if isinstance(name, str) and name.lower() == "host":
         bad(where, "the host header cannot be set or removed in a response")
         return False
@@ -637,7 +670,7 @@ def _header_name_ok(name: Any, where: str, bad: _Reporter) -> bool:
     return True
 
 
-def _parse_bool(value: Any, field: str, bad: _Reporter, *, default: bool) -> bool:
+def _parse_bool(value: Any, field: str, bad: Reporter, *, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
@@ -646,7 +679,7 @@ def _parse_bool(value: Any, field: str, bad: _Reporter, *, default: bool) -> boo
     return value
 
 
-def _parse_int(value: Any, field: str, low: int, high: int, bad: _Reporter) -> int | None:
+def _parse_int(value: Any, field: str, low: int, high: int, bad: Reporter) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
@@ -658,7 +691,7 @@ def _parse_int(value: Any, field: str, low: int, high: int, bad: _Reporter) -> i
     return value
 
 
-def _parse_duration(value: Any, field: str, bad: _Reporter, *, positive: bool = False) -> int | None:
+def _parse_duration(value: Any, field: str, bad: Reporter, *, positive: bool = False) -> int | None:
     """A duration such as 500ms, 15s, 2m or 1h, in milliseconds; None if absent."""
     if value is None:
         return None
@@ -672,14 +705,28 @@ def _parse_duration(value: Any, field: str, bad: _Reporter, *, positive: bool = 
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
-def _parse_backend(value: Any, namespace: str, bad: _Reporter) -> Backend | None:
+def _parse_gateway_group_name(value: Any, bad: Reporter) -> str | None:
+    field = "spec.gatewayGroup"
+    if value is None:
+        return None
+    if not isinstance(value, str) or not is_dns1123_label(value):
+        bad(
+            field,
+            f"{describe(value)} is not a gateway group name (a DNS-1123 label: lower-case "
+            "letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)",
+        )
+        return None
+    return value
+
+
+def _parse_backend(value: Any, namespace: str, bad: Reporter) -> Backend | None:
     if value is None:
         bad("spec.backend", "is required")
         return None
     if not isinstance(value, Mapping):
-        bad("spec.backend", f"must be a mapping, got {_type_name(value)}")
+        bad("spec.backend", f"must be a mapping, got {type_name(value)}")
         return None
-    _check_unknown(value, _BACKEND_FIELDS, "spec.backend.", bad)
+    check_unknown(value, _BACKEND_FIELDS, "spec.backend.", bad)
     ok = True
     service = value.get("serviceName")
     if service is None:
@@ -708,14 +755,14 @@ def _parse_backend(value: Any, namespace: str, bad: _Reporter) -> Backend | None
     return Backend(namespace, service, port, check)
 
 
-def _parse_health_check(value: Any, bad: _Reporter) -> HealthCheck | None:
+def _parse_health_check(value: Any, bad: Reporter) -> HealthCheck | None:
     field = "spec.backend.healthCheck"
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        bad(field, f"must be a mapping, got {_type_name(value)}")
+        bad(field, f"must be a mapping, got {type_name(value)}")
         return None
-    _check_unknown(value, _HEALTH_CHECK_FIELDS, f"{field}.", bad)
+    check_unknown(value, _HEALTH_CHECK_FIELDS, f"{field}.", bad)
     path = value.get("path")
     if path is None:
         bad(f"{field}.path", "is required")
@@ -739,7 +786,7 @@ def _parse_health_check(value: Any, bad: _Reporter) -> HealthCheck | None:
     return HealthCheck(path, interval or 10_000, unhealthy or 3, healthy or 2)
 
 
-def _check_unknown(doc: Mapping[Any, Any], known: frozenset[str], prefix: str, bad: _Reporter) -> None:
+def check_unknown(doc: Mapping[Any, Any], known: frozenset[str], prefix: str, bad: Reporter) -> None:
     unknown = [field for field in doc if not (isinstance(field, str) and field in known)]
     for field in unknown[:MAX_UNKNOWN_FIELDS]:
         plain = isinstance(field, str) and len(field) <= 64  # no known field is longer
@@ -768,11 +815,16 @@ def _is_label(value: str, pattern: re.Pattern[str]) -> bool:
     return len(value) <= 63 and pattern.fullmatch(value) is not None
 
 
-def _is_dns1123_subdomain(value: str) -> bool:
+def is_dns1123_label(value: str) -> bool:
+    """A namespace's or a gateway group's name: lower-case letters, digits and '-', at most 63."""
+    return _is_label(value, _DNS1123_LABEL)
+
+
+def is_dns1123_subdomain(value: str) -> bool:
     return 0 < len(value) <= 253 and all(_is_label(part, _DNS1123_LABEL) for part in value.split("."))
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     if value is None:
         return "null"
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}.get(

@@ -11,9 +11,13 @@ Precedence, highest first:
    certificate file, a site over the limit of sites): Invalid, with the reason the first
    problem names (else InvalidSpec), noting when the last good version is still served.
 2. Envoy's rejection: Rejected (EnvoyRejected), with Envoy's words.
-3. The builder's state, which is, in this order: a TLS site without a certificate is Invalid
-   (MissingCertificate) and claims nothing; a site that lost a claim is in Conflict
-   (DomainConflict); else it is Provisioned (Accepted), with notes on its certificate.
+3. The builder's state, or in its place the tenancy's refusal (a site the tenancy refuses is
+   never given to a builder): Invalid when the gateway group the site names does not exist
+   (GatewayGroupNotFound) or one of its domains is not granted to its namespace in that group
+   (DomainNotPermitted). The builder's state is, in this order: a TLS site without a
+   certificate is Invalid (MissingCertificate) and claims nothing; a site that lost a claim is
+   in Conflict (DomainConflict); else it is Provisioned (Accepted), with notes on its
+   certificate.
 4. Where the backends can be seen (Kubernetes), a missing Service or port turns a
    Provisioned state, and only that one, into Invalid (BackendNotFound, BackendPortNotFound).
 """
@@ -58,6 +62,8 @@ INVALID_CERTIFICATE: Final = "InvalidCertificate"  # the certificate files canno
 SITE_LIMIT_REACHED: Final = "SiteLimitReached"  # a valid site beyond --max-sites
 BACKEND_NOT_FOUND: Final = "BackendNotFound"  # the backend's Service does not exist
 BACKEND_PORT_NOT_FOUND: Final = "BackendPortNotFound"  # the Service lacks the backend's port
+DOMAIN_NOT_PERMITTED: Final = "DomainNotPermitted"  # no grant of its group gives a domain to its namespace
+GATEWAY_GROUP_NOT_FOUND: Final = "GatewayGroupNotFound"  # the gateway group it names does not exist
 
 REASONS: Final = frozenset(
     {
@@ -72,6 +78,8 @@ REASONS: Final = frozenset(
         SITE_LIMIT_REACHED,
         BACKEND_NOT_FOUND,
         BACKEND_PORT_NOT_FOUND,
+        DOMAIN_NOT_PERMITTED,
+        GATEWAY_GROUP_NOT_FOUND,
     }
 )
 BACKEND_REASONS: Final = frozenset({BACKEND_NOT_FOUND, BACKEND_PORT_NOT_FOUND})
@@ -200,6 +208,45 @@ def site_limit_problem(origin: str, maximum: int) -> Problem:
         f"not served: the limit of {maximum} sites (--max-sites) is reached",
         SITE_LIMIT_REACHED,
     )
+
+
+# -- the tenancy's facts ----------------------------------------------------------------------
+
+
+def domain_not_permitted(
+    key: SiteKey, host: str, group: str, owners: Sequence[str] | None = None
+) -> SiteState:
+    """A site refused because `host` is not granted to its namespace in gateway group `group`.
+
+    `owners`: the namespaces it is granted to (None: no grant of the group covers it; empty:
+    a grant covers it, but admits no namespace that exists).
+    """
+    message = f"domain {host} is not granted to namespace {key.namespace} in gateway group {group}"
+    if owners is None:
+        message += " (no grant of the group covers it)"
+    elif not owners:
+        message += " (it is granted to no namespace that exists)"
+    else:
+        listed = ", ".join(owners[:MAX_NAMES_LISTED])
+        if len(owners) > MAX_NAMES_LISTED:
+            listed += f" and {len(owners) - MAX_NAMES_LISTED} more"
+        message += f" (it is granted to: {listed})"
+    return SiteState(key, Phase.INVALID, DOMAIN_NOT_PERMITTED, message)
+
+
+def gateway_group_not_found(key: SiteKey, group: str, existing: Sequence[str]) -> SiteState:
+    """A site refused because the gateway group it names is not among `existing` (maybe none)."""
+    if not existing:
+        message = (
+            f"no GatewayGroup exists (the site asks for {group}): nothing is served until an admin "
+            "creates one (see deploy/gateway-group.yaml)"
+        )
+    else:
+        listed = ", ".join(existing[:MAX_NAMES_LISTED])
+        if len(existing) > MAX_NAMES_LISTED:
+            listed += f" and {len(existing) - MAX_NAMES_LISTED} more"
+        message = f"gateway group {group} does not exist (the groups: {listed})"
+    return SiteState(key, Phase.INVALID, GATEWAY_GROUP_NOT_FOUND, message)
 
 
 # -- composition ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from support.crd_schema import (
 
 from snapshot.model import (
     _FILE_PATTERN,
+    DNS1123_LABEL_PATTERN,
     DURATION_PATTERN,
     GROUP,
     HEADER_NAME_PATTERN,
@@ -148,7 +149,7 @@ def test_crd_names_match_the_model() -> None:
     assert version["name"] == VERSION
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Domain", "Prefix", "Aliases", "Service", "Port", "Ready", "Reason", "Age"]
+    assert columns == ["Domain", "Prefix", "Aliases", "Service", "Port", "Group", "Ready", "Reason", "Age"]
 
 
 def test_crd_is_a_valid_custom_resource_definition() -> None:
@@ -179,6 +180,7 @@ _PATTERNS = [
     (HEALTH_PATH_PATTERN, ["spec.backend.healthCheck.path"]),
     (HEADER_NAME_PATTERN, ["spec.responseHeaders.remove.[]"]),
     (_FILE_PATTERN, ["spec.tls.certificateFile", "spec.tls.keyFile"]),
+    (DNS1123_LABEL_PATTERN, ["spec.gatewayGroup"]),
 ]
 
 
@@ -430,6 +432,15 @@ EXAMPLES: list[tuple[dict[str, Any], bool]] = [
     ({**GOOD, "connectRetries": -1}, False),
     ({**GOOD, "connectRetries": "1"}, False),
     ({**GOOD, "connectRetries": True}, False),
+    # gatewayGroup
+    ({**GOOD, "gatewayGroup": "edge-1"}, True),
+    ({**GOOD, "gatewayGroup": "a" * 63}, True),
+    ({**GOOD, "gatewayGroup": "a" * 64}, False),
+    ({**GOOD, "gatewayGroup": "Edge"}, False),
+    ({**GOOD, "gatewayGroup": "edge.one"}, False),
+    ({**GOOD, "gatewayGroup": "-edge"}, False),
+    ({**GOOD, "gatewayGroup": ""}, False),
+    ({**GOOD, "gatewayGroup": 1}, False),
     # backend.healthCheck
     (_check(path="/healthz"), True),
     (_check(path="/", interval="1ms", unhealthyThreshold=1, healthyThreshold=MAX_THRESHOLD), True),
@@ -618,6 +629,9 @@ _FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "compression": st.one_of(st.booleans(), st.just("false"), st.integers(0, 1)),
     "requestTimeout": _duration,
     "connectRetries": st.one_of(st.integers(-2, MAX_CONNECT_RETRIES + 2), st.just("1"), st.booleans()),
+    "gatewayGroup": st.one_of(
+        st.text(alphabet="a9-.A", max_size=5), st.integers(63, 64).map(lambda n: "g" * n), st.just(7)
+    ),
     "backend": st.builds(lambda check: {**BACKEND, "healthCheck": check}, _health_check),
 }
 

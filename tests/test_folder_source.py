@@ -14,11 +14,16 @@ import pytest
 from support.manifests import manifest, write
 
 from snapshot.model import API_VERSION, Backend, SiteKey
+from snapshot.tenancy import OPEN
 from watcher.folder import FolderSource, read_manifests
 from watcher.siteset import SiteSet
 
 pytestmark = pytest.mark.unit
 
+GATEWAY_GROUP = (
+    "apiVersion: staticsite-xds.dev/v1alpha1\nkind: GatewayGroup\nmetadata: {name: default}\n"
+    "spec: {grants: [{namespaces: {selector: {}}, domains: ['*']}]}\n"
+)
 CONFIG_MAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n"
 
 
@@ -516,3 +521,18 @@ async def test_atomic_writes_reread_only_the_manifest(root: Path) -> None:
     finally:
         stop.set()
         await sites.aclose()
+
+
+async def test_a_changed_gateway_group_file_yields_a_new_set(root: Path, stop: asyncio.Event) -> None:
+    source = FolderSource(root)
+    changes = source.watch(stop)
+    first = await asyncio.wait_for(changes.__anext__(), 2.0)
+    assert first.tenancy is OPEN
+    write(root / "groups.yaml", GATEWAY_GROUP)
+
+    async def enforced() -> None:
+        while not (await changes.__anext__()).tenancy.enforced:
+            pass
+
+    await asyncio.wait_for(enforced(), 3.0)
+    stop.set()

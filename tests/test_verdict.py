@@ -150,6 +150,40 @@ def test_a_backend_with_the_port_or_any_port_keeps_the_state() -> None:
     assert v.with_backend(accepted, "a.test", BACKEND, v.BackendSeen(True, None)) is accepted
 
 
+def test_domain_not_permitted_names_the_host_namespace_group_and_owners() -> None:
+    state = v.domain_not_permitted(KEY, "login.x.com", "default", ["security"])
+    assert state == SiteState(
+        KEY,
+        Phase.INVALID,
+        "DomainNotPermitted",
+        "domain login.x.com is not granted to namespace docs in gateway group default (it is granted to: security)",
+    )
+    assert v.domain_not_permitted(KEY, "a.test", "edge").message == (
+        "domain a.test is not granted to namespace docs in gateway group edge (no grant of the group covers it)"
+    )
+    assert v.domain_not_permitted(KEY, "a.test", "edge", []).message.endswith(
+        "(it is granted to no namespace that exists)"
+    )
+    many = [f"team-{i}" for i in range(7)]
+    assert v.domain_not_permitted(KEY, "a.test", "edge", many).message.endswith(
+        "(it is granted to: team-0, team-1, team-2, team-3, team-4 and 2 more)"
+    )
+
+
+def test_gateway_group_not_found_lists_the_groups_or_says_none_exists() -> None:
+    state = v.gateway_group_not_found(KEY, "edge", ["default", "internal"])
+    assert state == SiteState(
+        KEY,
+        Phase.INVALID,
+        "GatewayGroupNotFound",
+        "gateway group edge does not exist (the groups: default, internal)",
+    )
+    none = v.gateway_group_not_found(KEY, "default", [])
+    assert none.reason == "GatewayGroupNotFound"
+    assert "no GatewayGroup exists" in none.message
+    assert "deploy/gateway-group.yaml" in none.message
+
+
 def test_every_reason_is_covered_here() -> None:
     produced = {
         v.accepted(KEY).reason,
@@ -163,6 +197,8 @@ def test_every_reason_is_covered_here() -> None:
         v.site_limit_problem(ORIGIN, 1).reason,
         v.with_backend(built_accepted(), "a.test", BACKEND, v.BackendSeen(False)).reason,
         v.with_backend(built_accepted(), "a.test", BACKEND, v.BackendSeen(True, ())).reason,
+        v.domain_not_permitted(KEY, "a.test", "default").reason,
+        v.gateway_group_not_found(KEY, "edge", []).reason,
     }
     assert produced == v.REASONS
     assert {"BackendNotFound", "BackendPortNotFound"} == v.BACKEND_REASONS

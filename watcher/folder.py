@@ -3,7 +3,7 @@
 Files ending in .yaml, .yml or .json anywhere below the folder are read (hidden files and
 folders are skipped, which also skips the `..data` links of a mounted ConfigMap while still
 reading its files). A file may hold several documents; documents of other kinds are ignored
-with a note. A file that fails to parse, or a document that fails validation, is reported and
+with a note, but for GatewayGroups and Namespaces (see below). A file that fails to parse, or a document that fails validation, is reported and
 leaves every other site untouched; a site whose declaration turns invalid keeps serving its
 last good version until it is fixed or its file is deleted.
 
@@ -18,6 +18,14 @@ SDS name, with no restart. The watcher sees changes below the folder as they hap
 no event for a file outside the folder (or the target of a link leading out of it), so it
 compares those files between batches of events, about every half second, and every full load
 compares them all.
+
+`kind: GatewayGroup` documents declare the gateway groups and their domain grants, and
+`kind: Namespace` documents give namespaces the labels grant selectors see (a namespace with
+no Namespace document has none). When no file declares a GatewayGroup the tenancy is `OPEN`:
+one default group, every domain permitted. Once one does (even one that cannot be read), it
+is enforced as in a cluster. A GatewayGroup that turns invalid, or a file that can no longer
+be read, keeps its last good groups, as sites keep their last good version. The set carries
+the same `Tenancy` object until a declaration of it changes.
 """
 
 from __future__ import annotations
@@ -43,6 +51,17 @@ from snapshot.model import (
     is_static_site,
     parse_site,
     site_key_of,
+)
+from snapshot.tenancy import (
+    OPEN,
+    GatewayGroup,
+    InvalidGatewayGroup,
+    InvalidNamespace,
+    Tenancy,
+    is_gateway_group,
+    is_namespace,
+    parse_gateway_group,
+    parse_namespace,
 )
 
 from .manifest_file import DEFAULT_MAX_MANIFEST_BYTES, read_documents
@@ -70,6 +89,17 @@ _RECHECK_SECONDS = 1.0  # how often a folder that cannot be read or watched is t
 
 
 @dataclass(slots=True)
+class _TenancyPart:
+    """What one file declares of the tenancy: gateway groups, namespaces' labels, and the
+    problems of the GatewayGroup and Namespace documents it could not read."""
+
+    declares_groups: bool = False  # a GatewayGroup document, even one that cannot be read
+    groups: dict[str, GatewayGroup] = field(default_factory=dict)
+    namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _FileState:
     """What one file declared the last time it was read, and how it looked on disk."""
 
@@ -81,6 +111,7 @@ class _FileState:
     certificates: dict[Path, FileStamp | None] = field(default_factory=dict)
     # Those paths and the files their links lead to: a change of any of them re-reads the file.
     watched: set[Path] = field(default_factory=set)
+    tenancy: _TenancyPart = field(default_factory=_TenancyPart)
 
 
 class FolderSource:
@@ -111,6 +142,9 @@ class FolderSource:
         self._declared: dict[SiteKey, dict[Path, StaticSite]] = {}  # every declaration of a site
         self._sites: dict[SiteKey, StaticSite] = {}  # the one served: from the first file
         self._changed: set[SiteKey] | None = None  # since the last `current()`; None: unknown
+        self._tenancy: Tenancy = OPEN
+        self._tenancy_problems: tuple[Problem, ...] = ()  # of the tenancy's declarations
+        self._tenancy_changed = False  # a file's tenancy part changed since the last `current()`
         # Certificate and key files (and the files their links lead to) -> the manifests naming them:
         self._certificate_users: dict[Path, set[Path]] = {}
         self._certificate_files = CertificateFiles()
@@ -173,13 +207,54 @@ class FolderSource:
                 )  # the site served is the first one: it stays valid
         changed = None if self._changed is None else frozenset(self._changed)
         self._changed = set()
-        return self.limit.site_set(problems, invalid, changed)
+        tenancy = self._current_tenancy()
+        problems.extend(self._tenancy_problems)
+        return self.limit.site_set(problems, invalid, changed, tenancy=tenancy)
+
+    def _current_tenancy(self) -> Tenancy:
+        """The tenancy the files declare: the same object as before while it is the same."""
+        if not self._tenancy_changed:
+            return self._tenancy
+        self._tenancy_changed = False
+        parts = [(path, self._files[path].tenancy) for path in sorted(self._files)]
+        problems: list[Problem] = []
+        labels: dict[str, Mapping[str, str]] = {}
+        seen: dict[str, Path] = {}
+        for path, part in parts:
+            problems.extend(part.problems)
+            for name, values in part.namespaces.items():
+                if name in seen:
+                    message = f"namespace {name} is already declared in {self._name(seen[name])}; ignored"
+                    problems.append(Problem(self._name(path), "metadata.name", message))
+                    continue
+                seen[name] = path
+                labels[name] = values
+        fresh = OPEN
+        if any(part.declares_groups for _, part in parts):
+            fresh = Tenancy.of(
+                [group for _, part in parts for group in part.groups.values()], labels, problems
+            )
+            problems = list(fresh.problems)
+        for problem in problems:
+            if problem not in self._tenancy_problems:
+                log.error("%s", problem)
+        self._tenancy_problems = tuple(problems)
+        if fresh == self._tenancy:
+            return self._tenancy
+        if fresh is OPEN:
+            log.info("no GatewayGroup is declared: the default gateway group serves every site")
+        else:
+            log.info("gateway groups: %s", ", ".join(fresh.names()) or "none (no site is served)")
+        self._tenancy = fresh
+        return fresh
 
     def _set_file(self, path: Path, state: _FileState | None) -> None:
         """Record what a file now declares (None: it is gone) and update the union."""
         old = self._files.pop(path, None)
         if state is not None:
             self._files[path] = state
+        if (old.tenancy if old else _NO_TENANCY) != (state.tenancy if state else _NO_TENANCY):
+            self._tenancy_changed = True
         self._index_certificates(path, old, state)
         touched = set(old.sites if old else ()) | set(state.sites if state else ())
         for key in touched:
@@ -255,11 +330,16 @@ class FolderSource:
             for key in previous:
                 state.invalid[key] = (problem,)
             log.error("%s%s", problem, _kept(previous))
+            if old is not None:  # and its gateway groups and namespaces stay as they were
+                state.tenancy = old.tenancy
             return state
 
         for index, doc in enumerate(docs, start=1):
             origin = f"{name} document {index}" if len(docs) > 1 else name
             if doc is None:
+                continue
+            if isinstance(doc, dict) and (is_gateway_group(doc) or is_namespace(doc)):
+                self._read_tenancy(doc, origin, state.tenancy, old.tenancy if old is not None else None)
                 continue
             if not isinstance(doc, dict) or not is_static_site(doc):
                 kind = doc.get("kind") if isinstance(doc, dict) else None
@@ -285,6 +365,41 @@ class FolderSource:
                 continue
             state.sites[site.key] = site
         return state
+
+    def _read_tenancy(
+        self, doc: dict[str, object], origin: str, part: _TenancyPart, old: _TenancyPart | None
+    ) -> None:
+        """Read a GatewayGroup or Namespace document into the file's part of the tenancy. A
+        GatewayGroup that cannot be read keeps the version this file had, if it had one."""
+        try:
+            if is_namespace(doc):
+                name, labels = parse_namespace(doc, origin)
+                if name in part.namespaces:
+                    raise InvalidNamespace(
+                        Problem(origin, "metadata.name", f"namespace {name} is declared twice in this file")
+                    )
+                part.namespaces[name] = labels
+                return
+            part.declares_groups = True
+            group = parse_gateway_group(doc, origin)
+            if group.name in part.groups:
+                message = f"gateway group {group.name} is declared twice in this file"
+                raise InvalidGatewayGroup([Problem(origin, "metadata.name", message)])
+            part.groups[group.name] = group
+        except InvalidNamespace as exc:
+            part.problems.append(exc.problem)
+        except InvalidGatewayGroup as exc:
+            kept = old.groups.get(exc.name) if old is not None and exc.name is not None else None
+            if kept is not None and exc.name not in part.groups:
+                part.groups[kept.name] = kept
+                exc = InvalidGatewayGroup(
+                    [
+                        *exc.problems,
+                        Problem(origin, "", f"the last good version of gateway group {kept.name} stays"),
+                    ],
+                    exc.name,
+                )
+            part.problems.extend(exc.problems)
 
     def _last_good(self, site: StaticSite, manifest: Path, state: _FileState) -> StaticSite:
         """A site's last good version, kept while its declaration is not valid: its certificate
@@ -506,7 +621,15 @@ def is_manifest_path(path: Path, root: Path) -> bool:
 
 def _news(fresh: SiteSet, last: SiteSet) -> bool:
     """Whether a set read again says anything the last one yielded did not."""
-    return fresh.changed is None or bool(fresh.changed) or fresh.problems != last.problems
+    return (
+        fresh.changed is None
+        or bool(fresh.changed)
+        or fresh.problems != last.problems
+        or fresh.tenancy is not last.tenancy
+    )
+
+
+_NO_TENANCY = _TenancyPart()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

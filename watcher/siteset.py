@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from snapshot.model import Problem, SiteKey, StaticSite
+from snapshot.tenancy import OPEN, Tenancy
 from snapshot.verdict import site_limit_problem
 
 log = logging.getLogger("staticsite_xds.watcher")
@@ -35,6 +36,8 @@ class SiteSet:
     invalid_generations: Mapping[SiteKey, int] = field(default_factory=lambda: MappingProxyType({}))
     # The sites of `invalid` that are valid but over the limit of sites (see `SiteLimit`).
     refused: frozenset[SiteKey] = frozenset()
+    # The gateway groups and the namespaces' labels; the same object while none of it changed.
+    tenancy: Tenancy = OPEN
 
     def generation(self, key: SiteKey) -> int | None:
         """The generation the site's current declaration has, if known."""
@@ -155,6 +158,7 @@ class SiteLimit:
         invalid: Mapping[SiteKey, tuple[Problem, ...]],
         changed: frozenset[SiteKey] | None,
         invalid_generations: Mapping[SiteKey, int] | None = None,
+        tenancy: Tenancy = OPEN,
     ) -> SiteSet:
         """The source's set: its sites within the limit, each refused one reported as invalid.
 
@@ -172,6 +176,7 @@ class SiteLimit:
                 MappingProxyType(dict(invalid)),
                 changed,
                 MappingProxyType(dict(invalid_generations or {})),
+                tenancy=tenancy,
             )
         if self._problems is None:
             self._problems = {key: self.problem(site) for key, (_, site) in sorted(self._waiting.items())}
@@ -191,4 +196,5 @@ class SiteLimit:
             changed,
             MappingProxyType(generations),
             frozenset(refused),
+            tenancy,
         )
