@@ -14,12 +14,12 @@ import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trustme
-from support.kubernetes import Cluster, fast_settings, start_replica
+from support.kubernetes import Cluster, WatchedSource, start_replica
 from support.waiting import eventually
 
 from snapshot.model import Certificate, Problem, SiteKey, StaticSite
@@ -27,12 +27,10 @@ from watcher.k8s import (
     INVALID_SECRET,
     SECRET_FIELD,
     SECRET_NOT_FOUND,
-    KubernetesSource,
     certificate_name,
     load_secret,
 )
-from watcher.k8s_api import SECRETS, ApiError, KubeApi
-from watcher.siteset import SiteSet
+from watcher.k8s_api import SECRETS, ApiError
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.kubernetes]
 
@@ -117,18 +115,8 @@ def secret_watches(cluster: Cluster) -> int:
     return sum(1 for r in cluster.requests_by("kopf/") if r.action == watch and "/secrets" in r.url.path)
 
 
-@dataclass
-class Watching:
+class Watching(WatchedSource):
     """A Kubernetes source watching the emulator, and every site set it yielded."""
-
-    source: KubernetesSource
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-    sets: list[SiteSet] = field(default_factory=list)
-
-    @property
-    def latest(self) -> SiteSet:
-        return self.sets[-1] if self.sets else SiteSet()
 
     def site(self, key: SiteKey = KEY) -> StaticSite | None:
         return self.latest.sites.get(key)
@@ -157,30 +145,18 @@ async def watch_a_tls_site(cluster: Cluster, watching: Any, pair: Pair) -> Watch
 @pytest.fixture
 async def watching(cluster: Cluster) -> AsyncIterator[Any]:
     """Start a source on demand (after the test has seeded the emulator); stop it at the end."""
-    started: list[tuple[Watching, KubeApi]] = []
+    started: list[Watching] = []
 
     async def start(resync: float = 300.0) -> Watching:
-        api = KubeApi.for_server(cluster.url, user_agent="staticsite-xds/test")
-        source = KubernetesSource(api, resync=resync, settings=fast_settings())
-        stop = asyncio.Event()
-        sets: list[SiteSet] = []
-
-        async def run() -> None:
-            async for sites in source.watch(stop):
-                sets.append(sites)
-
-        watched = Watching(source, stop, asyncio.create_task(run()), sets)
-        started.append((watched, api))
-        await eventually(lambda: sets, what="the first site set")
+        watched = await Watching.start(cluster, resync=resync)
+        started.append(watched)
         # kopf stopped while it starts takes seconds; and events need its watch
         await eventually(lambda: secret_watches(cluster), what="kopf watching Secrets")
         return watched
 
     yield start
-    for watched, api in started:
-        watched.stop.set()
-        await asyncio.wait_for(watched.task, 20)
-        api.close()
+    for watched in started:
+        await watched.close()
 
 
 async def test_a_site_carries_the_certificate_of_its_secret(

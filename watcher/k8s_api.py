@@ -52,6 +52,7 @@ class Kind:
 
 
 SERVICES = Kind("", "v1", "services")
+NAMESPACES = Kind("", "v1", "namespaces")
 SECRETS = Kind("", "v1", "secrets")
 EVENTS = Kind("", "v1", "events")
 LEASES = Kind("coordination.k8s.io", "v1", "leases")

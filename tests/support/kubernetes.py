@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import kopf
 
@@ -25,18 +25,41 @@ from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
+from snapshot.tenancy import DEFAULT_GROUP, GATEWAY_GROUP_KIND, GATEWAY_GROUP_PLURAL
 from support.waiting import eventually
-from watcher.k8s import SITES, KubernetesSource
-from watcher.k8s_api import EVENTS, LEASES, SERVICES, KubeApi
-from watcher.siteset import DEFAULT_MAX_SITES
+from watcher.k8s import GATEWAY_GROUPS, SITES, KubernetesSource
+from watcher.k8s_api import EVENTS, LEASES, NAMESPACES, SERVICES, KubeApi
+from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 from xds_server.local.gateway import REPO_ROOT
 from xds_server.process.control_plane import ControlPlane
 from xds_server.process.kubernetes import KubernetesMode
 from xds_server.process.observer import ObserverFuncs
 
 SITES_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
+GROUPS_RESOURCE = f"{GROUP}/{VERSION}/{GATEWAY_GROUP_PLURAL}"
+# The group deploy/gateway-group.yaml ships: every namespace, every domain.
+OPEN_GRANT: dict[str, Any] = {"namespaces": {"selector": {}}, "domains": ["*"]}
 LEASE_NAMESPACE = "staticsite-xds"
 _revisions = itertools.count(1000)
+
+
+def _read_namespace_paths() -> None:
+    """Let the emulator serve Namespaces themselves: kmock 0.8 reads `/api/v1/namespaces` and
+    `/api/v1/namespaces/NAME` as the namespace prefix of some other resource, and fails."""
+    from kmock._internal import parsing
+
+    if getattr(parsing.parse_path, "reads_namespaces", False):
+        return
+    parse = parsing.parse_path
+
+    def parse_path(path: str) -> Any:
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+            return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None)
+        return parse(path)
+
+    parse_path.reads_namespaces = True  # type: ignore[attr-defined]
+    parsing.parse_path = parse_path
 
 
 def declare_resources(kmock: Any) -> None:
@@ -44,6 +67,7 @@ def declare_resources(kmock: Any) -> None:
     info = kmock.ResourceInfo
     every = {"get", "list", "watch", "create", "update", "patch", "delete"}
     kmock.resources[SITES_RESOURCE] = info(kind=KIND, namespaced=True, subresources={"status"}, verbs=every)
+    kmock.resources[GROUPS_RESOURCE] = info(kind=GATEWAY_GROUP_KIND, namespaced=False, verbs=every)
     kmock.resources["v1/services"] = info(kind="Service", namespaced=True, verbs=every)
     kmock.resources["v1/secrets"] = info(kind="Secret", namespaced=True, verbs=every)
     kmock.resources["v1/events"] = info(kind="Event", namespaced=True, verbs=every)
@@ -53,6 +77,7 @@ def declare_resources(kmock: Any) -> None:
         kind="CustomResourceDefinition", namespaced=False, verbs=every
     )
     honour_secret_field_selectors(kmock)
+    _read_namespace_paths()
 
 
 # The fields a real API server lets a Secret's listing or watch select on, and their values.
@@ -136,6 +161,20 @@ def route_domains(snapshot: Snapshot | None) -> list[str]:
     return found
 
 
+def group_body(name: str, *grants: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": GATEWAY_GROUP_KIND,
+        "metadata": {"name": name},
+        "spec": {"grants": list(grants), **spec},
+    }
+
+
+def put_default_group(cluster: Cluster) -> None:
+    """The GatewayGroup deploy/ ships (every namespace, every domain), there before anyone watches."""
+    cluster.put_group_silently(DEFAULT_GROUP, OPEN_GRANT)
+
+
 def site_body(
     namespace: str, name: str, domain: str, service: str = "web", port: int = 80, **spec: Any
 ) -> dict[str, Any]:
@@ -195,6 +234,38 @@ class Cluster:
 
     async def delete_site(self, namespace: str, name: str) -> None:
         await self.api.call("DELETE", SITES.path(namespace, name))
+
+    async def create_group(self, name: str, *grants: dict[str, Any], **spec: Any) -> dict[str, Any]:
+        """A GatewayGroup (cluster-scoped) with these grants (and other spec fields)."""
+        return await self.api.create(
+            GATEWAY_GROUPS, "", self._stamp(group_body(name, *grants, **spec), new=True)
+        )
+
+    async def update_group(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Merge `spec` into a GatewayGroup, as `kubectl patch --type merge` would (next generation)."""
+        current = await self.api.get(GATEWAY_GROUPS, "", name)
+        assert current is not None
+        generation = int(current["metadata"].get("generation") or 1) + 1
+        patch = self._stamp({"metadata": {"generation": generation}, "spec": spec}, new=False)
+        return await self.api.patch(GATEWAY_GROUPS, "", name, patch)
+
+    async def delete_group(self, name: str) -> None:
+        await self.api.call("DELETE", GATEWAY_GROUPS.path(None, name))
+
+    def put_group_silently(self, name: str, *grants: dict[str, Any], **spec: Any) -> None:
+        """Store a GatewayGroup with no watch event: as if it was there before anyone watched."""
+        self.kmock.objects[GROUPS_RESOURCE, None, name] = self._stamp(
+            group_body(name, *grants, **spec), new=True
+        )
+
+    async def create_namespace(self, name: str, **labels: str) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        await self.api.create(NAMESPACES, "", self._stamp(body, new=True))
+
+    async def label_namespace(self, name: str, **labels: str | None) -> None:
+        """Set (a value) or remove (None) labels of a Namespace, as `kubectl label` would."""
+        patch = self._stamp({"metadata": {"labels": labels}}, new=False)
+        await self.api.patch(NAMESPACES, "", name, patch)
 
     async def create_service(self, namespace: str, name: str, ports: Iterable[int] = (80,)) -> None:
         body = {
@@ -316,6 +387,43 @@ async def start_serve_process(
             cwd=REPO_ROOT, env=no_cluster_env(kubeconfig, workdir),
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
+
+
+@dataclass
+class WatchedSource:
+    """A Kubernetes source watching the emulator (kopf included), and every site set it yielded."""
+
+    source: KubernetesSource
+    api: KubeApi
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    sets: list[SiteSet] = field(default_factory=list)
+
+    @property
+    def latest(self) -> SiteSet:
+        return self.sets[-1] if self.sets else SiteSet()
+
+    @classmethod
+    async def start(cls, cluster: Cluster, namespaces: Iterable[str] = (), **options: Any) -> Self:
+        """A source of its own client, started once the test has seeded the emulator; returned
+        once it yielded its first set."""
+        api = KubeApi.for_server(cluster.url, user_agent="staticsite-xds/test")
+        source = KubernetesSource(api, list(namespaces), settings=fast_settings(), **options)
+        stop = asyncio.Event()
+        sets: list[SiteSet] = []
+
+        async def run() -> None:
+            async for sites in source.watch(stop):
+                sets.append(sites)
+
+        watched = cls(source, api, stop, asyncio.create_task(run()), sets)
+        await eventually(lambda: sets, what="the first site set")
+        return watched
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 20)
+        self.api.close()
 
 
 def offline_source(**options: Any) -> KubernetesSource:
