@@ -224,3 +224,40 @@ async def test_given_namespaces_are_read_one_by_one(cluster: Cluster, watching: 
     assert requests_of(cluster, action.FETCH, "/namespaces/docs")
     assert sorted(watched.tenancy.groups) == [DEFAULT_GROUP], "groups are cluster-scoped: listed anyway"
     assert NAMESPACES.path(None, "docs") == "/api/v1/namespaces/docs"
+
+
+async def test_nothing_is_yielded_before_the_groups_can_be_listed(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The groups are part of the initial listing: while they cannot be listed (no CRD), no set is
+    yielded, and the problem says which CRD is missing."""
+    from kmock import KubernetesError
+
+    from watcher import k8s
+
+    monkeypatch.setattr(k8s, "_RETRY", (0.05, 0.1))
+    refusing = True
+
+    def answer() -> Any:
+        if not refusing:
+            raise NotImplementedError  # the emulator answers
+        return KubernetesError(
+            status=404, reason="NotFound", message="the server could not find the resource"
+        )
+
+    groups = cluster.kmock.resource("staticsite-xds.dev", "v1alpha1", "gatewaygroups")
+    cluster.kmock[cluster.kmock.action.LIST, groups] << answer
+    await cluster.create_site("docs", "main", "docs.example.com")
+    watched = await Watching.start(cluster, first=False)
+    sets, source = watched.sets, watched.source
+    try:
+        await eventually(lambda: source.state.problem, what="the refusal reported")
+        assert "is the GatewayGroup CRD installed?" in str(source.state.problem)
+        await asyncio.sleep(0.3)
+        assert sets == []
+        refusing = False
+        await eventually(lambda: sets, what="the first set")
+        assert sorted(sets[0].tenancy.groups) == [DEFAULT_GROUP]
+        assert KEY in sets[0].sites
+    finally:
+        await watched.close()

@@ -245,11 +245,12 @@ class KubernetesSource:
         each of them read by a GET.
         """
         started = time.monotonic()
-        listing = SITES
+        listing = GATEWAY_GROUPS  # what a 404 is about
         try:
-            groups = await self.api.list_objects(listing := GATEWAY_GROUPS)
+            groups = await self.api.list_objects(GATEWAY_GROUPS)
+            listing = SITES
             namespaces = await self._namespaces()
-            sites = await self._list(listing := SITES)
+            sites = await self._list(SITES)
             services = await self._list(SERVICES)
             named = {ref for body in sites if (ref := secret_ref(body)) is not None}
             named.update(self.followed.all_named())
@@ -407,11 +408,21 @@ class KubernetesSource:
         self.observer.objects_changed({SiteKey(ns, name) for ns, name in keys} | moved)
 
     def _groups_changed(self, keys: set[ObjectKey]) -> None:
-        if any([self.tenancy.group(name, self.cache.groups.get(("", name))) for _, name in keys]):
-            self._dirty.set()
+        self._tenancy_changed(keys, self.cache.groups, self.tenancy.group)
 
     def _namespaces_changed(self, keys: set[ObjectKey]) -> None:
-        if any([self.tenancy.namespace(name, self.cache.namespaces.get(("", name))) for _, name in keys]):
+        self._tenancy_changed(keys, self.cache.namespaces, self.tenancy.namespace)
+
+    def _tenancy_changed(
+        self,
+        keys: set[ObjectKey],
+        cache: ObjectCache,
+        update: Callable[[str, Mapping[str, Any] | None], bool],
+    ) -> None:
+        """Hand these cluster-scoped objects, as the cache now holds them, to the tenancy; a set
+        is yielded if the tenancy changed."""
+        changed = [update(name, cache.get(("", name))) for _, name in keys]  # each one, not any
+        if any(changed):
             self._dirty.set()
 
     def _services_changed(self, keys: set[ObjectKey]) -> None:

@@ -404,9 +404,11 @@ class WatchedSource:
         return self.sets[-1] if self.sets else SiteSet()
 
     @classmethod
-    async def start(cls, cluster: Cluster, namespaces: Iterable[str] = (), **options: Any) -> Self:
+    async def start(
+        cls, cluster: Cluster, namespaces: Iterable[str] = (), *, first: bool = True, **options: Any
+    ) -> Self:
         """A source of its own client, started once the test has seeded the emulator; returned
-        once it yielded its first set."""
+        once it yielded its first set (`first`), or at once."""
         api = KubeApi.for_server(cluster.url, user_agent="staticsite-xds/test")
         source = KubernetesSource(api, list(namespaces), settings=fast_settings(), **options)
         stop = asyncio.Event()
@@ -417,7 +419,8 @@ class WatchedSource:
                 sets.append(sites)
 
         watched = cls(source, api, stop, asyncio.create_task(run()), sets)
-        await eventually(lambda: sets, what="the first site set")
+        if first:
+            await eventually(lambda: sets, what="the first site set")
         return watched
 
     async def close(self) -> None:
