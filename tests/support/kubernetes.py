@@ -430,8 +430,11 @@ class WatchedSource:
 
 
 def offline_source(**options: Any) -> KubernetesSource:
-    """A source fed by hand (see `feed`): its API client points nowhere and is never called."""
-    return KubernetesSource(KubeApi.for_server("http://127.0.0.1:9"), **options)
+    """A source fed by hand (see `feed`): its API client points nowhere and is never called. It
+    holds the GatewayGroup deploy/ ships, as the emulator does."""
+    source = KubernetesSource(KubeApi.for_server("http://127.0.0.1:9"), **options)
+    source.group_event({"type": "ADDED", "object": group_body(DEFAULT_GROUP, OPEN_GRANT)})
+    return source
 
 
 def feed(source: KubernetesSource, kind: str | None, body: dict[str, Any]) -> None:
