@@ -63,8 +63,11 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cluster(kmock: Any) -> Cluster:
-    """kmock's Kubernetes API emulator, showing our resources, and the test's client of it."""
-    from support.kubernetes import Cluster, declare_resources  # kopf is loaded by the tests that need it
+    """kmock's Kubernetes API emulator, showing our resources, and the test's client of it; it
+    holds the GatewayGroup deploy/ ships (`default`: every namespace, every domain)."""
+    from support.kubernetes import Cluster, declare_resources, put_default_group  # kopf: loaded when needed
 
     declare_resources(kmock)
-    return Cluster(kmock)
+    cluster = Cluster(kmock)
+    put_default_group(cluster)
+    return cluster

@@ -57,8 +57,10 @@ CLUSTER_SCOPED = {
     "ClusterRole",
     "ClusterRoleBinding",
     "ValidatingWebhookConfiguration",
+    "GatewayGroup",
 }
 WEBHOOK_CONFIGURATION = "staticsite-xds"
+OUR_GROUP = "staticsite-xds.dev"  # the API group of our custom resources, validated by their CRDs
 
 Object = dict[str, Any]
 
@@ -137,7 +139,33 @@ def _namespace_of(obj: Object) -> str | None:
     return namespace
 
 
+def _validate_custom(obj: Object) -> None:
+    """One of our custom resources, as the API server would check it (its CRD's schema in
+    crds/), and as the control plane reads it (no problem of any field)."""
+    import jsonschema
+    from support.crd_schema import as_api_server
+
+    from snapshot.tenancy import GATEWAY_GROUP_KIND, parse_gateway_group
+
+    crds = [
+        doc for path in sorted(CRDS.glob("*.yaml")) if path.name != KUSTOMIZATION for doc in _documents(path)
+    ]
+    (crd,) = [c for c in crds if c["spec"]["names"]["kind"] == obj["kind"]]
+    (version,) = [v for v in crd["spec"]["versions"] if f"{OUR_GROUP}/{v['name']}" == obj["apiVersion"]]
+    schema = as_api_server(version["schema"]["openAPIV3Schema"])
+    assert "namespace" not in obj["metadata"] or crd["spec"]["scope"] == "Namespaced"
+    # Of the metadata, the API server checks only the name against a CRD's schema.
+    checked = {**obj, "metadata": {"name": obj["metadata"]["name"]}}
+    errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(checked)]
+    assert errors == [], f"{obj['kind']}/{obj['metadata'].get('name')}: {errors}"
+    if obj["kind"] == GATEWAY_GROUP_KIND:
+        assert parse_gateway_group(obj).problems == ()
+
+
 def _validate(obj: Object) -> None:
+    if obj["apiVersion"].startswith(f"{OUR_GROUP}/"):
+        _validate_custom(obj)
+        return
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -285,6 +313,8 @@ EXPECTED_GRANTS: set[Grant] = (
     | {("cluster", "", "services", v, None) for v in ("get", "list", "watch")}
     | {("cluster", "", "secrets", v, None) for v in ("get", "list", "watch")}
     | {("cluster", "", "events", v, None) for v in ("create", "patch")}
+    | {("cluster", "staticsite-xds.dev", "gatewaygroups", v, None) for v in ("get", "list", "watch")}
+    | {("cluster", "", "namespaces", v, None) for v in ("get", "list", "watch")}
     | {(NAMESPACE, "coordination.k8s.io", "leases", "create", None)}
     | {(NAMESPACE, "coordination.k8s.io", "leases", v, LEADER_LEASE) for v in ("get", "update", "patch")}
 )
@@ -825,6 +855,21 @@ def test_rendering_mounts_the_generated_bootstrap(rendered: list[Object]) -> Non
     config_map = _one(rendered, "ConfigMap", name)
     assert config_map["metadata"]["namespace"] == gateway["metadata"]["namespace"]
     assert config_map["data"][GATEWAY_BOOTSTRAP] == (ENVOY / GATEWAY_BOOTSTRAP).read_text()
+
+
+@pytest.mark.unit
+def test_rendering_ships_one_visible_gateway_group_granting_everything(rendered: list[Object]) -> None:
+    from snapshot.tenancy import DEFAULT_GROUP, Tenancy, parse_gateway_group
+
+    (group,) = _kinds(rendered, "GatewayGroup")
+    assert "namespace" not in group["metadata"], "a GatewayGroup is cluster-scoped"
+    parsed = parse_gateway_group(group)
+    assert parsed.name == DEFAULT_GROUP
+    (grant,) = parsed.grants
+    assert [p.text for p in grant.domains] == ["*"]
+    assert grant.admits("any-namespace", {})
+    assert grant.admits("docs", {"team": "docs"})
+    assert Tenancy.of([parsed], {}).problems == ()
 
 
 @pytest.mark.unit

@@ -14,12 +14,12 @@ import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trustme
-from support.kubernetes import Cluster, fast_settings, start_replica
+from support.kubernetes import Cluster, WatchedSource, start_replica
 from support.waiting import eventually
 
 from snapshot.model import Certificate, Problem, SiteKey, StaticSite
@@ -27,12 +27,10 @@ from watcher.k8s import (
     INVALID_SECRET,
     SECRET_FIELD,
     SECRET_NOT_FOUND,
-    KubernetesSource,
     certificate_name,
     load_secret,
 )
-from watcher.k8s_api import SECRETS, KubeApi
-from watcher.siteset import SiteSet
+from watcher.k8s_api import SECRETS, ApiError
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.kubernetes]
 
@@ -117,18 +115,8 @@ def secret_watches(cluster: Cluster) -> int:
     return sum(1 for r in cluster.requests_by("kopf/") if r.action == watch and "/secrets" in r.url.path)
 
 
-@dataclass
-class Watching:
+class Watching(WatchedSource):
     """A Kubernetes source watching the emulator, and every site set it yielded."""
-
-    source: KubernetesSource
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-    sets: list[SiteSet] = field(default_factory=list)
-
-    @property
-    def latest(self) -> SiteSet:
-        return self.sets[-1] if self.sets else SiteSet()
 
     def site(self, key: SiteKey = KEY) -> StaticSite | None:
         return self.latest.sites.get(key)
@@ -157,30 +145,18 @@ async def watch_a_tls_site(cluster: Cluster, watching: Any, pair: Pair) -> Watch
 @pytest.fixture
 async def watching(cluster: Cluster) -> AsyncIterator[Any]:
     """Start a source on demand (after the test has seeded the emulator); stop it at the end."""
-    started: list[tuple[Watching, KubeApi]] = []
+    started: list[Watching] = []
 
     async def start(resync: float = 300.0) -> Watching:
-        api = KubeApi.for_server(cluster.url, user_agent="staticsite-xds/test")
-        source = KubernetesSource(api, resync=resync, settings=fast_settings())
-        stop = asyncio.Event()
-        sets: list[SiteSet] = []
-
-        async def run() -> None:
-            async for sites in source.watch(stop):
-                sets.append(sites)
-
-        watched = Watching(source, stop, asyncio.create_task(run()), sets)
-        started.append((watched, api))
-        await eventually(lambda: sets, what="the first site set")
+        watched = await Watching.start(cluster, resync=resync)
+        started.append(watched)
         # kopf stopped while it starts takes seconds; and events need its watch
         await eventually(lambda: secret_watches(cluster), what="kopf watching Secrets")
         return watched
 
     yield start
-    for watched, api in started:
-        watched.stop.set()
-        await asyncio.wait_for(watched.task, 20)
-        api.close()
+    for watched in started:
+        await watched.close()
 
 
 async def test_a_site_carries_the_certificate_of_its_secret(
@@ -362,6 +338,67 @@ async def test_only_the_secrets_sites_name_are_held(cluster: Cluster, watching: 
     ours = cluster.requests_by("staticsite-xds/") + cluster.requests_by("kopf/")
     writes = [r for r in ours if "/secrets" in r.url.path and not str(r.method).upper().endswith("GET")]
     assert writes == [], "Secrets are only read"
+
+
+def secret_reads(cluster: Cluster) -> list[Any]:
+    """Every listing and watch of Secrets the source (or its kopf) asked for."""
+    kinds = (cluster.kmock.action.LIST, cluster.kmock.action.WATCH)
+    ours = cluster.requests_by("staticsite-xds/") + cluster.requests_by("kopf/")
+    return [r for r in ours if r.action in kinds and r.url.path.endswith("/secrets")]
+
+
+async def test_only_tls_secrets_are_listed_and_watched(
+    cluster: Cluster, watching: Any, ca: trustme.CA
+) -> None:
+    """The API server sends no Secret of another type: every listing and watch selects the type,
+    and a named Secret of another type is read by its own GET, held without its data."""
+    pair = issue(ca)
+    await create_secret(cluster, "docs", "opaque", pair, kind="Opaque")
+    await create_secret(cluster, "docs", "web-tls", pair)
+    await cluster.create_site("docs", "other", "other.example.com", **{"tls": {"secretName": "opaque"}})
+    await cluster.create_site("docs", "main", "docs.example.com", **TLS_SPEC)
+    watched: Watching = await watching()
+    assert watched.certificate() is not None
+    (problem,) = watched.problems(SiteKey("docs", "other"))
+    assert "its type is 'Opaque', not kubernetes.io/tls" in problem.message
+    held = watched.source.cache.secret("docs", "opaque")
+    assert held is not None
+    assert "data" not in held, "of a Secret of another type, only its metadata and type are held"
+    assert secret_gets(cluster, "opaque") == 1
+    assert secret_gets(cluster, "web-tls") == 0
+
+    # the watch brings no event of a Secret of another type, even one a site names
+    watches = len([r for r in secret_reads(cluster) if r.action == cluster.kmock.action.WATCH])
+    assert watches >= 1
+    patch = cluster._stamp({"data": {"extra": b64(b"x")}}, new=False)
+    await cluster.api.patch(SECRETS, "docs", "opaque", patch)
+    await renew_secret(cluster, "docs", "web-tls", issue(ca))
+    await eventually(lambda: watched.certificate().chain != pair.chain, what="the renewal")  # type: ignore[union-attr]
+    await watched.source.relist()
+    assert "data" not in (watched.source.cache.secret("docs", "opaque") or {})
+    reads = secret_reads(cluster)
+    assert reads
+    assert all(r.params.get("fieldSelector") == "type=kubernetes.io/tls" for r in reads), [
+        (r.url.path, dict(r.params)) for r in reads
+    ]
+
+
+async def test_the_emulator_selects_secrets_by_type_as_an_api_server_does(
+    cluster: Cluster, ca: trustme.CA
+) -> None:
+    """Without this, a test could not tell a listing of every Secret from one of TLS Secrets."""
+    pair = issue(ca)
+    await create_secret(cluster, "docs", "opaque", pair, kind="Opaque")
+    await create_secret(cluster, "docs", "web-tls", pair)
+    every = await cluster.api.list_objects(SECRETS)
+    tls = await cluster.api.list_objects(SECRETS, field_selector="type=kubernetes.io/tls")
+    other = await cluster.api.list_objects(SECRETS, "docs", field_selector="type!=kubernetes.io/tls")
+    assert sorted(b["metadata"]["name"] for b in every) == ["opaque", "web-tls"]
+    assert [b["metadata"]["name"] for b in tls] == ["web-tls"]
+    assert [b["metadata"]["name"] for b in other] == ["opaque"]
+    with pytest.raises(ApiError) as refused:
+        await cluster.api.list_objects(SECRETS, field_selector="data.x=y")
+    assert refused.value.status == 400
 
 
 async def test_a_site_that_comes_to_name_a_secret_keeps_its_version_while_it_is_read(

@@ -12,11 +12,18 @@ where sites came from. The rules it keeps:
   without losing or duplicating anything that arrived meanwhile (see `watcher.k8s_cache`).
 - An object whose spec is invalid keeps serving its last good version; its problems are
   reported (see `watcher.k8s_sites`).
+- The tenancy (`watcher.k8s_tenancy`): GatewayGroups (cluster-scoped) and the Namespaces'
+  labels are listed with the sites (nothing is yielded before), watched, and healed by the
+  same listings. Each set carries the `Tenancy` they make, always enforced: the same object
+  while neither changed, and a new set at once when one does. With `--namespace`, the
+  namespaces given are read one by one (a GET each, at every listing and check) instead of
+  being watched cluster-wide.
 - While the API cannot be read, the last good sites are served. It is checked every few
   seconds; the outage and its end are logged once each and shown in a metric
   (`watcher.source_state`), and a listing on its return heals what the watch missed.
 - A site's `spec.tls.secretName` names a `kubernetes.io/tls` Secret of its namespace; only
-  the Secrets some site names are held, and a renewal yields a new set (see
+  Secrets of that type are listed and watched (a field selector: the API server sends no
+  other), only the Secrets some site names are held, and a renewal yields a new set (see
   `watcher.k8s_secrets`).
 
 The parts: a `ClusterCache` of what the cluster holds (given, so that the status writer reads
@@ -37,13 +44,15 @@ from typing import Any, Protocol
 import kopf
 
 from snapshot.model import GROUP, PLURAL, VERSION, SiteKey
+from snapshot.tenancy import GATEWAY_GROUP_PLURAL, Tenancy
 from snapshot.verdict import INVALID_SECRET, SECRET_NOT_FOUND
 
-from .k8s_api import SECRETS, SERVICES, ApiError, Kind, KubeApi
+from .k8s_api import NAMESPACES, SECRETS, SERVICES, ApiError, Kind, KubeApi
 from .k8s_cache import ClusterCache, ObjectCache, ObjectKey, object_key
 from .k8s_kopf import KopfWatch
 from .k8s_secrets import (
     SECRET_FIELD,
+    TLS_SECRET_SELECTOR,
     TLS_SECRET_TYPE,
     FollowedSecrets,
     certificate_name,
@@ -51,11 +60,13 @@ from .k8s_secrets import (
     secret_ref,
 )
 from .k8s_sites import SiteIndex
+from .k8s_tenancy import TenancyIndex
 from .siteset import DEFAULT_MAX_SITES, SiteSet
 from .source_state import SourceState
 
 __all__ = [
     "DEFAULT_RESYNC",
+    "GATEWAY_GROUPS",
     "INVALID_SECRET",
     "SECRET_FIELD",
     "SECRET_NOT_FOUND",
@@ -74,6 +85,7 @@ __all__ = [
 log = logging.getLogger("staticsite_xds.kubernetes")
 
 SITES = Kind(GROUP, VERSION, PLURAL)
+GATEWAY_GROUPS = Kind(GROUP, VERSION, GATEWAY_GROUP_PLURAL)
 
 DEFAULT_RESYNC = 300.0  # seconds between our own full listings
 RELIST_SETTLE = 1.0  # after kopf relists, wait this long for its listing to end, then check it
@@ -115,7 +127,8 @@ class SourceObserverFuncs:
 class KubernetesSource:
     """Watches StaticSites and Services (all namespaces, or the ones given) and yields site sets.
 
-    It also watches the TLS Secrets the sites name, and holds those only.
+    It also watches the TLS Secrets the sites name, and holds those only; and the
+    GatewayGroups and Namespaces that make the tenancy of every set.
     """
 
     def __init__(
@@ -139,6 +152,7 @@ class KubernetesSource:
         self.observer: SourceObserver = observer if observer is not None else SourceObserverFuncs()
         self.followed = FollowedSecrets(api, self.cache.secrets, self._judge, _explain)
         self.index = SiteIndex(self.followed, max_sites)
+        self.tenancy = TenancyIndex()
         self.kopf = KopfWatch(api, self.namespaces, settings or kopf.OperatorSettings(), self.state)
         self.listings = 0  # our own complete listings so far
         self._changed: set[SiteKey] = set()
@@ -152,7 +166,7 @@ class KubernetesSource:
         return self.followed.users((namespace, name))
 
     def current(self, changed: frozenset[SiteKey] | None = None) -> SiteSet:
-        return self.index.current(changed)
+        return self.index.current(changed, self.tenancy.current())
 
     # -- the watch -------------------------------------------------------------------------
 
@@ -168,7 +182,9 @@ class KubernetesSource:
         resync = asyncio.create_task(self._resync_loop(stop), name="resync")
         stopped = asyncio.create_task(stop.wait())
         try:
-            yield self.current(None)
+            first = self.current(None)
+            told: Tenancy = first.tenancy
+            yield first
             self.cache.ready.set()
             while True:
                 dirty = asyncio.create_task(self._dirty.wait())
@@ -181,8 +197,11 @@ class KubernetesSource:
                     return
                 self._dirty.clear()
                 changed, self._changed = self._changed, set()
-                if changed:
-                    yield self.current(frozenset(changed))
+                if changed or self.tenancy.changed:
+                    sites = self.current(frozenset(changed))
+                    if changed or sites.tenancy is not told:
+                        told = sites.tenancy
+                        yield sites
         finally:
             self.kopf.stop.set()
             resync.cancel()
@@ -197,10 +216,13 @@ class KubernetesSource:
             try:
                 await self.relist()
                 log.info(
-                    "initial listing complete: %d StaticSites, %d Services, %d Secrets they name (%s)",
+                    "initial listing complete: %d StaticSites, %d Services, %d Secrets they name, "
+                    "%d GatewayGroups, %d Namespaces (%s)",
                     len(self.cache.sites.objects),
                     len(self.cache.services.objects),
                     len(self.cache.secrets.objects),
+                    len(self.cache.groups.objects),
+                    len(self.cache.namespaces.objects),
                     ", ".join(self.namespaces) if self.namespaces else "all namespaces",
                 )
                 return True
@@ -218,9 +240,16 @@ class KubernetesSource:
         Of the Secrets, only those a site names are kept: the ones the sites of this listing
         name, and the ones named when the listing of Secrets began. For those, the listing is
         the truth; a Secret named since then is read by its own GET.
+
+        GatewayGroups are listed cluster-wide; Namespaces too, or, with namespaces given,
+        each of them read by a GET.
         """
         started = time.monotonic()
+        listing = GATEWAY_GROUPS  # what a 404 is about
         try:
+            groups = await self.api.list_objects(GATEWAY_GROUPS)
+            listing = SITES
+            namespaces = await self._namespaces()
             sites = await self._list(SITES)
             services = await self._list(SERVICES)
             named = {ref for body in sites if (ref := secret_ref(body)) is not None}
@@ -231,13 +260,18 @@ class KubernetesSource:
                 key = object_key(body)
                 return key in named or followed.named(key)
 
-            # With no Secret named, there is nothing to keep of a listing of them all: none is made.
-            secrets = await self._list(SECRETS, keep=wanted) if named else []
+            # With no Secret named, there is nothing to keep of a listing of them: none is made.
+            secrets = (
+                await self._list(SECRETS, keep=wanted, field_selector=TLS_SECRET_SELECTOR) if named else []
+            )
+            secrets += await followed.unlisted(named, map(object_key, secrets))
         except ApiError as exc:
-            self.state.report(_explain(exc))
+            self.state.report(_explain(exc, listing))
             raise
         self.state.report(None)
         now = time.monotonic()
+        self._groups_changed(self.cache.groups.reconcile(groups, started, now))
+        self._namespaces_changed(self.cache.namespaces.reconcile(namespaces, started, now))
         site_keys = self.cache.sites.reconcile(sites, started, now)
         secret_keys = self.followed.listed(named, secrets, started, now)
         self._sites_changed(site_keys)
@@ -247,24 +281,38 @@ class KubernetesSource:
         self.listings += 1
 
     async def _list(
-        self, kind: Kind, keep: Callable[[dict[str, Any]], bool] | None = None
+        self, kind: Kind, keep: Callable[[dict[str, Any]], bool] | None = None, field_selector: str = ""
     ) -> list[dict[str, Any]]:
         if not self.namespaces:
-            return await self.api.list_objects(kind, keep=keep)
+            return await self.api.list_objects(kind, keep=keep, field_selector=field_selector)
         items: list[dict[str, Any]] = []
         for namespace in self.namespaces:
-            items.extend(await self.api.list_objects(kind, namespace, keep=keep))
+            items.extend(
+                await self.api.list_objects(kind, namespace, keep=keep, field_selector=field_selector)
+            )
         return items
 
+    async def _namespaces(self) -> list[dict[str, Any]]:
+        """Every Namespace; or, with namespaces given, each of those that exists (a GET each)."""
+        if not self.namespaces:
+            return await self.api.list_objects(NAMESPACES)
+        found = [await self.api.get(NAMESPACES, "", name) for name in self.namespaces]
+        return [body for body in found if body is not None]
+
     async def check(self) -> None:
-        """Read one StaticSite (a page of one), to learn whether the API can be read."""
+        """Read one StaticSite (a page of one), to learn whether the API can be read. With
+        namespaces given, which are not watched, their labels are read too (a GET each)."""
         try:
             namespace = self.namespaces[0] if self.namespaces else None
+            started = time.monotonic()
             await self.api.call("GET", SITES.path(namespace), query={"limit": 1})
+            namespaces = await self._namespaces() if self.namespaces else None
         except ApiError as exc:
             self.state.report(_explain(exc))
             raise
         self.state.report(None)
+        if namespaces is not None:
+            self._namespaces_changed(self.cache.namespaces.reconcile(namespaces, started, time.monotonic()))
 
     async def _resync_loop(self, stop: asyncio.Event) -> None:
         """Our own listings: shortly after kopf relists, and every `resync` seconds.
@@ -307,6 +355,12 @@ class KubernetesSource:
 
     def service_event(self, event: Mapping[str, Any]) -> None:
         self._event(self.cache.services, event, self._services_changed)
+
+    def group_event(self, event: Mapping[str, Any]) -> None:
+        self._event(self.cache.groups, event, self._groups_changed)
+
+    def namespace_event(self, event: Mapping[str, Any]) -> None:
+        self._event(self.cache.namespaces, event, self._namespaces_changed)
 
     def wants_secret(self, key: ObjectKey) -> bool:
         return self.followed.named(key)
@@ -353,13 +407,33 @@ class KubernetesSource:
             self._dirty.set()
         self.observer.objects_changed({SiteKey(ns, name) for ns, name in keys} | moved)
 
+    def _groups_changed(self, keys: set[ObjectKey]) -> None:
+        self._tenancy_changed(keys, self.cache.groups, self.tenancy.group)
+
+    def _namespaces_changed(self, keys: set[ObjectKey]) -> None:
+        self._tenancy_changed(keys, self.cache.namespaces, self.tenancy.namespace)
+
+    def _tenancy_changed(
+        self,
+        keys: set[ObjectKey],
+        cache: ObjectCache,
+        update: Callable[[str, Mapping[str, Any] | None], bool],
+    ) -> None:
+        """Hand these cluster-scoped objects, as the cache now holds them, to the tenancy; a set
+        is yielded if the tenancy changed."""
+        changed = [update(name, cache.get(("", name))) for _, name in keys]  # each one, not any
+        if any(changed):
+            self._dirty.set()
+
     def _services_changed(self, keys: set[ObjectKey]) -> None:
         affected = self.index.backend_users(keys)
         if affected:
             self.observer.backends_changed(affected)
 
 
-def _explain(exc: ApiError) -> str:
+def _explain(exc: ApiError, kind: Kind = SITES) -> str:
+    if exc.status == 404 and kind == GATEWAY_GROUPS:
+        return f"{exc} (is the GatewayGroup CRD installed? kubectl apply -f crds/gatewaygroup.yaml)"
     if exc.status == 404:
         return f"{exc} (is the StaticSite CRD installed? kubectl apply -f crds/staticsite.yaml)"
     if exc.status in (401, 403):

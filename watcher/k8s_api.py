@@ -52,6 +52,7 @@ class Kind:
 
 
 SERVICES = Kind("", "v1", "services")
+NAMESPACES = Kind("", "v1", "namespaces")
 SECRETS = Kind("", "v1", "secrets")
 EVENTS = Kind("", "v1", "events")
 LEASES = Kind("coordination.k8s.io", "v1", "leases")
@@ -176,16 +177,20 @@ class KubeApi:
         namespace: str | None = None,
         *,
         keep: Callable[[dict[str, Any]], bool] | None = None,
+        field_selector: str = "",
     ) -> list[dict[str, Any]]:
         """Every object of a kind (in one namespace, or all), page by page.
 
-        With `keep`, only the objects it accepts are kept, page by page: a listing of a kind
-        with many objects the caller has no use for (Secrets) holds one page of them at most.
+        With `field_selector`, the API server sends only the objects it selects (Secrets of
+        one type). With `keep`, only the objects it accepts are kept, page by page: a listing
+        of a kind with many objects the caller has no use for holds one page of them at most.
         """
         items: list[dict[str, Any]] = []
         token = ""
         while True:
             query: dict[str, str | int] = {"limit": LIST_PAGE}
+            if field_selector:
+                query["fieldSelector"] = field_selector
             if token:
                 query["continue"] = token
             page = await self.call("GET", kind.path(namespace), query=query)

@@ -1,4 +1,5 @@
-"""What the cluster holds, as last seen: StaticSite objects, Services, and the TLS Secrets sites name.
+"""What the cluster holds, as last seen: StaticSite objects, Services, the TLS Secrets sites name,
+GatewayGroups and Namespaces.
 
 The Kubernetes source fills it from kopf's events and its own listings; the status writer
 reads it (a site's object and its backend Service). Both are handed the same cache, so
@@ -14,7 +15,7 @@ from typing import Any
 
 from snapshot.model import SiteKey
 
-ObjectKey = tuple[str, str]  # namespace, name
+ObjectKey = tuple[str, str]  # namespace ("" for a cluster-scoped object), name
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -150,12 +151,15 @@ def _older(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
 
 
 class ClusterCache:
-    """The StaticSites and Services watched, and the Secrets some site names (and no other)."""
+    """The StaticSites and Services watched, the Secrets some site names (and no other), the
+    GatewayGroups and the Namespaces (for their labels)."""
 
     def __init__(self) -> None:
         self.sites = ObjectCache()
         self.services = ObjectCache()
         self.secrets = ObjectCache()
+        self.groups = ObjectCache()
+        self.namespaces = ObjectCache()
         self.ready = asyncio.Event()  # the initial listings are complete
 
     def object(self, key: SiteKey) -> dict[str, Any] | None:

@@ -19,9 +19,11 @@ from typing import Any, Protocol
 import kopf
 
 from snapshot.model import GROUP, PLURAL, VERSION
+from snapshot.tenancy import GATEWAY_GROUP_PLURAL
 
 from .k8s_api import KubeApi
 from .k8s_cache import ObjectKey, object_key
+from .k8s_secrets import TLS_SECRET_SELECTOR
 from .source_state import SourceState
 
 log = logging.getLogger("staticsite_xds.kubernetes")
@@ -69,13 +71,19 @@ class WatchFeed(Protocol):
 
     def secret_event(self, event: Mapping[str, Any]) -> None: ...
 
+    def group_event(self, event: Mapping[str, Any]) -> None: ...
+
+    def namespace_event(self, event: Mapping[str, Any]) -> None: ...
+
     def wants_secret(self, key: ObjectKey) -> bool:
         """Whether a Secret's events are wanted; asked in kopf's thread, so it must not lock."""
         ...
 
 
 class KopfWatch:
-    """kopf, watching StaticSites, Services and Secrets (all namespaces, or the ones given)."""
+    """kopf, watching StaticSites, Services and Secrets (all namespaces, or the ones given),
+    GatewayGroups (cluster-scoped), and Namespaces when it watches them all (given
+    namespaces are read one by one by the source instead)."""
 
     def __init__(
         self,
@@ -112,10 +120,21 @@ class KopfWatch:
 
         @kopf.on.event("v1", "secrets", registry=registry)
         async def secret_event(event: Mapping[str, Any], **_: Any) -> None:
-            # Most Secrets are no site's: dropped here, in kopf's thread, before they go further.
+            # Only TLS Secrets come (see `run`), and most are no site's: dropped here, in kopf's
+            # thread, before they go further.
             body = event.get("object")
             if isinstance(body, Mapping) and feed.wants_secret(object_key(body)):
                 loop.call_soon_threadsafe(feed.secret_event, event)
+
+        @kopf.on.event(GROUP, VERSION, GATEWAY_GROUP_PLURAL, registry=registry)
+        async def group_event(event: Mapping[str, Any], **_: Any) -> None:
+            loop.call_soon_threadsafe(feed.group_event, event)
+
+        if not self.namespaces:
+
+            @kopf.on.event("v1", "namespaces", registry=registry)
+            async def namespace_event(event: Mapping[str, Any], **_: Any) -> None:
+                loop.call_soon_threadsafe(feed.namespace_event, event)
 
         return registry
 
@@ -128,8 +147,10 @@ class KopfWatch:
         stops by itself (on a signal), `stop` is set so that the whole process stops with it.
         """
         settings = self.settings
-        settings.scanning.disabled = True  # needs no RBAC on CRDs and namespaces
+        settings.scanning.disabled = True  # needs no RBAC on CRDs, nor on namespaces to find them
         settings.posting.enabled = False  # our Events are written by the status writer only
+        # The API server sends only TLS Secrets: the others never reach this process.
+        settings.watching.field_selectors["v1", "secrets"] = TLS_SECRET_SELECTOR
         settings.process.ultimate_exiting_timeout = None
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()

@@ -7,6 +7,11 @@ site comes to name is read with a GET, and the site is judged once the answer is
 "not found" meanwhile). While a site's newer version cannot be served, it names two Secrets:
 its current version's and the one of the version still served, whose renewals must still
 reach Envoy.
+
+Only Secrets of type `kubernetes.io/tls` are listed and watched (the API server's field
+selector `type=kubernetes.io/tls`): the others never reach the control plane. A named Secret
+that a listing lacks is read by its own GET, which tells a missing Secret from one of another
+type; of one of another type, only its metadata and type are held, never its data.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from .site_certificates import CertificatePending, CertificateProblems, Resoluti
 log = logging.getLogger("staticsite_xds.kubernetes")
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
+TLS_SECRET_SELECTOR = f"type={TLS_SECRET_TYPE}"  # the field selector of every listing and watch
 SECRET_FIELD = "spec.tls.secretName"
 RETRY = (1.0, 2.0, 5.0, 10.0)  # seconds between reads while the API cannot be read
 
@@ -43,6 +49,14 @@ def secret_ref(body: Mapping[str, Any]) -> ObjectKey | None:
     name = tls.get("secretName") if isinstance(tls, Mapping) else None
     namespace = object_key(body)[0]
     return (namespace, name) if isinstance(name, str) and name and namespace else None
+
+
+def tls_only(body: dict[str, Any]) -> dict[str, Any]:
+    """A Secret as held: whole if it is of type kubernetes.io/tls, else its metadata and type
+    alone (enough to say why it cannot be used; its data is none of the control plane's)."""
+    if body.get("type") == TLS_SECRET_TYPE:
+        return body
+    return {field: body[field] for field in ("apiVersion", "kind", "metadata", "type") if field in body}
 
 
 def secret_of(site: StaticSite | None) -> ObjectKey | None:
@@ -229,6 +243,7 @@ class FollowedSecrets:
         key = object_key(body)
         if key not in self._users:
             return  # no site names it (any more)
+        body = tls_only(body)
         now = time.monotonic()
         was = self.known(key)
         changed = self.cache.event(kind, body, now)
@@ -255,6 +270,21 @@ class FollowedSecrets:
                 self._absent.add(key)
                 changed.add(key)
         return changed
+
+    async def unlisted(self, named: Iterable[ObjectKey], listed: Iterable[ObjectKey]) -> list[dict[str, Any]]:
+        """The named Secrets a listing of TLS Secrets lacks, each read by its own GET: a Secret
+        of another type (held without its data), or none (not found). Not read again: those
+        known missing, and those a GET in flight reads."""
+        seen = set(listed)
+        keys = sorted(k for k in named if k not in seen and k not in self._absent and k not in self._fetches)
+        gate = asyncio.Semaphore(8)
+
+        async def get(key: ObjectKey) -> dict[str, Any] | None:
+            async with gate:
+                return await self.api.get(SECRETS, *key)
+
+        found = await asyncio.gather(*(get(key) for key in keys))
+        return [tls_only(body) for body in found if body is not None]
 
     def prune(self) -> None:
         """Drop every Secret no site names (after a listing that judged many sites at once)."""
@@ -318,7 +348,8 @@ class FollowedSecrets:
                     continue
                 if key not in self._users:
                     return  # no site names it any more
-                self.cache.fetched(key, body, started, time.monotonic())
+                held = tls_only(body) if body is not None else None
+                self.cache.fetched(key, held, started, time.monotonic())
                 if self.cache.get(key) is None:
                     self._absent.add(key)
                 else:

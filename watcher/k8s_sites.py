@@ -13,6 +13,7 @@ from typing import Any
 
 from snapshot.certificates import with_certificate
 from snapshot.model import InvalidSite, Problem, SiteKey, StaticSite, parse_site
+from snapshot.tenancy import OPEN, Tenancy
 
 from .k8s_cache import ObjectKey, generation_of
 from .k8s_secrets import FollowedSecrets, secret_of, unlink, users_of
@@ -35,9 +36,9 @@ class SiteIndex:
         self._invalid_generations: dict[SiteKey, int] = {}
         self._by_backend: dict[ObjectKey, set[SiteKey]] = {}
 
-    def current(self, changed: frozenset[SiteKey] | None = None) -> SiteSet:
+    def current(self, changed: frozenset[SiteKey] | None = None, tenancy: Tenancy = OPEN) -> SiteSet:
         problems = tuple(p for key in sorted(self._invalid) for p in self._invalid[key])
-        return self.limit.site_set(problems, self._invalid, changed, self._invalid_generations)
+        return self.limit.site_set(problems, self._invalid, changed, self._invalid_generations, tenancy)
 
     def backend_users(self, keys: Iterable[ObjectKey]) -> set[SiteKey]:
         """The sites whose backend is one of these Services."""

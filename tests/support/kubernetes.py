@@ -15,10 +15,10 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import kopf
 
@@ -26,10 +26,11 @@ from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
+from snapshot.tenancy import DEFAULT_GROUP, GATEWAY_GROUP_KIND, GATEWAY_GROUP_PLURAL
 from support.waiting import eventually
-from watcher.k8s import SITES, KubernetesSource
-from watcher.k8s_api import EVENTS, LEASES, SERVICES, KubeApi
-from watcher.siteset import DEFAULT_MAX_SITES
+from watcher.k8s import GATEWAY_GROUPS, SITES, KubernetesSource
+from watcher.k8s_api import EVENTS, LEASES, NAMESPACES, SERVICES, KubeApi
+from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 from xds_server.local.gateway import REPO_ROOT
 from xds_server.process.control_plane import ControlPlane
 from xds_server.process.kubernetes import KubernetesMode
@@ -37,8 +38,30 @@ from xds_server.process.observer import ObserverFuncs
 
 SITES_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
 WEBHOOKS_RESOURCE = "admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+GROUPS_RESOURCE = f"{GROUP}/{VERSION}/{GATEWAY_GROUP_PLURAL}"
+# The group deploy/gateway-group.yaml ships: every namespace, every domain.
+OPEN_GRANT: dict[str, Any] = {"namespaces": {"selector": {}}, "domains": ["*"]}
 LEASE_NAMESPACE = "staticsite-xds"
 _revisions = itertools.count(1000)
+
+
+def _read_namespace_paths() -> None:
+    """Let the emulator serve Namespaces themselves: kmock 0.8 reads `/api/v1/namespaces` and
+    `/api/v1/namespaces/NAME` as the namespace prefix of some other resource, and fails."""
+    from kmock._internal import parsing
+
+    if getattr(parsing.parse_path, "reads_namespaces", False):
+        return
+    parse = parsing.parse_path
+
+    def parse_path(path: str) -> Any:
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+            return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None)
+        return parse(path)
+
+    parse_path.reads_namespaces = True  # type: ignore[attr-defined]
+    parsing.parse_path = parse_path
 
 
 def declare_resources(kmock: Any) -> None:
@@ -46,6 +69,7 @@ def declare_resources(kmock: Any) -> None:
     info = kmock.ResourceInfo
     every = {"get", "list", "watch", "create", "update", "patch", "delete"}
     kmock.resources[SITES_RESOURCE] = info(kind=KIND, namespaced=True, subresources={"status"}, verbs=every)
+    kmock.resources[GROUPS_RESOURCE] = info(kind=GATEWAY_GROUP_KIND, namespaced=False, verbs=every)
     kmock.resources["v1/services"] = info(kind="Service", namespaced=True, verbs=every)
     kmock.resources["v1/secrets"] = info(kind="Secret", namespaced=True, verbs=every)
     kmock.resources["v1/events"] = info(kind="Event", namespaced=True, verbs=every)
@@ -57,6 +81,64 @@ def declare_resources(kmock: Any) -> None:
     kmock.resources[WEBHOOKS_RESOURCE] = info(
         kind="ValidatingWebhookConfiguration", namespaced=False, verbs=every
     )
+    honour_secret_field_selectors(kmock)
+    _read_namespace_paths()
+
+
+# The fields a real API server lets a Secret's listing or watch select on, and their values.
+SECRET_FIELDS = {
+    "metadata.name": lambda body: str((body.get("metadata") or {}).get("name") or ""),
+    "metadata.namespace": lambda body: str((body.get("metadata") or {}).get("namespace") or ""),
+    "type": lambda body: str(body.get("type") or "Opaque"),  # the API server's default type
+}
+
+
+def field_selection(selector: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a Secret is selected by a field selector (`a=b,c!=d`), as a real API server
+    judges it; a field it cannot select on is refused (400), as there."""
+    from kmock import KubernetesError
+
+    terms: list[tuple[str, str, bool]] = []
+    for term in filter(None, selector.split(",")):
+        negated = "!=" in term
+        field_name, _, value = term.partition("!=" if negated else "=")
+        value = value.removeprefix("=")  # `==` means `=`
+        if field_name not in SECRET_FIELDS:
+            known = ", ".join(f'"{f}"' for f in SECRET_FIELDS)
+            message = f'"{field_name}" is not a known field selector: only {known}'
+            raise KubernetesError(400, "BadRequest", message)
+        terms.append((field_name, value, negated))
+    return lambda body: all((SECRET_FIELDS[f](body) == v) != negated for f, v, negated in terms)
+
+
+def honour_secret_field_selectors(kmock: Any) -> None:
+    """Make the emulator's listings and watches of Secrets honour `fieldSelector`, as a real API
+    server does (kmock alone ignores it): a client that asks for every Secret gets every one."""
+    secrets = kmock.resource("", "v1", "secrets")
+
+    async def listing(request: Any) -> Any:
+        selector = request.params.get("fieldSelector")
+        if not selector:
+            raise NotImplementedError  # the emulator answers (NotImplemented would retire the reaction)
+        selected = field_selection(selector)
+        page = await kmock._serve_list(request)
+        return {**page, "items": [body for body in page["items"] if selected(body)]}
+
+    def watch(request: Any) -> Any:
+        selector = request.params.get("fieldSelector")
+        if not selector:
+            raise NotImplementedError
+        selected = field_selection(selector)
+
+        async def events() -> AsyncIterator[Any]:
+            async for event in kmock._serve_watch(request):
+                if not isinstance(event, dict) or selected(event.get("object") or {}):
+                    yield event
+
+        return events()
+
+    kmock[kmock.action.LIST, secrets] << listing
+    kmock[kmock.action.WATCH, secrets] << watch
 
 
 def fast_settings(watch_timeout: float | None = None) -> kopf.OperatorSettings:
@@ -82,6 +164,20 @@ def route_domains(snapshot: Snapshot | None) -> list[str]:
         for vhost in config.virtual_hosts:
             found.extend(d for d in vhost.domains if d != "*")
     return found
+
+
+def group_body(name: str, *grants: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": GATEWAY_GROUP_KIND,
+        "metadata": {"name": name},
+        "spec": {"grants": list(grants), **spec},
+    }
+
+
+def put_default_group(cluster: Cluster) -> None:
+    """The GatewayGroup deploy/ ships (every namespace, every domain), there before anyone watches."""
+    cluster.put_group_silently(DEFAULT_GROUP, OPEN_GRANT)
 
 
 def site_body(
@@ -143,6 +239,38 @@ class Cluster:
 
     async def delete_site(self, namespace: str, name: str) -> None:
         await self.api.call("DELETE", SITES.path(namespace, name))
+
+    async def create_group(self, name: str, *grants: dict[str, Any], **spec: Any) -> dict[str, Any]:
+        """A GatewayGroup (cluster-scoped) with these grants (and other spec fields)."""
+        return await self.api.create(
+            GATEWAY_GROUPS, "", self._stamp(group_body(name, *grants, **spec), new=True)
+        )
+
+    async def update_group(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Merge `spec` into a GatewayGroup, as `kubectl patch --type merge` would (next generation)."""
+        current = await self.api.get(GATEWAY_GROUPS, "", name)
+        assert current is not None
+        generation = int(current["metadata"].get("generation") or 1) + 1
+        patch = self._stamp({"metadata": {"generation": generation}, "spec": spec}, new=False)
+        return await self.api.patch(GATEWAY_GROUPS, "", name, patch)
+
+    async def delete_group(self, name: str) -> None:
+        await self.api.call("DELETE", GATEWAY_GROUPS.path(None, name))
+
+    def put_group_silently(self, name: str, *grants: dict[str, Any], **spec: Any) -> None:
+        """Store a GatewayGroup with no watch event: as if it was there before anyone watched."""
+        self.kmock.objects[GROUPS_RESOURCE, None, name] = self._stamp(
+            group_body(name, *grants, **spec), new=True
+        )
+
+    async def create_namespace(self, name: str, **labels: str) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        await self.api.create(NAMESPACES, "", self._stamp(body, new=True))
+
+    async def label_namespace(self, name: str, **labels: str | None) -> None:
+        """Set (a value) or remove (None) labels of a Namespace, as `kubectl label` would."""
+        patch = self._stamp({"metadata": {"labels": labels}}, new=False)
+        await self.api.patch(NAMESPACES, "", name, patch)
 
     async def create_service(self, namespace: str, name: str, ports: Iterable[int] = (80,)) -> None:
         body = {
@@ -294,9 +422,52 @@ async def start_serve_process(
         )  # fmt: skip
 
 
+@dataclass
+class WatchedSource:
+    """A Kubernetes source watching the emulator (kopf included), and every site set it yielded."""
+
+    source: KubernetesSource
+    api: KubeApi
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    sets: list[SiteSet] = field(default_factory=list)
+
+    @property
+    def latest(self) -> SiteSet:
+        return self.sets[-1] if self.sets else SiteSet()
+
+    @classmethod
+    async def start(
+        cls, cluster: Cluster, namespaces: Iterable[str] = (), *, first: bool = True, **options: Any
+    ) -> Self:
+        """A source of its own client, started once the test has seeded the emulator; returned
+        once it yielded its first set (`first`), or at once."""
+        api = KubeApi.for_server(cluster.url, user_agent="staticsite-xds/test")
+        source = KubernetesSource(api, list(namespaces), settings=fast_settings(), **options)
+        stop = asyncio.Event()
+        sets: list[SiteSet] = []
+
+        async def run() -> None:
+            async for sites in source.watch(stop):
+                sets.append(sites)
+
+        watched = cls(source, api, stop, asyncio.create_task(run()), sets)
+        if first:
+            await eventually(lambda: sets, what="the first site set")
+        return watched
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 20)
+        self.api.close()
+
+
 def offline_source(**options: Any) -> KubernetesSource:
-    """A source fed by hand (see `feed`): its API client points nowhere and is never called."""
-    return KubernetesSource(KubeApi.for_server("http://127.0.0.1:9"), **options)
+    """A source fed by hand (see `feed`): its API client points nowhere and is never called. It
+    holds the GatewayGroup deploy/ ships, as the emulator does."""
+    source = KubernetesSource(KubeApi.for_server("http://127.0.0.1:9"), **options)
+    source.group_event({"type": "ADDED", "object": group_body(DEFAULT_GROUP, OPEN_GRANT)})
+    return source
 
 
 def feed(source: KubernetesSource, kind: str | None, body: dict[str, Any]) -> None:
