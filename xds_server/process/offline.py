@@ -1,7 +1,9 @@
-"""`render` and `validate`: the builder run once over manifests, nothing served.
+"""`render` and `validate`: the builders run once over manifests, nothing served.
 
-Both print every problem a user must fix (invalid manifests, then domains lost to a
-conflict) and answer 1 when there is one, else 0.
+Both judge the sites as `serve` does (the gateway groups and grants declared among the
+manifests, if any; see `snapshot.tenancy`), print every problem a user must fix (invalid
+manifests, sites outside their grants, then domains lost to a conflict) and answer 1 when
+there is one, else 0.
 """
 
 from __future__ import annotations
@@ -12,20 +14,43 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from snapshot.builder import BuildOptions, SnapshotBuilder
+from snapshot.groups import SiteGroups
 from snapshot.model import SiteKey
-from snapshot.verdict import Phase, SiteState
+from snapshot.snapshot import DEFAULT_GROUP, Snapshot
+from snapshot.verdict import DOMAIN_NOT_PERMITTED, GATEWAY_GROUP_NOT_FOUND, Phase, SiteState
 from watcher.folder import FolderSource, read_manifests
 from watcher.site_certificates import SecretNames
 from watcher.siteset import SiteSet
 
 
+def build(sites: SiteSet, options: BuildOptions) -> tuple[dict[str, Snapshot], dict[SiteKey, SiteState]]:
+    """Each gateway group's snapshot, and every site's state (a refusal by the grants, or its
+    builder's verdict)."""
+    groups = SiteGroups()
+    groups.update(sites.sites, None, sites.tenancy)
+    states: dict[SiteKey, SiteState] = dict(groups.refusals)
+    snapshots: dict[str, Snapshot] = {}
+    for name in groups.groups:
+        result = SnapshotBuilder(options, name).build(groups.members(name))
+        snapshots[name] = result.snapshot
+        states.update(result.sites)
+    return snapshots, states
+
+
 def render(folder: Path, options: BuildOptions) -> int:
-    """Print the Envoy resources the sites of `folder` give, as JSON; problems on stderr."""
+    """Print the Envoy resources the sites of `folder` give, as JSON; problems on stderr.
+
+    With gateway groups declared in the folder, each group's resources, by group.
+    """
     sites = FolderSource(folder).load()
-    result = SnapshotBuilder(options).build(sites.sites.values())
-    json.dump(result.snapshot.to_json(), sys.stdout, indent=2, sort_keys=True)  # maps print in any order
+    snapshots, states = build(sites, options)
+    if sites.tenancy.enforced:
+        shown: object = {"groups": {name: snapshot.to_json() for name, snapshot in snapshots.items()}}
+    else:
+        shown = snapshots[DEFAULT_GROUP].to_json()
+    json.dump(shown, sys.stdout, indent=2, sort_keys=True)  # maps print in any order
     sys.stdout.write("\n")
-    lines = problem_lines(sites, result.sites)
+    lines = problem_lines(sites, states)
     for line in lines:
         print(line, file=sys.stderr)
     return 1 if lines else 0
@@ -34,8 +59,8 @@ def render(folder: Path, options: BuildOptions) -> int:
 def validate(paths: Iterable[Path]) -> int:
     """Check manifests (files or folders); a TLS Secret is known by its name alone."""
     sites = read_manifests(paths, secrets=SecretNames())  # Secrets are read in the cluster
-    result = SnapshotBuilder().build(sites.sites.values())
-    lines = problem_lines(sites, result.sites)
+    _, states = build(sites, BuildOptions())
+    lines = problem_lines(sites, states)
     for line in lines:
         print(line)
     if not lines:
@@ -44,8 +69,14 @@ def validate(paths: Iterable[Path]) -> int:
 
 
 def problem_lines(sites: SiteSet, states: Mapping[SiteKey, SiteState]) -> list[str]:
-    """Every problem a user must fix: invalid manifests, then domains lost to a conflict."""
+    """Every problem a user must fix: invalid manifests, sites outside their grants, then
+    domains lost to a conflict."""
     lines = [str(p) for p in sites.problems]
+    for key, state in sorted(states.items()):
+        if state.reason in (DOMAIN_NOT_PERMITTED, GATEWAY_GROUP_NOT_FOUND):
+            origin = sites.sites[key].origin if key in sites.sites else str(key)
+            field = "spec.gatewayGroup" if state.reason == GATEWAY_GROUP_NOT_FOUND else "spec.domain"
+            lines.append(f"{origin}: {field}: {state.message}")
     for key, state in sorted(states.items()):
         if state.phase is Phase.CONFLICT:
             origin = sites.sites[key].origin if key in sites.sites else str(key)

@@ -1,0 +1,89 @@
+"""`render` and `validate` judge the grants declared among the manifests, as `serve` does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support.manifests import manifest, write
+
+from snapshot.builder import BuildOptions
+from xds_server.process.offline import render, validate
+
+pytestmark = pytest.mark.unit
+
+GROUPS = """\
+apiVersion: staticsite-xds.dev/v1alpha1
+kind: GatewayGroup
+metadata: {name: default}
+spec:
+  grants:
+  - namespaces: {names: [docs]}
+    domains: ["**.docs.example.com"]
+---
+apiVersion: staticsite-xds.dev/v1alpha1
+kind: GatewayGroup
+metadata: {name: internal}
+spec:
+  grants:
+  - namespaces: {names: [docs]}
+    domains: ["**.internal.example.com"]
+"""
+
+
+def domains(snapshot: dict[str, object]) -> set[str]:
+    routes = snapshot["RouteConfiguration"]
+    assert isinstance(routes, list)
+    return {d for route in routes for vhost in route.get("virtualHosts", []) for d in vhost["domains"]} - {
+        "*"
+    }
+
+
+def sites(root: Path) -> None:
+    write(root / "groups.yaml", GROUPS)
+    write(root / "a.yaml", manifest("a", "a.docs.example.com", "web", 80, namespace="docs"))
+    internal = manifest("i", "i.internal.example.com", "web", 80, namespace="docs")
+    write(root / "i.yaml", internal.replace("spec:\n", "spec:\n  gatewayGroup: internal\n"))
+    write(root / "stray.yaml", manifest("stray", "stray.example.com", "web", 80, namespace="docs"))
+
+
+def test_render_shows_each_groups_resources_and_the_sites_outside_their_grants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sites(tmp_path)
+    assert render(tmp_path, BuildOptions()) == 1
+    out, err = capsys.readouterr()
+    shown = json.loads(out)["groups"]
+    assert domains(shown["default"]) == {"a.docs.example.com"}
+    assert domains(shown["internal"]) == {"i.internal.example.com"}
+    assert err.splitlines() == [
+        f"{tmp_path / 'stray.yaml'}: spec.domain: domain stray.example.com is not granted to namespace docs "
+        "in gateway group default (no grant of the group covers it)"
+    ]
+
+
+def test_validate_reports_a_site_outside_its_grant_and_a_group_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sites(tmp_path)
+    lost = manifest("lost", "lost.docs.example.com", "web", 80, namespace="docs")
+    write(tmp_path / "lost.yaml", lost.replace("spec:\n", "spec:\n  gatewayGroup: nowhere\n"))
+    assert validate([tmp_path]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"{tmp_path / 'lost.yaml'}: spec.gatewayGroup: gateway group nowhere does not exist "
+        "(the groups: default, internal)",
+        f"{tmp_path / 'stray.yaml'}: spec.domain: domain stray.example.com is not granted to namespace docs "
+        "in gateway group default (no grant of the group covers it)",
+    ]
+
+
+def test_without_groups_render_shows_one_snapshot_as_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    assert render(tmp_path, BuildOptions()) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert "groups" not in shown
+    assert domains(shown) == {"a.example.com"}
