@@ -13,23 +13,15 @@ from xds_server.process.offline import render, validate
 
 pytestmark = pytest.mark.unit
 
-GROUPS = """\
-apiVersion: staticsite-xds.dev/v1alpha1
-kind: GatewayGroup
-metadata: {name: default}
-spec:
-  grants:
-  - namespaces: {names: [docs]}
-    domains: ["**.docs.example.com"]
----
-apiVersion: staticsite-xds.dev/v1alpha1
-kind: GatewayGroup
-metadata: {name: internal}
-spec:
-  grants:
-  - namespaces: {names: [docs]}
-    domains: ["**.internal.example.com"]
-"""
+
+def group(name: str, domains: str) -> str:
+    return (
+        f"apiVersion: staticsite-xds.dev/v1alpha1\nkind: GatewayGroup\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  grants:\n  - namespaces: {{names: [docs]}}\n    domains: [{domains!r}]\n"
+    )
+
+
+GROUPS = group("default", "**.docs.example.com") + "---\n" + group("internal", "**.internal.example.com")
 
 
 def domains(snapshot: dict[str, object]) -> set[str]:
