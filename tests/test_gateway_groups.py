@@ -13,6 +13,7 @@ import datetime
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import grpc
 import prometheus_client
@@ -22,14 +23,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support.sites import SITE_A, SITE_B, build, site_set
+from support.sites import SITE_A, SITE_B, build, site, site_set
 from support.waiting import eventually
 from support.wire import running
 
 from snapshot.builder import BuildOptions
+from snapshot.model import API_VERSION
 from snapshot.resources import CLUSTER_TYPE
 from snapshot.snapshot import DEFAULT_GROUP, Snapshot
-from snapshot.tenancy import CLIENT_NAME_SUFFIX, default_client_name
+from snapshot.tenancy import CLIENT_NAME_SUFFIX, Tenancy, default_client_name, parse_gateway_group
+from watcher.siteset import SiteSet
 from xds_server.ads.membership import (
     ClientIdentity,
     ClientNames,
@@ -444,3 +447,53 @@ async def test_metrics_and_inspection_per_group(tls: Tls) -> None:
         for client in clients:
             await client.close()
         await plane.server.stop(0.5)
+
+
+async def test_a_gateway_identified_before_the_first_build_never_gets_another_groups_snapshot(
+    tls: Tls,
+) -> None:
+    """Until the first site set is built the tenancy is unknown, and a stream is put in the
+    default group; once the grants are known its group is decided again before anything is
+    published, so a gateway of another group never receives the default group's resources."""
+    sent: list[tuple[str, str]] = []
+    plane = ControlPlane(
+        BuildOptions(backend_host_template="127.0.0.1"),
+        observers=[ObserverFuncs(on_sent=lambda info, _out: sent.append((info.node_id, info.group)))],
+    )
+    port = await plane.server.start("127.0.0.1:0", credentials=tls.server_credentials())
+    early = SotwClient(port, "gw-blue", "", credentials=tls.client(default_client_name("blue")))
+    later: SotwClient | None = None
+    try:
+        early.subscribe(CLUSTER_TYPE)
+        await eventually(
+            lambda: any(s.node_id == "gw-blue" and s.group for s in plane.server.streams()),
+            what="the early stream identified",
+        )
+        every = {"namespaces": {"selector": {}}, "domains": ["*"]}
+        tenancy = Tenancy.of(
+            [
+                parse_gateway_group(
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": "GatewayGroup",
+                        "metadata": {"name": name},
+                        "spec": {"grants": [every]},
+                    }
+                )
+                for name in (DEFAULT_GROUP, "blue")
+            ],
+            {},
+        )
+        sites = [site("a"), site("b", gateway_group="blue")]
+        plane.apply(SiteSet(MappingProxyType({s.key: s for s in sites}), tenancy=tenancy))
+        assert await early.end() is grpc.StatusCode.UNAVAILABLE  # closed, to be judged again
+        assert ("gw-blue", DEFAULT_GROUP) not in sent
+        later = SotwClient(port, "gw-blue", "", credentials=tls.client(default_client_name("blue")))
+        later.subscribe(CLUSTER_TYPE)
+        response = await later.recv()
+        assert sotw_names(response) == ["docs/b-svc/80"]
+    finally:
+        for client in (early, later):
+            if client is not None:
+                await client.close()
+        await plane.server.stop(grace=0)

@@ -241,6 +241,8 @@ class ControlPlane:
             builds.append((plane, built, changed, result, took))
         self.sites = sites
         self._applied = True
+        if regrouping.tenancy_changed:  # before anything is published to the streams it moves
+            self.server.recheck()  # an Envoy's certificate may name another group now, or none
         states_changed = set(regrouping.refusals_changed)
         rejections_changed: set[SiteKey] = set()
         for build in builds:
@@ -262,8 +264,6 @@ class ControlPlane:
                 self._reconsider()
             plane.published = snapshot
             self.observers.published(sites, snapshot)
-        if regrouping.tenancy_changed:
-            self.server.recheck()  # an Envoy's certificate may name another group now, or none
         return None if failed else self.published
 
     def _rejected(self) -> Mapping[SiteKey, SiteState]:
