@@ -241,7 +241,9 @@ def _median(values: Sequence[float]) -> float | None:
 
 
 def _figure(name: str, layout: Layout, per_team: int, changes: list[Change], delta: bool) -> dict[str, Any]:
-    """The figures of one layout; every sample is kept."""
+    """The figures of one layout; every sample is kept. "own": the changed team's group and
+    Envoy; "other": the other teams' groups and Envoys (with every site in one group, that
+    group's other Envoys); bytes are the serialized responses the server sent."""
     own_bytes = [c.sent.get(c.node, 0) for c in changes]
     all_bytes = [sum(c.sent.values()) for c in changes]
     first = [c.first_ms for c in changes if c.first_ms is not None]
