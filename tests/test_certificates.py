@@ -21,6 +21,7 @@ from support.kubernetes import Cluster
 
 from watcher.k8s_api import SECRETS, KubeApi
 from xds_server import cli
+from xds_server.ads.membership import ClientIdentity, default_client_name
 from xds_server.operations import issuer
 from xds_server.operations.issuer import CertificatePlan, keep_certificates
 from xds_server.operations.tls import ServingCertificate
@@ -170,6 +171,44 @@ async def test_other_dns_names_reissue_only_the_server_certificate(cluster: Clus
     assert dns_names(await certificate(cluster, PLAN.server_secret)) == sorted(names)
 
 
+async def test_each_gateway_group_gets_a_certificate_naming_it(cluster: Cluster) -> None:
+    plan = CertificatePlan(namespace=NAMESPACE, dns_names=(SERVER_NAME,), gateway_groups=("default", "blue"))
+    written = await keep_certificates(cluster.api, plan)
+    blue = "staticsite-xds-gateway-blue"
+    assert [w.secret for w in written] == [PLAN.ca_secret, PLAN.server_secret, PLAN.client_secret, blue]
+    assert dns_names(await certificate(cluster, PLAN.client_secret)) == [
+        "default.gateway-group.staticsite-xds.dev"
+    ]
+    assert dns_names(await certificate(cluster, blue)) == ["blue.gateway-group.staticsite-xds.dev"]
+    assert usages(await certificate(cluster, blue)) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    groups = {
+        ClientIdentity.from_certificate(data(await secret(cluster, name), "tls.crt")).names
+        for name in (PLAN.client_secret, blue)
+    }
+    assert groups == {
+        (default_client_name("default"), issuer.DEFAULT_CLIENT_NAME),
+        (default_client_name("blue"), issuer.DEFAULT_CLIENT_NAME),
+    }
+    assert await keep_certificates(cluster.api, plan) == []
+
+
+async def test_a_gateway_certificate_without_its_groups_name_is_issued_again(cluster: Cluster) -> None:
+    await keep_certificates(cluster.api, PLAN)
+    ca_secret = await secret(cluster, PLAN.ca_secret)
+    ca = issuer.KeyPair(data(ca_secret, "tls.crt"), data(ca_secret, "tls.key"))
+    unnamed = issuer.make_leaf(ca, now(), 365, common_name=issuer.DEFAULT_CLIENT_NAME, server=False)
+    before = {
+        "tls.crt": base64.b64encode(unnamed.certificate).decode(),
+        "tls.key": base64.b64encode(unnamed.key).decode(),
+    }  # what a run made before gateway groups
+    await cluster.api.patch(SECRETS, NAMESPACE, PLAN.client_secret, {"data": before})
+    written = await keep_certificates(cluster.api, PLAN)
+    assert [(w.secret, w.reason) for w in written] == [
+        (PLAN.client_secret, "names no DNS name, not default.gateway-group.staticsite-xds.dev")
+    ]
+    assert dns_names(await certificate(cluster, PLAN.client_secret)) == [default_client_name("default")]
+
+
 def test_the_plan_refuses_what_cannot_work() -> None:
     with pytest.raises(ValueError, match="--renew-before 30 must be shorter than --days 30"):
         CertificatePlan(namespace=NAMESPACE, dns_names=(SERVER_NAME,), days=30)
@@ -177,6 +216,21 @@ def test_the_plan_refuses_what_cannot_work() -> None:
         CertificatePlan(namespace=NAMESPACE, dns_names=())
     with pytest.raises(ValueError, match="three different names"):
         CertificatePlan(namespace=NAMESPACE, dns_names=(SERVER_NAME,), client_secret=PLAN.server_secret)
+    for bad in ("Blue", "-blue", "blue.green", "b" * 64, ""):
+        with pytest.raises(ValueError, match="is not a gateway group's name"):
+            CertificatePlan(namespace=NAMESPACE, dns_names=(SERVER_NAME,), gateway_groups=(bad,))
+    with pytest.raises(ValueError, match="each group once"):
+        CertificatePlan(namespace=NAMESPACE, dns_names=(SERVER_NAME,), gateway_groups=("a", "a"))
+    with pytest.raises(ValueError, match="at least one group"):
+        CertificatePlan(namespace=NAMESPACE, dns_names=(SERVER_NAME,), gateway_groups=())
+    with pytest.raises(ValueError, match="three different names"):  # the blue group's Secret is the CA's
+        CertificatePlan(
+            namespace=NAMESPACE,
+            dns_names=(SERVER_NAME,),
+            client_secret="staticsite-xds",
+            ca_secret="staticsite-xds-blue",
+            gateway_groups=("blue",),
+        )
 
 
 def write_files(folder: Path, found: dict[str, Any]) -> Path:
@@ -239,3 +293,9 @@ async def test_the_command_writes_the_secrets_once(cluster: Cluster, monkeypatch
     assert await asyncio.to_thread(cli.main, args) == 0
     assert writes(cluster) == 3
     assert await asyncio.to_thread(cli.main, [*args, "--renew-before", "90"]) == 2
+    groups = ["--gateway-group", "default", "--gateway-group", "blue"]
+    assert await asyncio.to_thread(cli.main, [*args, *groups]) == 0
+    assert writes(cluster) == 4  # the blue group's Secret alone
+    assert dns_names(await certificate(cluster, "staticsite-xds-gateway-blue")) == [
+        default_client_name("blue")
+    ]

@@ -390,16 +390,16 @@ def test_a_real_envoy_through_metrics_inspection_status_and_health(served: tuple
         return count >= 1
 
     wait_until(propagated, timeout=15, what="Envoy to ACK the second snapshot")
-    assert (cp.value("staticsite_xds_snapshot_generation", gateway_group="gateways") or 0) >= 2
+    assert (cp.value("staticsite_xds_snapshot_generation", gateway_group="default") or 0) >= 2
     assert cp.value("staticsite_xds_sites", state="provisioned") == 2
     assert cp.value("staticsite_xds_sites", state="conflict") == 0
-    assert cp.value("staticsite_xds_connected_envoys", gateway_group="gateways", variant="delta") == 1
+    assert cp.value("staticsite_xds_connected_envoys", gateway_group="default", variant="delta") == 1
     assert (cp.value("staticsite_xds_acks_total", type="RouteConfiguration") or 0) >= 2
-    assert cp.value("staticsite_xds_envoys_behind", gateway_group="gateways") == 0
+    assert cp.value("staticsite_xds_envoys_behind", gateway_group="default") == 0
 
     envoys = json.loads(cp.get("/debug/envoys"))
     [envoy] = envoys["envoys"]
-    assert (envoy["node_id"], envoy["gateway_group"], envoy["behind"]) == ("local-gateway", "gateways", False)
+    assert (envoy["node_id"], envoy["gateway_group"], envoy["behind"]) == ("local-gateway", "default", False)
     assert (
         envoy["types"]["RouteConfiguration"]["acked_version"]
         == envoys["snapshot"]["types"]["RouteConfiguration"]
@@ -408,7 +408,7 @@ def test_a_real_envoy_through_metrics_inspection_status_and_health(served: tuple
     proc = run_cli("status", "--xds-address", f"127.0.0.1:{cp.process.xds_port}")
     assert proc.returncode == 0, proc.stderr
     [row] = [line for line in proc.stdout.splitlines() if line.startswith("local-gateway")]
-    assert row.split()[1:3] == ["gateways", "delta"]
+    assert row.split()[1:3] == ["default", "delta"]
     assert row.split()[-2:] == ["no", "-"]
 
     with grpc.insecure_channel(f"127.0.0.1:{cp.process.xds_port}") as channel:

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import trustme
 from cryptography import x509
-from support.processes import free_port
+from support.processes import free_ports
 from support.site_source import Sites
 from support.sites import site
 from support.waiting import eventually
@@ -181,15 +181,6 @@ def tls_site(
     return site(name, domain, port=backend.port, generation=1, tls=spec, certificate=cert, **fields)
 
 
-def _distinct_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
 @dataclasses.dataclass
 class Gateway:
     source: Sites
@@ -259,7 +250,7 @@ async def running(
     `redirect_to_listener`: redirects to HTTPS name the HTTPS listener's port, as when clients
     reach the gateway directly (by default they name none: 443, behind a load balancer).
     """
-    http_port, https_port, admin_port, xds_port = _distinct_ports(4)
+    http_port, https_port, admin_port, xds_port = free_ports(4)
     options = BuildOptions(
         http_port=http_port,
         https_port=https_port,
@@ -682,7 +673,7 @@ async def test_a_slow_backend_times_out_and_a_refused_connection_is_retried(
     tmp_path: Path, backends: Backends
 ) -> None:
     slow = backends("slow")
-    dead_port, other_dead_port = _distinct_ports(2)
+    dead_port, other_dead_port = free_ports(2)
     hurried = site("hurried", "hurried.example.test", port=slow.port, generation=1, request_timeout_ms=300)
     patient = site("patient", "patient.example.test", port=slow.port, generation=1)
     retried = site("retried", "retried.example.test", port=dead_port, generation=1, connect_retries=2)

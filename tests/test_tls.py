@@ -32,6 +32,15 @@ from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from support.manifests import manifest
+from support.mutual_tls import (
+    BOOTSTRAP_MOUNT,
+    CLIENT_SECRET,
+    MTLS_BOOTSTRAP,
+    SECRET_MOUNT,
+    SERVER_NAME,
+    mtls_bootstrap,
+    secret_files,
+)
 from support.processes import Response, free_port, run_cli, try_get
 from support.waiting import eventually, wait_until
 
@@ -39,15 +48,10 @@ from snapshot.certificates import MAX_PEM_BYTES
 from snapshot.resources import CLUSTER_TYPE
 from xds_server.cli import DEFAULT_XDS_ADDRESS, _parser
 from xds_server.local.control_plane import ControlPlaneProcess
-from xds_server.local.gateway import REPO_ROOT, LocalEnvoy, validate_config
+from xds_server.local.gateway import LocalEnvoy, validate_config
 from xds_server.local.sample_backend import SampleBackend
 from xds_server.operations.tls import PemFile, ServingCertificate, TlsFileError, channel_credentials
 
-SERVER_NAME = "staticsite-xds.staticsite-xds.svc"  # what the shipped mTLS bootstrap expects
-MTLS_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap-mtls.yaml"
-CLIENT_SECRET = REPO_ROOT / "envoy" / "xds-client-certificate.yaml"
-SECRET_MOUNT = "/etc/staticsite-xds/tls"
-BOOTSTRAP_MOUNT = "/etc/envoy"
 ADS_SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 GARBAGE_KEY = b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
 
@@ -85,15 +89,6 @@ class SecretVolume:
                 os.symlink(f"..data/{name}", self.path(name))
         if previous is not None:
             shutil.rmtree(previous)  # the kubelet removes the old version at once
-
-
-def secret_files(ca: trustme.CA, leaf: trustme.LeafCert, key: bytes | None = None) -> dict[str, bytes]:
-    """A cert-manager Secret's files: tls.crt, tls.key and ca.crt."""
-    return {
-        "tls.crt": leaf.cert_chain_pems[0].bytes(),
-        "tls.key": leaf.private_key_pem.bytes() if key is None else key,
-        "ca.crt": ca.cert_pem.bytes(),
-    }
 
 
 def key_chunks(*keys: bytes) -> list[str]:
@@ -229,28 +224,6 @@ def assert_no_key_material(log: str, *keys: bytes) -> None:
 
 
 # -- Envoy --------------------------------------------------------------------------------------
-
-
-def mtls_bootstrap(
-    workdir: Path, client_tls: Path, xds_port: int, admin_port: int, node: str
-) -> dict[str, Any]:
-    """The shipped mTLS bootstrap and its client secret, with the mounts moved to `client_tls`
-    and `workdir`, and the control plane on 127.0.0.1:`xds_port`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    secret = CLIENT_SECRET.read_text().replace(SECRET_MOUNT, str(client_tls))
-    (workdir / CLIENT_SECRET.name).write_text(secret)
-    text = (
-        MTLS_BOOTSTRAP.read_text()
-        .replace(SECRET_MOUNT, str(client_tls))
-        .replace(BOOTSTRAP_MOUNT, str(workdir))
-    )
-    boot: dict[str, Any] = yaml.safe_load(text)
-    boot["node"] = {"id": node, "cluster": "gateways"}
-    boot["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
-    (xds,) = boot["static_resources"]["clusters"]
-    endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    endpoint["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": xds_port}
-    return boot
 
 
 def envoy_client_serial(envoy: LocalEnvoy) -> str | None:

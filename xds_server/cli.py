@@ -11,10 +11,12 @@ from pathlib import Path
 from snapshot.builder import BuildOptions
 from snapshot.model import API_VERSION
 from snapshot.resources import ACCESS_LOG_STDOUT, DEFAULT_HOST_TEMPLATE
+from snapshot.snapshot import DEFAULT_GROUP
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
 from watcher.siteset import DEFAULT_MAX_SITES
 
+from .ads.membership import CLIENT_NAME_SUFFIX
 from .operations import issuer
 from .operations.inspection import DEFAULT_TIMEOUT
 from .operations.tls import ServingCertificate
@@ -237,7 +239,17 @@ def _parser() -> argparse.ArgumentParser:
     certificates.add_argument(
         "--client-name",
         default=issuer.DEFAULT_CLIENT_NAME,
-        help="the common name of the gateways' certificate (%(default)s)",
+        help="the common name of the gateways' certificates (%(default)s)",
+    )
+    certificates.add_argument(
+        "--gateway-group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        dest="gateway_groups",
+        help="a gateway group to make a gateway certificate for (repeat; default: default), named "
+        f"GROUP{CLIENT_NAME_SUFFIX}, in the client Secret for the default group and in "
+        "CLIENT_SECRET-GROUP for another",
     )
     for flag, default, what in (
         ("--days", issuer.DEFAULT_DAYS, "days the server and client certificates are valid"),
@@ -387,6 +399,7 @@ def _certificates(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             dns_names=tuple(args.dns_name) or issuer.service_dns_names(args.namespace, args.service),
             renew_before_days=args.renew_before,
+            gateway_groups=tuple(args.gateway_groups) or (DEFAULT_GROUP,),
             **{name: getattr(args, name) for name in _PLAN_FLAGS},
         )
     except ValueError as exc:  # bad flags: name them and stop

@@ -25,6 +25,16 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different free ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def run_cli(
     *args: str | Path, timeout: float = 30.0, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

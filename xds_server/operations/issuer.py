@@ -1,13 +1,15 @@
 """The xDS port's certificates, made in the cluster with nothing external: `staticsite-xds certificates`.
 
 A CA of the install's own signs a server certificate for the control plane's Service names
-and a client certificate for the gateways. Each lands in a Secret of type kubernetes.io/tls
+and a client certificate for the gateways of each gateway group: the default group's in
+`staticsite-xds-gateway`, group G's in `staticsite-xds-gateway-G`, each naming its group by
+the DNS name `G.gateway-group.staticsite-xds.dev` (what puts a gateway in its group). Each lands in a Secret of type kubernetes.io/tls
 with `tls.crt`, `tls.key` and `ca.crt` (what the control plane and the gateways mount); the
 CA's key stays in a Secret of its own that only the certificates Job mounts or reads.
 
 A run looks at the three Secrets and writes only what needs it: a Secret that is missing,
 that cannot be parsed, whose key does not match its certificate, whose certificate another
-CA signed, names other DNS names, or expires within the renewal window. With valid
+CA signed, names other DNS names (a gateway certificate without its group's name, say), or expires within the renewal window. With valid
 certificates it writes nothing. A renewed CA reissues both certificates; `ca.crt` then holds
 the new CA and the old one while that one is valid, so a side that still presents a
 certificate from the old CA is accepted until the kubelet has refreshed every mount.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import re
 import sys
 from base64 import b64decode, b64encode
 from collections.abc import Mapping, Sequence
@@ -30,7 +33,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from snapshot.snapshot import DEFAULT_GROUP
 from watcher.k8s_api import SECRETS, ApiError, KubeApi
+
+from ..ads.membership import default_client_name
 
 log = logging.getLogger("staticsite_xds.certificates")
 
@@ -44,10 +50,12 @@ DEFAULT_CLIENT_NAME = "staticsite-gateway"
 DEFAULT_DAYS = 365
 DEFAULT_CA_DAYS = 3650
 DEFAULT_RENEW_BEFORE_DAYS = 30
+MAX_GROUP_NAME = 63  # a group's name is a DNS label of the client name
 CLOCK_SKEW = datetime.timedelta(minutes=5)  # certificates are valid from a little before now
 MANAGED_BY = {"app.kubernetes.io/managed-by": "staticsite-xds-certificates"}
 
 Data = Mapping[str, str]  # a Secret's data, base64 values
+_GROUP_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def service_dns_names(namespace: str, service: str = DEFAULT_SERVICE) -> tuple[str, ...]:
@@ -73,7 +81,8 @@ class CertificatePlan:
     server_secret: str = DEFAULT_SERVER_SECRET
     client_secret: str = DEFAULT_CLIENT_SECRET
     ca_secret: str = DEFAULT_CA_SECRET
-    client_name: str = DEFAULT_CLIENT_NAME  # the gateways' certificate's common name
+    client_name: str = DEFAULT_CLIENT_NAME  # the gateways' certificates' common name
+    gateway_groups: tuple[str, ...] = (DEFAULT_GROUP,)  # a gateway certificate for each
     days: int = DEFAULT_DAYS
     ca_days: int = DEFAULT_CA_DAYS
     renew_before_days: int = DEFAULT_RENEW_BEFORE_DAYS
@@ -89,9 +98,24 @@ class CertificatePlan:
             raise ValueError(
                 f"--renew-before {self.renew_before_days} must be shorter than --ca-days {self.ca_days}"
             )
-        names = (self.server_secret, self.client_secret, self.ca_secret)
+        if not self.gateway_groups:
+            raise ValueError("--gateway-group: at least one group needs a gateway certificate")
+        for group in self.gateway_groups:
+            if not _GROUP_NAME.fullmatch(group) or len(group) > MAX_GROUP_NAME:
+                raise ValueError(
+                    f"--gateway-group {group!r} is not a gateway group's name (a DNS label: "
+                    f"lower-case letters, digits and '-', at most {MAX_GROUP_NAME})"
+                )
+        if len(set(self.gateway_groups)) != len(self.gateway_groups):
+            raise ValueError("--gateway-group: each group once")
+        names = (self.server_secret, self.ca_secret, *(self.gateway_secret(g) for g in self.gateway_groups))
         if len(set(names)) != len(names):
             raise ValueError("the CA, server and client Secrets need three different names")
+
+    def gateway_secret(self, group: str) -> str:
+        """The Secret of a group's gateway certificate: the client Secret, suffixed but for the
+        default group."""
+        return self.client_secret if group == DEFAULT_GROUP else f"{self.client_secret}-{group}"
 
     @property
     def renew_before(self) -> datetime.timedelta:
@@ -352,7 +376,7 @@ async def _write(
 async def keep_certificates(
     api: KubeApi, plan: CertificatePlan, now: datetime.datetime | None = None
 ) -> list[Written]:
-    """Bring the CA, server and client Secrets to valid certificates; what was written, in order."""
+    """Bring the CA, server and gateway Secrets to valid certificates; what was written, in order."""
     now = now or datetime.datetime.now(datetime.UTC)
     written: list[Written] = []
     ca_secret = await api.get(SECRETS, plan.namespace, plan.ca_secret)
@@ -371,10 +395,13 @@ async def keep_certificates(
         await _write(api, plan, plan.ca_secret, ca_secret, files)
         written.append(Written(plan.ca_secret, why))
     bundle = ca.certificate + (previous_ca or b"")
-    leaves = (
+    leaves = [
         (plan.server_secret, plan.dns_names[0], plan.dns_names, True),
-        (plan.client_secret, plan.client_name, (), False),
-    )
+        *(
+            (plan.gateway_secret(group), plan.client_name, (default_client_name(group),), False)
+            for group in plan.gateway_groups
+        ),
+    ]
     for name, common_name, dns_names, server in leaves:
         secret = await api.get(SECRETS, plan.namespace, name)
         problem = leaf_problem(secret, ca, now, plan, dns_names)

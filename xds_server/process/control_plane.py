@@ -304,7 +304,7 @@ class ControlPlane:
     def _log_publish(self, result: BuildResult, took: float) -> None:
         snapshot = result.snapshot
         log.info(
-            "published snapshot %s to gateway group %s: %d sites, %d clusters (built in %.1f ms; %d added, %d changed, %d removed)",
+            "published snapshot %s: gateway group %s, %d sites, %d clusters (built in %.1f ms; %d added, %d changed, %d removed)",
             snapshot.version,
             snapshot.group,
             result.served,
