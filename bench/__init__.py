@@ -14,6 +14,7 @@ SCENARIOS = (
     "envoy-files",
     "cold",
     "share",
+    "groups",
     "fanout",
     "memory",
     "burst",

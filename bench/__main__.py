@@ -4,9 +4,10 @@
 
 `--sizes` sets the number of sites for the end-to-end scenarios (change, load, nginx,
 envoy-files); the others use the sizes their targets are set at (cold: 10,000 and 50,000;
-share: 10,000; fanout: 500 streams; memory: 10,000 sites and 100 streams, Envoy at 20,000;
-burst: 1,000 changes), and `--quick` shrinks everything (200 sites, few repetitions) so the
-whole run takes well under a minute.
+share: 10,000; groups: 10 gateway groups of 1,000 sites; fanout: 500 streams; memory: 10,000
+sites and 100 streams, Envoy at 20,000; burst: 1,000 changes), and `--quick` shrinks
+everything (200 sites, groups of 50, few repetitions) so the whole run takes well under a
+minute.
 
 Exit status: 0 when every selected scenario ran (measured, or not measured for a stated
 reason such as nginx not installed), 1 when one failed, 2 for bad
@@ -93,6 +94,8 @@ def plan(selected: Sequence[str], sizes: Sequence[int], quick: bool) -> list[dic
         tasks.append({"kind": "cold", "sizes": [1000] if quick else [10_000, 50_000]})
     if "share" in selected:
         tasks.append({"kind": "share", "size": 1000 if quick else 10_000})
+    if "groups" in selected:
+        tasks.append({"kind": "groups", "size": 500 if quick else 10_000})
     for kind in ("fanout", "memory", "burst"):
         if kind in selected:
             tasks.append({"kind": kind})

@@ -48,6 +48,10 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         from .inprocess import run_share
 
         return run_share(size, quick)
+    if kind == "groups":
+        from .groups import run_groups
+
+        return run_groups(quick)
     if kind == "fanout":
         from .inprocess import run_fanout
 

@@ -112,8 +112,8 @@ def site_name(i: int) -> str:
     return f"site-{i:05d}"
 
 
-def site_domain(i: int) -> str:
-    return f"site-{i:05d}.bench.test"
+def site_domain(i: int, namespace: str = NAMESPACE) -> str:
+    return f"site-{i:05d}.{namespace}.test"
 
 
 def service_name(i: int) -> str:
@@ -130,16 +130,21 @@ def manifest(i: int, port: int) -> str:
     )
 
 
-def site_object(i: int, port: int) -> StaticSite:
+def site_object(i: int, port: int, namespace: str = NAMESPACE, group: str | None = None) -> StaticSite:
+    """Site `i` of `namespace` (its domain below `<namespace>.test`), in gateway `group` if one
+    is named."""
+    spec: dict[str, Any] = {
+        "domain": site_domain(i, namespace),
+        "backend": {"serviceName": service_name(i), "servicePort": port},
+    }
+    if group is not None:
+        spec["gatewayGroup"] = group
     return parse_site(
         {
             "apiVersion": API_VERSION,
             "kind": "StaticSite",
-            "metadata": {"name": site_name(i), "namespace": NAMESPACE},
-            "spec": {
-                "domain": site_domain(i),
-                "backend": {"serviceName": service_name(i), "servicePort": port},
-            },
+            "metadata": {"name": site_name(i), "namespace": namespace},
+            "spec": spec,
         },
         f"site {i}",
     )

@@ -193,6 +193,8 @@ def build_rows(results: Results, selected: Sequence[str], sizes: Sequence[int]) 
         rows.extend(_cold_rows(results))
     if "share" in selected:
         rows.extend(_share_rows(results))
+    if "groups" in selected:
+        rows.extend(_groups_rows(results))
     if "fanout" in selected:
         rows.extend(_fanout_rows(results))
     if "memory" in selected:
@@ -369,6 +371,96 @@ def _share_rows(results: Results) -> list[Row]:
     return rows
 
 
+def _times(own: dict[str, Any], one: dict[str, Any] | None, key: str) -> str:
+    """How many times the one-group figure is the own group's (medians)."""
+    if one is None or not own[key].get("n") or not one[key].get("n") or own[key]["median"] <= 0:
+        return "-"
+    return f"one group/own {one[key]['median'] / own[key]['median']:.1f}x"
+
+
+def _groups_rows(results: Results) -> list[Row]:
+    figs = results.figures("groups", "groups")
+    if not figs:
+        why = results.why("groups")
+        return [
+            _missing("one-site change in 1 group: builds in other groups", "groups", "-", why, "0"),
+            _missing("one-site change in 1 group: bytes to other groups' Envoys", "groups", "-", why, "0"),
+        ]
+    rows = []
+    for fig in figs:
+        one = next((f for f in results.figures("groups", "groups-one") if f["size"] == fig["size"]), None)
+        where = f"1 of {fig['groups']} groups"
+        size = f"{fig['groups']} x {fig['sites_per_group']:,}"
+        builds = Row(
+            f"one-site change in {where}: builds in other groups",
+            "groups",
+            size,
+            f"{fig['other_builds']} in {fig['changes']} changes",
+            "0",
+            data=fig,
+        )
+        builds.verdict, builds.met = verdict([Check("builds", fig["other_builds"], 0, "")], True)
+        sent = Row(
+            f"one-site change in {where}: bytes to other groups' Envoys",
+            "groups",
+            size,
+            f"{fmt_bytes(fig['other_bytes'])} ({fig['other_responses']} responses) in {fig['changes']} changes",
+            "0",
+        )
+        sent.verdict, sent.met = verdict([Check("bytes", fig["other_bytes"], 0, "B")], True)
+        own_bytes = fig["own_bytes"]
+        rows += [
+            builds,
+            sent,
+            Row(
+                f"own group's build ({fig['sites_per_group']:,} sites)",
+                "groups",
+                size,
+                stats_cell(fig["build_ms"]),
+                ratio=_times(fig, one, "build_ms"),
+            ),
+            Row(
+                f"bytes to own group's Envoy ({fig['protocol']}, median)",
+                "groups",
+                size,
+                fmt_bytes(own_bytes),
+                ratio=f"one group/own {one['own_bytes'] / own_bytes:.1f}x" if one and own_bytes else "-",
+            ),
+            Row(
+                "apply -> first response to own group's Envoy",
+                "groups",
+                size,
+                stats_cell(fig["first_response_ms"]),
+                ratio=_times(fig, one, "first_response_ms"),
+            ),
+            Row("apply() of the change", "groups", size, stats_cell(fig["apply_ms"])),
+        ]
+        if one is not None:
+            rows += [
+                Row(
+                    f"same change, all {one['size']:,} sites in one group: build",
+                    "groups",
+                    f"1 x {one['sites_per_group']:,}",
+                    stats_cell(one["build_ms"]),
+                    data=one,
+                ),
+                Row(
+                    f"same change, one group: bytes to each Envoy / to all {one['envoys']} ({one['protocol']})",
+                    "groups",
+                    f"1 x {one['sites_per_group']:,}",
+                    f"{fmt_bytes(one['own_bytes'])} / {fmt_bytes(one['all_bytes'])}"
+                    f" (split: {fmt_bytes(fig['all_bytes'])} in all)",
+                ),
+                Row(
+                    "same change, one group: apply -> first response to its Envoy",
+                    "groups",
+                    f"1 x {one['sites_per_group']:,}",
+                    stats_cell(one["first_response_ms"]),
+                ),
+            ]
+    return rows
+
+
 def _fanout_rows(results: Results) -> list[Row]:
     target = f"<= {FANOUT_MAX:,.0f} ms (at {FANOUT_AT} streams)"
     figs = results.figures("fanout", "fanout")
@@ -475,6 +567,7 @@ SOURCES = {
     "envoy-files": ("envoy-files", ("change", "load")),
     "cold": ("cold", ("cold",)),
     "share": ("share", ("share", "share-bytes")),
+    "groups": ("groups", ("groups", "groups-one")),
     "fanout": ("fanout", ("fanout", "fanout-stuck")),
     "memory": ("memory", ("memory-plane", "memory-envoy")),
     "burst": ("burst", ("burst",)),

@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.envoy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("change", "load", "nginx", "envoy-files", "cold", "share", "fanout", "memory", "burst")
+SCENARIOS = ("change", "load", "nginx", "envoy-files", "cold", "share", "groups", "fanout", "memory", "burst")
 TABLE_HEADER = ("figure", "size", "ours", "target", "nginx", "envoy-files", "ratio", "verdict")
 
 
@@ -36,19 +36,27 @@ def _numbers(value: Any) -> bool:
     return False
 
 
-@pytest.mark.timeout(320)
-def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def _quick_bench(out: Path, timeout: float, *only: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench --quick` (only the scenarios named, if any), writing its JSON to `out`;
+    it must exit 0."""
+    selection = ["--only", ",".join(only)] if only else []
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--quick", *selection, "--json", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr (end):\n{done.stderr[-6000:]}"
+    return done
+
+
+@pytest.mark.timeout(320)
+def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = _quick_bench(out, 300)
 
     lines = done.stdout.splitlines()
     headers = [line for line in lines if [c.strip() for c in line.split("|")] == list(TABLE_HEADER)]
@@ -72,3 +80,19 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
     for row in rows:
         assert row["verdict"], row
         assert row["figure"] in done.stdout
+
+
+@pytest.mark.timeout(150)
+def test_quick_groups_keep_a_change_within_its_gateway_group(tmp_path: Path) -> None:
+    """10 gateway groups of 50 sites, one ADS client each: a one-site change is built in its
+    own group only and sent to its own group's Envoy only; the one-group contrast sends it to all."""
+    out = tmp_path / "bench.json"
+    _quick_bench(out, 140, "groups")
+    figures = {f["figure"]: f for f in json.loads(out.read_text())["scenarios"]["groups"]["figures"]}
+    split, one = figures["groups"], figures["groups-one"]
+    assert split["built_groups"] == [[group] for group in split["changed_groups"]]
+    assert split["other_bytes_per_change"] == [0] * split["changes"]
+    assert split["other_responses"] == 0
+    assert all(n > 0 for n in split["own_bytes_per_change"])
+    assert split["first_response_ms"]["n"] == split["changes"]
+    assert all(n > 0 for n in one["other_bytes_per_change"])
