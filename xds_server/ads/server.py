@@ -186,17 +186,26 @@ class AdsServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                # Two control planes on one port would split the gateways between them:
+                # the second must fail to listen.
+                ("grpc.so_reuseport", 0),
             ]
         )
         server.add_generic_rpc_handlers([self.rpc_handler()])
         for add_service in services:
             add_service(server)
-        if credentials is None:
-            port = int(server.add_insecure_port(address))
-        else:
-            port = int(server.add_secure_port(address, credentials))
+        try:
+            if credentials is None:
+                port = int(server.add_insecure_port(address))
+            else:
+                port = int(server.add_secure_port(address, credentials))
+        except RuntimeError:  # grpc's word for a failed bind
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(
+                f"--xds-address {address}: cannot listen there (another process listens on that "
+                "port, or the address is not this machine's)"
+            )
         await server.start()
         self._server = server
         return port

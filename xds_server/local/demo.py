@@ -174,8 +174,11 @@ def _key_usage(*, key_cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port`. Connections of an earlier run that linger
+    in TIME-WAIT do not count: the servers themselves bind with SO_REUSEADDR too."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -222,7 +225,7 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_
         if same:
             print(f"staticsite-xds demo: {flag} and {same[0]} are both {port}; give each its own port")
             return 2
-    taken = [f"{flag} {p}" for flag, p in flags if not _port_free(p)]
+    taken = [f"{flag} {p}" for flag, p in flags if not port_free(p)]
     if taken:
         print(f"staticsite-xds demo: port already in use: {', '.join(taken)}; choose another with that flag")
         return 2
