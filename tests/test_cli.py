@@ -29,8 +29,9 @@ def test_validate_valid_files_and_folders(root: Path) -> None:
         proc = run_cli("validate", *args)
         no_traceback(proc)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert proc.stdout == ""
-    assert "2 sites, all valid" in run_cli("validate", root).stderr
+        assert proc.stderr == ""
+    assert run_cli("validate", root).stdout == "2 sites, all valid\n"
+    assert run_cli("validate", a).stdout == "1 site, all valid\n"
 
 
 def test_validate_reports_one_line_per_problem(root: Path) -> None:

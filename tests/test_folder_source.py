@@ -76,7 +76,11 @@ def test_non_static_site_documents_are_ignored(root: Path) -> None:
     write(root / "empty.yaml", "")
     sites = FolderSource(root).load()
     assert domains(sites) == {"a": "a.example.com"}
-    assert sites.problems == ()
+    # Documents of another kind are skipped; a document that is no manifest at all is a problem.
+    assert [(p.origin.rsplit("/", 1)[-1], p.message.split(":")[0]) for p in sites.problems] == [
+        ("mixed.yaml document 3", "is not a manifest"),
+        ("mixed.yaml document 5", "is not a manifest"),
+    ]
 
 
 def test_hidden_files_and_folders_and_other_names_are_skipped(root: Path) -> None:

@@ -79,3 +79,44 @@ def test_without_groups_render_shows_one_snapshot_as_before(
     shown = json.loads(capsys.readouterr().out)
     assert "groups" not in shown
     assert domains(shown) == {"a.example.com"}
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        (
+            manifest("a", "a.example.com", "web", 80).replace("kind: StaticSite", "kind: Staticsite"),
+            "kind",
+            "'StaticSite'",
+        ),
+        (
+            manifest("a", "a.example.com", "web", 80).replace("kind: StaticSite", "kind: StaticSites"),
+            "kind",
+            "'StaticSite'",
+        ),
+        (group("default", "*").replace("kind: GatewayGroup", "kind: gatewaygroup"), "kind", "'GatewayGroup'"),
+        (
+            manifest("a", "a.example.com", "web", 80).replace("kind: StaticSite", "kind: Site"),
+            "kind",
+            "has the kinds",
+        ),
+        ("just some words, not YAML of ours\n", "", "is not a manifest"),
+    ],
+)
+def test_a_mistaken_kind_or_a_plain_file_is_a_problem_of_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, field: str, words: str
+) -> None:
+    path = write(tmp_path / "x.yaml", text)
+    assert validate([path]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{path}: {field + ': ' if field else ''}")
+    assert words in lines[0]
+
+
+def test_a_document_of_another_kind_is_still_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n")
+    write(tmp_path / "a.yaml", manifest("a", "a.example.com", "web", 80))
+    assert validate([tmp_path]) == 0

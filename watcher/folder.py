@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import os
 import stat
@@ -43,6 +44,8 @@ import yaml
 
 from snapshot.certificates import with_certificate
 from snapshot.model import (
+    GROUP,
+    KIND,
     InvalidSite,
     Problem,
     SiteKey,
@@ -51,8 +54,10 @@ from snapshot.model import (
     is_static_site,
     parse_site,
     site_key_of,
+    type_name,
 )
 from snapshot.tenancy import (
+    GATEWAY_GROUP_KIND,
     OPEN,
     GatewayGroup,
     InvalidGatewayGroup,
@@ -342,6 +347,11 @@ class FolderSource:
                 self._read_tenancy(doc, origin, state.tenancy, old.tenancy if old is not None else None)
                 continue
             if not isinstance(doc, dict) or not is_static_site(doc):
+                wrong_kind = _kind_problem(doc, origin)
+                if wrong_kind is not None:
+                    state.problems.append(wrong_kind)
+                    log.error("%s", wrong_kind)
+                    continue
                 kind = doc.get("kind") if isinstance(doc, dict) else None
                 log.info("%s: kind %s is not a %s; ignored", origin, describe(kind), "StaticSite")
                 continue
@@ -684,3 +694,33 @@ def _keys(sites: Iterable[SiteKey]) -> str:
 
 def _kept(sites: Mapping[SiteKey, StaticSite]) -> str:
     return f" (keeping the last good version of {_keys(sites)})" if sites else ""
+
+
+_OUR_KINDS = (KIND, GATEWAY_GROUP_KIND)
+
+
+def _kind_problem(doc: object, origin: str) -> Problem | None:
+    """Why a document that is none of ours is still a mistake: it is no mapping at all (plain
+    text), or it names our API group or a near miss of one of our kinds (`Staticsite`).
+    A document of another kind altogether (a ConfigMap) is not: it is skipped."""
+    if not isinstance(doc, dict):
+        return Problem(
+            origin,
+            "",
+            f"is not a manifest: expected a mapping with apiVersion and kind, got {type_name(doc)}",
+        )
+    kind = doc.get("kind")
+    api_version = doc.get("apiVersion")
+    ours = isinstance(api_version, str) and api_version.startswith(f"{GROUP}/")
+    if isinstance(kind, str):
+        close = difflib.get_close_matches(kind, _OUR_KINDS, n=1, cutoff=0.75)
+        folded = [k for k in _OUR_KINDS if k.lower() == kind.lower()]
+        meant = folded or close
+        if meant:
+            return Problem(
+                origin, "kind", f"must be {meant[0]!r} (kinds are case-sensitive), got {describe(kind)}"
+            )
+    if ours:
+        listed = ", ".join(repr(k) for k in _OUR_KINDS)
+        return Problem(origin, "kind", f"{api_version} has the kinds {listed}, got {describe(kind)}")
+    return None

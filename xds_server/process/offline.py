@@ -8,9 +8,11 @@ there is one, else 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from snapshot.builder import BuildOptions, SnapshotBuilder
@@ -42,7 +44,8 @@ def render(folder: Path, options: BuildOptions) -> int:
 
     With gateway groups declared in the folder, each group's resources, by group.
     """
-    sites = FolderSource(folder).load()
+    with _quiet_sources():  # what they would log is what this command prints
+        sites = FolderSource(folder).load()
     snapshots, states = build(sites, options)
     if sites.tenancy.enforced:
         shown: object = {"groups": {name: snapshot.to_json() for name, snapshot in snapshots.items()}}
@@ -58,14 +61,28 @@ def render(folder: Path, options: BuildOptions) -> int:
 
 def validate(paths: Iterable[Path]) -> int:
     """Check manifests (files or folders); a TLS Secret is known by its name alone."""
-    sites = read_manifests(paths, secrets=SecretNames())  # Secrets are read in the cluster
+    with _quiet_sources():  # what they would log is what this command prints
+        sites = read_manifests(paths, secrets=SecretNames())  # Secrets are read in the cluster
     _, states = build(sites, BuildOptions())
     lines = problem_lines(sites, states)
     for line in lines:
         print(line)
     if not lines:
-        print(f"{len(sites.sites)} sites, all valid", file=sys.stderr)
+        count = len(sites.sites)
+        print(f"{count} {'site' if count == 1 else 'sites'}, all valid")
     return 1 if lines else 0
+
+
+@contextlib.contextmanager
+def _quiet_sources() -> Iterator[None]:
+    """The sources' own log lines left out: each problem is printed once, by the command."""
+    logger = logging.getLogger("staticsite_xds.watcher")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def problem_lines(sites: SiteSet, states: Mapping[SiteKey, SiteState]) -> list[str]:
