@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,8 +18,9 @@ from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
 from watcher.siteset import DEFAULT_MAX_SITES
 
-from .operations import issuer
+from .operations import issuer, log_format
 from .operations.inspection import DEFAULT_TIMEOUT
+from .operations.log_format import FORMATS, LEVELS
 from .operations.tls import ServingCertificate
 from .process.control_plane import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY
 
@@ -32,7 +34,18 @@ def _parser() -> argparse.ArgumentParser:
         prog="staticsite-xds",
         description=f"An Envoy xDS control plane for static websites ({API_VERSION} StaticSite).",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    logs = argparse.ArgumentParser(add_help=False)  # accepted before or after the command
+    for top, given in ((parser, "info"), (logs, argparse.SUPPRESS)):
+        top.add_argument(
+            "--log-level", default=given, choices=LEVELS, help="what the log shows (default info)"
+        )
+        top.add_argument(
+            "--log-format",
+            default="text" if given == "info" else given,
+            choices=FORMATS,
+            help="text lines, or one JSON object a line (default text)",
+        )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def build_flags(p: argparse.ArgumentParser) -> None:
@@ -68,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     serve = sub.add_parser(
-        "serve", help="watch StaticSites (a folder of manifests, or Kubernetes) and serve them over ADS"
+        "serve",
+        parents=[logs],
+        help="watch StaticSites (a folder of manifests, or Kubernetes) and serve them over ADS",
     )
     source = serve.add_mutually_exclusive_group(required=True)
     source.add_argument("--sites", type=Path, help="folder of StaticSite YAML manifests")
@@ -171,15 +186,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     build_flags(serve)
 
-    render = sub.add_parser("render", help="print the Envoy resources a folder of sites produces, as JSON")
+    render = sub.add_parser(
+        "render", parents=[logs], help="print the Envoy resources a folder of sites produces, as JSON"
+    )
     render.add_argument("sites", type=Path)
     build_flags(render)
 
-    validate = sub.add_parser("validate", help="check StaticSite manifests; exit non-zero on any problem")
+    validate = sub.add_parser(
+        "validate", parents=[logs], help="check StaticSite manifests; exit non-zero on any problem"
+    )
     validate.add_argument("paths", nargs="+", type=Path, metavar="PATH")
 
     status = sub.add_parser(
-        "status", help="list the Envoys connected to a running control plane and what each has ACKed"
+        "status",
+        parents=[logs],
+        help="list the Envoys connected to a running control plane and what each has ACKed",
     )
     status.add_argument(
         "--xds-address",
@@ -209,6 +230,7 @@ def _parser() -> argparse.ArgumentParser:
 
     certificates = sub.add_parser(
         "certificates",
+        parents=[logs],
         help="make (or renew) the xDS port's CA, server and client certificates as Kubernetes Secrets",
         description="Keep a CA, a server certificate for the control plane's Service and a client "
         "certificate for the gateways in Secrets of type kubernetes.io/tls (tls.crt, tls.key, "
@@ -278,7 +300,9 @@ def _parser() -> argparse.ArgumentParser:
             flag, type=_at_least_one, default=default, metavar="DAYS", help=f"{what} (%(default)d)"
         )
 
-    demo = sub.add_parser("demo", help="run the control plane, a real Envoy and sample backends locally")
+    demo = sub.add_parser(
+        "demo", parents=[logs], help="run the control plane, a real Envoy and sample backends locally"
+    )
     demo.add_argument(
         "--sites", type=Path, default=Path("demo-sites"), help="sites folder (seeded if missing)"
     )
@@ -289,16 +313,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("staticsite-xds")
+    except importlib.metadata.PackageNotFoundError:  # a bare checkout, not installed
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    if args.log_level != "debug":  # kopf narrates every event at INFO
-        logging.getLogger("kopf").setLevel(logging.WARNING)
+    log_format.configure(args.log_level, args.log_format)
     if args.command in ("serve", "render"):
         try:
             _options(args)
