@@ -93,8 +93,11 @@ def test_validate_reports_the_same_site_in_two_files(root: Path) -> None:
 def test_validate_reports_a_missing_path(tmp_path: Path) -> None:
     proc = run_cli("validate", tmp_path / "missing.yaml")
     no_traceback(proc)
-    assert proc.returncode != 0
-    assert proc.stdout.splitlines() == [f"{tmp_path / 'missing.yaml'}: no such file"]
+    assert proc.returncode == 2  # a usage error, as for render
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"staticsite-xds: {tmp_path / 'missing.yaml'}: no such file or folder"
+    ]
 
 
 def test_validate_needs_a_path() -> None:

@@ -480,6 +480,11 @@ def _render(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from .process.offline import validate
 
+    missing = [path for path in args.paths if not path.exists()]
+    if missing:  # a path given on the command line: a usage error, as for render
+        for path in missing:
+            print(f"staticsite-xds: {path}: no such file or folder", file=sys.stderr)
+        return 2
     return validate(args.paths)
 
 
