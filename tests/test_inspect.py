@@ -119,6 +119,8 @@ def test_the_table_shows_one_line_per_envoy() -> None:
         format_table({"snapshot": None, "envoys": []})
         == "no snapshot published yet\n0 Envoys connected, 0 behind\n"
     )
+    one = format_table({**data, "envoys": data["envoys"][:1]}, now=now).splitlines()
+    assert one[1] == "1 Envoy connected, 0 behind"
 
 
 # -- in process --------------------------------------------------------------------------------

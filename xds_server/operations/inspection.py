@@ -308,7 +308,9 @@ def format_table(data: Mapping[str, Any], now: float | None = None) -> str:
     else:
         lines.append(_snapshot_line(snapshot))
     behind_count = sum(1 for e in envoys if e["behind"])
-    lines.append(f"{len(envoys)} Envoys connected, {behind_count} behind")
+    lines.append(
+        f"{len(envoys)} {'Envoy' if len(envoys) == 1 else 'Envoys'} connected, {behind_count} behind"
+    )
     if not envoys:
         return "\n".join(lines) + "\n"
     header = ("NODE ID", "GATEWAY GROUP", "VARIANT", "ACKED", "BEHIND", "LAST NACK")
