@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import signal
 import socket
@@ -10,6 +11,8 @@ import ssl
 import stat
 import subprocess
 import sys
+import tempfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from support.processes import free_port, http_get, run_cli, try_get
 from support.waiting import wait_until
 
 from watcher.folder import read_manifests
-from xds_server.local.demo import EXAMPLE_SITES, banner, seed, write_certificates
+from xds_server.local.demo import EXAMPLE_SITES, DemoPorts, banner, seed, write_certificates
 from xds_server.local.demo import manifest as demo_manifest
 
 pytestmark = pytest.mark.envoy
@@ -80,7 +83,7 @@ def test_banner_prints_only_what_the_sites_show(tmp_path: Path) -> None:
     old.mkdir()
     for filename, fields in EXAMPLE_SITES.items():
         (old / filename).write_text(demo_manifest(*fields))
-    text = banner(old, read_manifests([old]).sites.values(), 1, 2, 3, 4)
+    text = banner(old, read_manifests([old]).sites.values(), DemoPorts(1, 2, 3, 4, 5), Path("envoy.log"))
     assert "curl -H 'Host: kb.example.test' http://127.0.0.1:2/\n" in text
     assert "--compressed" in text
     for absent in ("--cacert", "--insecure", "--resolve", "/api/", "redirectFrom", "-I"):
@@ -90,10 +93,10 @@ def test_banner_prints_only_what_the_sites_show(tmp_path: Path) -> None:
     new = tmp_path / "new"
     seed(new)
     write_certificates(tmp_path / "other", "other", ["other.example.test"])
-    text = banner(new, read_manifests([new]).sites.values(), 1, 2, 3, 4)
+    text = banner(new, read_manifests([new]).sites.values(), DemoPorts(1, 2, 3, 4, 5), Path("envoy.log"))
     assert f"curl --cacert {new / 'certs' / 'ca.pem'} --resolve secure.example.test:3:127.0.0.1" in text
     (new / "certs" / "ca.pem").write_bytes((tmp_path / "other" / "ca.pem").read_bytes())
-    text = banner(new, read_manifests([new]).sites.values(), 1, 2, 3, 4)
+    text = banner(new, read_manifests([new]).sites.values(), DemoPorts(1, 2, 3, 4, 5), Path("envoy.log"))
     assert "--cacert" not in text
     assert "curl --insecure --resolve secure.example.test:3:127.0.0.1 https://secure.example.test:3/" in text
 
@@ -101,6 +104,11 @@ def test_banner_prints_only_what_the_sites_show(tmp_path: Path) -> None:
 def test_demo_serves_the_example_sites_and_new_ones(tmp_path: Path) -> None:
     sites = tmp_path / "demo-sites"
     xds_port, http_port, https_port, admin_port = free_port(), free_port(), free_port(), free_port()
+    metrics_port = free_port()
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    (work_dir / "envoy.log").write_text("the log of an earlier run\n")
+    temporary = set(Path(tempfile.gettempdir()).iterdir())
     out = tmp_path / "demo.out"
     with out.open("wb") as sink:
         demo = subprocess.Popen(
@@ -119,6 +127,10 @@ def test_demo_serves_the_example_sites_and_new_ones(tmp_path: Path) -> None:
                 str(https_port),
                 "--admin-port",
                 str(admin_port),
+                "--metrics-port",
+                str(metrics_port),
+                "--work-dir",
+                str(work_dir),
             ],
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -185,11 +197,49 @@ def test_demo_serves_the_example_sites_and_new_ones(tmp_path: Path) -> None:
             what="the new site",
         )
         assert response.backend == "blog-svc"
+
+        # What operators look at: the banner names it, and it answers.
+        envoy_log = work_dir.resolve() / "envoy.log"
+        assert f"Envoy's log          {envoy_log}\n" in text
+        assert "earlier run" not in envoy_log.read_text()
+        assert f"http://127.0.0.1:{metrics_port}/metrics" in text
+        assert f"staticsite-xds status --xds-address 127.0.0.1:{xds_port} --sites\n" in text
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+        assert b"staticsite_xds_snapshot_generation" in metrics
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5)
+        assert ready.status == 200
+
+        # A broken site: `status` names it, its phase, reason and message.
+        (sites / "broken.yaml").write_text(
+            manifest("broken", "docs.example.test", "other-svc", blog_port, "web")
+        )
+        status = wait_until(
+            lambda: (
+                (r := run_cli("status", "--xds-address", f"127.0.0.1:{xds_port}"))
+                and "web/broken" in r.stdout
+                and r
+            ),
+            what="the conflicting site in status",
+        )
+        assert status.returncode == 0, status.stderr
+        assert "1 Envoy connected, 0 behind" in status.stdout
+        (row,) = [line for line in status.stdout.splitlines() if line.startswith("web/broken")]
+        assert row.split()[1:5] == ["docs.example.test", "default", "Conflict", "DomainConflict"], row
+        rows = [line.split()[0] for line in status.stdout.split("SITE", 1)[1].splitlines()[1:] if line]
+        assert rows == ["web/broken"], "Provisioned sites are listed only with --sites"
+        every = run_cli("status", "--xds-address", f"127.0.0.1:{xds_port}", "--sites", "--json")
+        listed = {
+            (s["namespace"], s["name"]): s["phase"] for s in json.loads(every.stdout)["sites"]["listed"]
+        }
+        assert listed[("docs", "docs-main")] == "Provisioned"
+        assert listed[("web", "broken")] == "Conflict"
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(15)
     assert code == 0, out.read_text()
     assert "demo stopped" in out.read_text()
+    left = {p for p in set(Path(tempfile.gettempdir()).iterdir()) - temporary if "staticsite" in p.name}
+    assert not left, f"the demo left temporary folders behind: {left}"
 
 
 def test_demo_refuses_ports_given_twice(tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ from support.sites import SITE_A, SITE_B, site_set
 from support.waiting import eventually, wait_until
 
 from snapshot.builder import BuildOptions
+from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from snapshot.verdict import Phase, SiteState
 from watcher.siteset import SiteSet
 from xds_server import cli
 from xds_server.ads.server import ADS_SERVICE
@@ -34,7 +36,15 @@ from xds_server.local.ads_client import DeltaClient, SotwClient
 from xds_server.local.control_plane import ControlPlaneProcess
 from xds_server.local.gateway import LocalEnvoy
 from xds_server.operations.health import GrpcHealth, HealthServer
-from xds_server.operations.inspection import LIST_ENVOYS, Inspection, behind, format_table, report
+from xds_server.operations.inspection import (
+    LIST_ENVOYS,
+    Inspection,
+    behind,
+    format_sites,
+    format_table,
+    report,
+    sites_report,
+)
 from xds_server.operations.metrics import Metrics
 from xds_server.process.control_plane import ControlPlane
 from xds_server.process.observer import ObserverFuncs
@@ -67,6 +77,40 @@ def test_behind_compares_each_subscribed_type_with_the_current_snapshot() -> Non
     assert not behind(info, snapshot)
     newer = plane.apply(site_set(SITE_A, SITE_B))
     assert behind(info, newer)
+
+
+@pytest.mark.unit
+def test_the_sites_report_counts_every_phase_and_lists_those_not_served() -> None:
+    bad = SiteKey("web", "broken")
+    states = {
+        SITE_A.key: SiteState(SITE_A.key, Phase.PROVISIONED, "Accepted", "served"),
+        SITE_B.key: SiteState(
+            SITE_B.key, Phase.CONFLICT, "DomainConflict", "domain b.example.test\nis taken"
+        ),
+        bad: SiteState(bad, Phase.INVALID, "InvalidSpec", "web/broken.yaml: spec.domain: is not a DNS name"),
+    }
+    sites = site_set(SITE_A, SITE_B, invalid=[bad])
+    some = sites_report(sites, states)
+    assert some["total"] == 3
+    assert some["phases"] == {"Conflict": 1, "Invalid": 1, "Provisioned": 1}
+    assert [(s["namespace"], s["name"], s["phase"]) for s in some["listed"]] == [
+        ("default", "b", "Conflict"),
+        ("web", "broken", "Invalid"),
+    ]
+    assert some["listed"][0]["domain"] == "b.example.test"
+    assert some["listed"][0]["gateway_group"] == "default"
+    assert some["listed"][1]["domain"] is None  # an invalid declaration has no domain we trust
+    every = sites_report(sites, states, all_sites=True)
+    assert [s["name"] for s in every["listed"]] == ["a", "b", "broken"]
+
+    text = format_sites(some)
+    lines = text.splitlines()
+    assert lines[0] == "3 sites: 1 Conflict, 1 Invalid, 1 Provisioned"
+    assert lines[2].split() == ["SITE", "DOMAIN", "GATEWAY", "GROUP", "PHASE", "REASON", "MESSAGE"]
+    assert lines[3].split()[:5] == ["default/b", "b.example.test", "default", "Conflict", "DomainConflict"]
+    assert lines[3].endswith("domain b.example.test is taken")  # one line, whatever the message
+    assert lines[4].startswith("web/broken ")
+    assert format_sites({"total": 1, "phases": {"Provisioned": 1}, "listed": []}) == "1 site: 1 Provisioned\n"
 
 
 @pytest.mark.unit
@@ -148,7 +192,7 @@ async def inspected() -> AsyncIterator[Inspected]:
         observers=[metrics, ObserverFuncs(on_published=lambda *_: health.published())],
     )
     metrics.export(plane)
-    inspection = Inspection(lambda: report(plane))
+    inspection = Inspection(lambda _asked: report(plane))
     port = await plane.server.start("127.0.0.1:0", services=[health.register, inspection.register])
     http = HealthServer(lambda: plane.ready, registry, inspect=lambda: report(plane))
     http_port = await http.start("127.0.0.1:0")

@@ -116,9 +116,9 @@ def test_the_installed_wheel_serves_the_demo_from_any_folder(tmp_path: Path) -> 
         assert shipped.is_relative_to(tmp_path / "venv"), where.stdout
         assert shipped.is_file(), where.stdout
 
-    ports = [free_port() for _ in range(4)]
-    xds_port, http_port, https_port, admin_port = ports
-    assert len(set(ports)) == 4, ports
+    ports = [free_port() for _ in range(5)]
+    xds_port, http_port, https_port, admin_port, metrics_port = ports
+    assert len(set(ports)) == 5, ports
     out = tmp_path / "demo.out"
     with out.open("wb") as sink:
         demo = subprocess.Popen(
@@ -126,6 +126,7 @@ def test_the_installed_wheel_serves_the_demo_from_any_folder(tmp_path: Path) -> 
                 str(command), "demo", "--sites", "sites",
                 "--xds-port", str(xds_port), "--http-port", str(http_port),
                 "--https-port", str(https_port), "--admin-port", str(admin_port),
+                "--metrics-port", str(metrics_port),
             ],
             cwd=elsewhere,
             env=_outside_env(),

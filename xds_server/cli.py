@@ -200,7 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         parents=[logs],
-        help="list the Envoys connected to a running control plane and what each has ACKed",
+        help="list the Envoys connected to a running control plane, what each has ACKed, "
+        "and the sites that are not served",
     )
     status.add_argument(
         "--xds-address",
@@ -209,6 +210,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the control plane's xDS port ({DEFAULT_XDS_ADDRESS})",
     )
     status.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    status.add_argument(
+        "--sites",
+        action="store_true",
+        help="list every site's state, not only those of the sites that are not Provisioned",
+    )
     status.add_argument(
         "--tls-ca",
         type=Path,
@@ -310,6 +316,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-port", type=int, default=8080)
     demo.add_argument("--https-port", type=int, default=8443, help="port of Envoy's HTTPS listener (8443)")
     demo.add_argument("--admin-port", type=int, default=9901)
+    demo.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9102,
+        help="port of /metrics, /healthz, /readyz and /debug/envoys (%(default)s)",
+    )
+    demo.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("demo-run"),
+        help="folder of Envoy's bootstrap and log, replaced on every run (%(default)s)",
+    )
     return parser
 
 
@@ -339,9 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     if args.command == "certificates":
         return _certificates(args)
-    from .local.demo import run_demo
+    from .local.demo import DemoPorts, run_demo
 
-    return run_demo(args.sites, args.xds_port, args.http_port, args.admin_port, args.https_port)
+    ports = DemoPorts(args.xds_port, args.http_port, args.https_port, args.admin_port, args.metrics_port)
+    return run_demo(args.sites, ports, args.work_dir)
 
 
 def _at_least_one(text: str) -> int:
@@ -464,6 +483,7 @@ def _status(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         as_json=args.json,
+        all_sites=args.sites,
         timeout=args.timeout,
     )
 

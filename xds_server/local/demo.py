@@ -15,8 +15,8 @@ import os
 import shlex
 import signal
 import socket
-import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from watcher.siteset import SiteSet
 
 from ..process.control_plane import ControlPlane
 from ..process.observer import ObserverFuncs
+from ..process.serve import OperatorSurfaces
 from .gateway import LocalEnvoy, local_bootstrap
 from .sample_backend import SampleBackend
 
@@ -210,13 +211,33 @@ class _Backends:
             backend.stop()
 
 
-def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_port: int = 8443) -> int:
-    flags = (
-        ("--xds-port", xds_port),
-        ("--http-port", http_port),
-        ("--https-port", https_port),
-        ("--admin-port", admin_port),
-    )
+DEFAULT_WORK_DIR = Path("demo-run")  # Envoy's bootstrap and log, replaced on every run
+DEFAULT_METRICS_PORT = 9102
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPorts:
+    """The ports the demo listens on, all on 127.0.0.1."""
+
+    xds: int = 18000
+    http: int = 8080
+    https: int = 8443
+    admin: int = 9901
+    metrics: int = DEFAULT_METRICS_PORT
+
+    def flags(self) -> tuple[tuple[str, int], ...]:
+        return (
+            ("--xds-port", self.xds),
+            ("--http-port", self.http),
+            ("--https-port", self.https),
+            ("--admin-port", self.admin),
+            ("--metrics-port", self.metrics),
+        )
+
+
+def run_demo(sites: Path, ports: DemoPorts, work_dir: Path = DEFAULT_WORK_DIR) -> int:
+    xds_port, http_port, https_port, admin_port = ports.xds, ports.http, ports.https, ports.admin
+    flags = ports.flags()
     for index, (flag, port) in enumerate(flags):
         if not 1 <= port <= 65535:
             print(f"staticsite-xds demo: {flag} {port}: a port is from 1 to 65535")
@@ -229,9 +250,20 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_
     if taken:
         print(f"staticsite-xds demo: port already in use: {', '.join(taken)}; choose another with that flag")
         return 2
+    if work_dir.exists() and not work_dir.is_dir():
+        print(f"staticsite-xds demo: --work-dir {work_dir}: not a folder")
+        return 2
     if not sites.exists():
         seed(sites)
     sites = sites.resolve()
+    work_dir = work_dir.resolve()
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        for old in (work_dir / "envoy.log", work_dir / "bootstrap.json"):  # this run's, not the last's
+            old.unlink(missing_ok=True)
+    except OSError as exc:
+        print(f"staticsite-xds demo: --work-dir {work_dir}: {exc.strerror or exc}")
+        return 2
     options = BuildOptions(
         http_port=http_port,
         https_port=https_port,
@@ -246,11 +278,16 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_
         states.clear()
         states.update((key, state.phase) for key, state in result.sites.items())
 
+    surfaces = OperatorSurfaces()
     plane = ControlPlane(
-        options, observers=[ObserverFuncs(on_built=note_states, on_published=backends.ensure)]
+        options,
+        observers=[
+            *surfaces.observers(),
+            ObserverFuncs(on_built=note_states, on_published=backends.ensure),
+        ],
     )
-    workdir = Path(tempfile.mkdtemp(prefix="staticsite-xds-demo-"))
-    envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), workdir, log_level="warning")
+    surfaces.expose(plane)
+    envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), work_dir, log_level="warning")
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -258,7 +295,13 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         serving = asyncio.create_task(
-            plane.run(FolderSource(sites).watch(stop), f"127.0.0.1:{xds_port}", stop)
+            plane.run(
+                FolderSource(sites).watch(stop),
+                f"127.0.0.1:{xds_port}",
+                stop,
+                surfaces.companions(stop, f"127.0.0.1:{ports.metrics}"),
+                services=surfaces.services,
+            )
         )
         try:
             await asyncio.to_thread(envoy.start)
@@ -268,7 +311,7 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_
                 await asyncio.sleep(0.05)
             if not serving.done():
                 served = [s for s in plane.sites.sites.values() if states.get(s.key) == Phase.PROVISIONED]
-                print(banner(sites, served, xds_port, http_port, https_port, admin_port), flush=True)
+                print(banner(sites, served, ports, envoy.log_path), flush=True)
             await serving
         finally:
             stop.set()
@@ -280,22 +323,22 @@ def run_demo(sites: Path, xds_port: int, http_port: int, admin_port: int, https_
     return 0
 
 
-def banner(
-    sites: Path,
-    served: Iterable[StaticSite],
-    xds_port: int,
-    http_port: int,
-    https_port: int,
-    admin_port: int,
-) -> str:
+def banner(sites: Path, served: Iterable[StaticSite], ports: DemoPorts, envoy_log: Path) -> str:
     """What the demo prints once Envoy is ready: where things are, and curl lines to try."""
+    http_port, https_port = ports.http, ports.https
     gw = f"http://127.0.0.1:{http_port}"
+    operations = f"http://127.0.0.1:{ports.metrics}"
     lines = [
         "",
         "staticsite-xds demo is running (Ctrl-C stops everything):",
-        f"  control plane (ADS)  127.0.0.1:{xds_port}",
-        f"  Envoy gateway        {gw}   https://127.0.0.1:{https_port}   admin: http://127.0.0.1:{admin_port}",
+        f"  control plane (ADS)  127.0.0.1:{ports.xds}",
+        f"  Envoy gateway        {gw}   https://127.0.0.1:{https_port}   admin: http://127.0.0.1:{ports.admin}",
         f"  sites folder         {sites}",
+        f"  metrics and health   {operations}/metrics   {operations}/readyz   {operations}/debug/envoys",
+        f"  Envoy's log          {envoy_log}",
+        "",
+        "What the gateways hold, and every site's state:",
+        f"  staticsite-xds status --xds-address 127.0.0.1:{ports.xds} --sites",
         "",
         "Try:",
         *_try_lines(sites, served, http_port, https_port),

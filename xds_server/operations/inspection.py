@@ -15,15 +15,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 
+from snapshot.model import SiteKey
 from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_ORDER
 from snapshot.snapshot import DEFAULT_GROUP, Snapshot
+from snapshot.verdict import Phase, SiteState
+from watcher.siteset import SiteSet
 from watcher.status import StatusLog
 
 from ..ads.server import AdsServer
@@ -33,6 +36,7 @@ from .tls import TlsFileError, channel_credentials
 INSPECTION_SERVICE = "staticsite_xds.v1.Inspection"
 LIST_ENVOYS = f"/{INSPECTION_SERVICE}/ListEnvoys"
 DEFAULT_TIMEOUT = 5.0  # seconds the status command waits for an answer
+MAX_REPORT_BYTES = 256 * 1024 * 1024  # every site's state, at some 200 bytes a site, fits
 
 # How the table names the types (by their short names): the xDS service that carries each.
 _SERVICE_NAMES = {
@@ -55,6 +59,11 @@ class PlaneView(Protocol):
 
     @property
     def status(self) -> StatusLog: ...
+
+    @property
+    def sites(self) -> SiteSet:
+        """The sites of the last build."""
+        ...
 
     @property
     def rejections_found(self) -> int:
@@ -153,9 +162,44 @@ def server_report(server: AdsServer, generation: int) -> dict[str, Any]:
     }
 
 
+def sites_report(
+    sites: SiteSet, states: Mapping[SiteKey, SiteState], *, all_sites: bool = False
+) -> dict[str, Any]:
+    """Every site's state as the control plane judged it: how many are in each phase, and the
+    sites that are not Provisioned (every site with `all_sites`), each with its domain, its
+    gateway group, phase, reason and message."""
+    phases: dict[str, int] = {}
+    listed: list[dict[str, Any]] = []
+    for key in sorted(states):
+        state = states[key]
+        phases[state.phase.value] = phases.get(state.phase.value, 0) + 1
+        if not all_sites and state.phase is Phase.PROVISIONED:
+            continue
+        site = sites.sites.get(key)
+        listed.append(
+            {
+                "namespace": key.namespace,
+                "name": key.name,
+                "domain": None if site is None else site.domain,
+                "gateway_group": None if site is None else site.gateway_group or DEFAULT_GROUP,
+                "phase": state.phase.value,
+                "reason": state.reason,
+                "message": state.message,
+            }
+        )
+    return {"total": len(states), "phases": dict(sorted(phases.items())), "all": all_sites, "listed": listed}
+
+
 def report(plane: PlaneView) -> dict[str, Any]:
-    """The inspection report of a control plane."""
+    """The inspection report of a control plane (`/debug/envoys`): its Envoys and snapshots."""
     return server_report(plane.server, plane.publishes)
+
+
+def status_report(plane: PlaneView, *, all_sites: bool = False) -> dict[str, Any]:
+    """What `staticsite-xds status` is told: the inspection report, and the sites' states."""
+    data = report(plane)
+    data["sites"] = sites_report(plane.sites, plane.status.states(), all_sites=all_sites)
+    return data
 
 
 # -- the gRPC method on the xDS port ---------------------------------------------------------
@@ -164,8 +208,8 @@ def report(plane: PlaneView) -> dict[str, Any]:
 class Inspection:
     """Serves `staticsite_xds.v1.Inspection/ListEnvoys` on the xDS port."""
 
-    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
-        self.source = source
+    def __init__(self, source: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> None:
+        self.source = source  # given the request: {"sites": "all"} asks for every site's state
 
     def register(self, server: grpc.aio.Server) -> None:
         method = grpc.unary_unary_rpc_method_handler(
@@ -176,6 +220,7 @@ class Inspection:
         )
 
     async def _list_envoys(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asked: Any = {}
         if request.strip():
             try:
                 asked = json.loads(request)
@@ -183,7 +228,7 @@ class Inspection:
                 asked = None
             if not isinstance(asked, dict):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request must be a JSON object")
-        return json.dumps(self.source()).encode()
+        return json.dumps(self.source(asked)).encode()
 
 
 def _as_bytes(payload: bytes) -> bytes:
@@ -199,19 +244,26 @@ class Unreachable(Exception):
 
 def inspection_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
     """A channel to the xDS port at `address` (host:port): TLS with `credentials`, else plain."""
+    options = [("grpc.max_receive_message_length", MAX_REPORT_BYTES)]
     if credentials is None:
-        return grpc.insecure_channel(address)
-    return grpc.secure_channel(address, credentials)
+        return grpc.insecure_channel(address, options)
+    return grpc.secure_channel(address, credentials, options)
 
 
 def list_envoys(
-    address: str, *, credentials: grpc.ChannelCredentials | None = None, timeout: float = DEFAULT_TIMEOUT
+    address: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    all_sites: bool = False,
 ) -> dict[str, Any]:
-    """Ask the control plane at `address` for its inspection report."""
+    """Ask the control plane at `address` for its inspection report (with every site's state
+    when `all_sites`, else only those of the sites that are not Provisioned)."""
     with inspection_channel(address, credentials) as channel:
         call = channel.unary_unary(LIST_ENVOYS, request_serializer=_as_bytes, response_deserializer=_as_bytes)
+        request = json.dumps({"sites": "all"} if all_sites else {}).encode()
         try:
-            answer = call(b"{}", timeout=timeout)
+            answer = call(request, timeout=timeout)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -231,6 +283,7 @@ def print_status(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     as_json: bool = False,
+    all_sites: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> int:
     """`staticsite-xds status`: print the report of the control plane at `address` (a table,
@@ -243,7 +296,7 @@ def print_status(
             print(f"staticsite-xds: {exc}", file=sys.stderr)
             return 2
     try:
-        data = list_envoys(address, credentials=credentials, timeout=timeout)
+        data = list_envoys(address, credentials=credentials, timeout=timeout, all_sites=all_sites)
     except Unreachable as exc:
         print(f"staticsite-xds: {exc}", file=sys.stderr)
         return 1
@@ -252,6 +305,9 @@ def print_status(
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_table(data))
+        sites = format_sites(data.get("sites"))
+        if sites:
+            sys.stdout.write("\n" + sites)
     return 0
 
 
@@ -328,9 +384,43 @@ def format_table(data: Mapping[str, Any], now: float | None = None) -> str:
         )
         for e in envoys
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
     lines.append("")
-    for row in (header, *rows):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    lines.extend(_columns(header, rows))
+    return "\n".join(lines) + "\n"
+
+
+def _columns(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """A table's lines: every column padded to its widest cell but the last."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    return [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in (header, *rows)
+    ]
+
+
+def format_sites(sites: Mapping[str, Any] | None) -> str:
+    """The sites part of the report for people: the count in each phase, then a table of the
+    sites listed (those not Provisioned, or all of them)."""
+    if sites is None:
+        return ""
+    total = sites.get("total", 0)
+    phases: Mapping[str, int] = sites.get("phases") or {}
+    counts = ", ".join(f"{count} {phase}" for phase, count in phases.items())
+    lines = [f"{total} {'site' if total == 1 else 'sites'}" + (f": {counts}" if counts else "")]
+    listed = sites.get("listed") or []
+    if listed:
+        header = ("SITE", "DOMAIN", "GATEWAY GROUP", "PHASE", "REASON", "MESSAGE")
+        rows = [
+            (
+                f"{s['namespace']}/{s['name']}",
+                s.get("domain") or "-",
+                s.get("gateway_group") or "-",
+                s["phase"],
+                s["reason"],
+                " ".join(str(s["message"]).split()),
+            )
+            for s in listed
+        ]
+        lines.append("")
+        lines.extend(_columns(header, rows))
     return "\n".join(lines) + "\n"

@@ -11,10 +11,12 @@ import asyncio
 import ipaddress
 import logging
 import signal
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import grpc
 
 from snapshot.builder import BuildOptions
 from watcher.folder import FolderSource
@@ -24,7 +26,7 @@ from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
 from ..operations.admission import AdmissionServer
 from ..operations.health import GrpcHealth, HealthServer, split_address
-from ..operations.inspection import Inspection, report
+from ..operations.inspection import Inspection, report, status_report
 from ..operations.metrics import Metrics
 from ..operations.tls import ServingCertificate
 from .control_plane import DEFAULT_HOLD_OFF, DEFAULT_MAX_DELAY, ControlPlane
@@ -113,12 +115,8 @@ def serve(config: ServeConfig) -> None:
             raise ServeError(f"--metrics-address: {exc}") from None
     _check_admission(config)
     kube = _kubernetes(config) if config.kubernetes is not None else None
-    metrics = Metrics()
-    health = GrpcHealth()
-    observers: list[Observer] = [
-        metrics,
-        ObserverFuncs(on_published=lambda _sites, _snapshot: health.published()),
-    ]
+    surfaces = OperatorSurfaces()
+    observers = surfaces.observers()
     if kube is not None:
         observers.append(kube.observer)
     try:
@@ -127,8 +125,7 @@ def serve(config: ServeConfig) -> None:
         )
     except ValueError as exc:
         raise ServeError(str(exc)) from None
-    metrics.export(plane)
-    inspection = Inspection(lambda: report(plane))
+    surfaces.expose(plane)
     serving = config.serving
     if serving is not None:
         log.info("the xDS port serves mutual TLS: %s", serving.describe())
@@ -140,10 +137,7 @@ def serve(config: ServeConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        companions: list[Coroutine[Any, Any, None]] = [health.serve(stop)]
-        if config.metrics_address is not None:
-            http = HealthServer(lambda: plane.ready, inspect=lambda: report(plane), warning=warning)
-            companions.append(http.serve(config.metrics_address, stop))
+        companions = surfaces.companions(stop, config.metrics_address, warning)
         if serving is not None:
             companions.append(serving.follow(stop))
         if config.admission_address is not None:
@@ -170,10 +164,51 @@ def serve(config: ServeConfig) -> None:
             stop,
             companions,
             credentials=None if serving is None else serving.server_credentials(),
-            services=[health.register, inspection.register],
+            services=surfaces.services,
         )
 
     asyncio.run(run())
+
+
+class OperatorSurfaces:
+    """What operators look at, for any process that runs a control plane (`serve`, the demo):
+    the metrics, gRPC health and the inspection service on the xDS port, and the HTTP port of
+    health, metrics and `/debug/envoys`."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.health = GrpcHealth()
+        self._plane: ControlPlane | None = None
+
+    def observers(self) -> list[Observer]:
+        """The observers the control plane must be made with."""
+        return [self.metrics, ObserverFuncs(on_published=lambda _sites, _snapshot: self.health.published())]
+
+    def expose(self, plane: ControlPlane) -> None:
+        """Show `plane` (made with `observers()`)."""
+        self.metrics.export(plane)
+        self._plane = plane
+
+    def _report(self, asked: Mapping[str, Any]) -> dict[str, Any]:
+        assert self._plane is not None, "expose() the control plane first"
+        return status_report(self._plane, all_sites=asked.get("sites") == "all")
+
+    @property
+    def services(self) -> list[Callable[[grpc.aio.Server], None]]:
+        """What to register on the xDS port: gRPC health and the inspection service."""
+        return [self.health.register, Inspection(self._report).register]
+
+    def companions(
+        self, stop: asyncio.Event, metrics_address: str | None, warning: str | None = None
+    ) -> list[Coroutine[Any, Any, None]]:
+        """The tasks to run beside the control plane until `stop`."""
+        plane = self._plane
+        assert plane is not None, "expose() the control plane first"
+        companions: list[Coroutine[Any, Any, None]] = [self.health.serve(stop)]
+        if metrics_address is not None:
+            http = HealthServer(lambda: plane.ready, inspect=lambda: report(plane), warning=warning)
+            companions.append(http.serve(metrics_address, stop))
+        return companions
 
 
 def _check_admission(config: ServeConfig) -> None:
