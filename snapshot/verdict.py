@@ -131,7 +131,7 @@ def claimed(
     if others:
         message += "; " + "; ".join(others)
     if uncovered and certificate is not None:
-        message += "; " + _not_covered(certificate, uncovered)
+        message += "; " + not_covered(certificate, uncovered)
     return accepted(key, message)
 
 
@@ -139,7 +139,7 @@ def _where(host: str, prefix: str) -> str:
     return f"domain {host}" if prefix == "/" else f"domain {host} path {prefix}"
 
 
-def _not_covered(certificate: Certificate, hosts: Sequence[str]) -> str:
+def not_covered(certificate: Certificate, hosts: Sequence[str]) -> str:
     """A note for a site whose certificate is not for some of its domains."""
     names = certificate.names or ()
     listed = ", ".join(names[:MAX_NAMES_LISTED]) or "no DNS name"

@@ -11,6 +11,8 @@ import pytest
 from support.manifests import manifest, write
 from support.processes import run_cli
 
+from xds_server.local.demo import write_certificates
+
 pytestmark = pytest.mark.envoy
 
 
@@ -78,6 +80,26 @@ def test_validate_reports_a_domain_conflict_between_two_files(root: Path) -> Non
     assert line.startswith(f"{b}: spec.domain: ")
     assert "blog.example.com" in line
     assert "default/a" in line
+
+
+def test_validate_reports_a_certificate_that_is_not_for_the_sites_domains(root: Path) -> None:
+    write_certificates(root / "certs", "shop", ["shop.example.com"])
+    tls = "  tls: {certificateFile: certs/shop.pem, keyFile: certs/shop-key.pem}\n"
+    good = write(root / "good.yaml", manifest("good", "shop.example.com", "web", 80) + tls)
+    assert run_cli("validate", good).returncode == 0
+    bad = write(
+        root / "bad.yaml",
+        manifest("bad", "blog.example.com", "web", 80, namespace="blog").replace(
+            "  backend:", "  aliases: [shop.example.com]\n  backend:"
+        )
+        + tls,
+    )
+    proc = run_cli("validate", bad)
+    no_traceback(proc)
+    assert proc.returncode == 1
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith(f"{bad}: spec.tls: certificate "), line
+    assert "is not for blog.example.com (it names shop.example.com)" in line
 
 
 def test_validate_reports_the_same_site_in_two_files(root: Path) -> None:

@@ -2,7 +2,8 @@
 
 Both judge the sites as `serve` does (the gateway groups and grants declared among the
 manifests, if any; see `snapshot.tenancy`), print every problem a user must fix (invalid
-manifests, sites outside their grants, then domains lost to a conflict) and answer 1 when
+manifests, sites outside their grants, domains lost to a conflict, then certificates that are
+not for their site's domains) and answer 1 when
 there is one, else 0.
 """
 
@@ -19,7 +20,7 @@ from snapshot.builder import BuildOptions, SnapshotBuilder
 from snapshot.groups import SiteGroups
 from snapshot.model import SiteKey
 from snapshot.snapshot import DEFAULT_GROUP, Snapshot
-from snapshot.verdict import DOMAIN_NOT_PERMITTED, GATEWAY_GROUP_NOT_FOUND, Phase, SiteState
+from snapshot.verdict import DOMAIN_NOT_PERMITTED, GATEWAY_GROUP_NOT_FOUND, Phase, SiteState, not_covered
 from watcher.folder import FolderSource, read_manifests
 from watcher.site_certificates import SecretNames
 from watcher.siteset import SiteSet
@@ -86,8 +87,9 @@ def _quiet_sources() -> Iterator[None]:
 
 
 def problem_lines(sites: SiteSet, states: Mapping[SiteKey, SiteState]) -> list[str]:
-    """Every problem a user must fix: invalid manifests, sites outside their grants, then
-    domains lost to a conflict."""
+    """Every problem a user must fix: invalid manifests, sites outside their grants, domains
+    lost to a conflict, then certificates that are not for their site's domains (a Secret
+    known only by its name is not judged)."""
     lines = [str(p) for p in sites.problems]
     for key, state in sorted(states.items()):
         if state.reason in (DOMAIN_NOT_PERMITTED, GATEWAY_GROUP_NOT_FOUND):
@@ -98,4 +100,11 @@ def problem_lines(sites: SiteSet, states: Mapping[SiteKey, SiteState]) -> list[s
         if state.phase is Phase.CONFLICT:
             origin = sites.sites[key].origin if key in sites.sites else str(key)
             lines.append(f"{origin}: spec.domain: {state.message}")
+    for _key, site in sorted(sites.sites.items()):
+        certificate = site.certificate
+        if certificate is None:
+            continue
+        uncovered = [host for host in (*site.hosts, *site.redirect_from) if not certificate.covers(host)]
+        if uncovered:
+            lines.append(f"{site.origin}: spec.tls: {not_covered(certificate, uncovered)}")
     return lines
