@@ -5,24 +5,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 from collections.abc import AsyncIterator
 from functools import partial
 
 import prometheus_client
 import pytest
+import trustme
 from support.plane import TYPES, Plane
 from support.sites import SITE_A, SITE_B, site_set
 from support.sites import site as make_site
 from support.waiting import eventually
 
 from snapshot.builder import BuildOptions
+from snapshot.certificates import load_certificate
 from snapshot.model import StaticSite
 from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
 from xds_server.ads.membership import ClientNames
 from xds_server.ads.stream import StreamInfo, TypeStatus
 from xds_server.local.ads_client import sotw_names
-from xds_server.operations.metrics import OVERFLOW_GROUP, GatewayGroups, Metrics, Propagation
+from xds_server.operations.metrics import (
+    OVERFLOW_GROUP,
+    SERVING_CERTIFICATE,
+    GatewayGroups,
+    Metrics,
+    Propagation,
+)
+from xds_server.operations.tls import certificate_expiry
 from xds_server.process.control_plane import ControlPlane
 from xds_server.process.observer import Observer, ObserverFuncs
 
@@ -115,6 +125,47 @@ async def test_sites_by_state_are_counted_at_scrape_time(cp: Plane) -> None:
     cp.publish(SITE_A)
     got = {s: cp.value("staticsite_xds_sites", state=s) for s in states}
     assert got == {"provisioned": 1, "invalid": 0, "conflict": 0, "rejected": 0}
+
+
+def certified(base: StaticSite, leaf: trustme.LeafCert, name: str) -> StaticSite:
+    chain = b"".join(pem.bytes() for pem in leaf.cert_chain_pems)
+    return dataclasses.replace(base, certificate=load_certificate(name, chain, leaf.private_key_pem.bytes()))
+
+
+async def test_each_certificate_served_shows_when_it_expires() -> None:
+    ca = trustme.CA()
+    soon = datetime.datetime(2031, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    later = datetime.datetime(2032, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    a_leaf = ca.issue_cert("a.example.test", "b.example.test", not_after=soon)
+    xds_leaf = ca.issue_cert("xds.example.test", not_after=later)
+    a = certified(SITE_A, a_leaf, "secret/default/shared")
+    b = certified(SITE_B, a_leaf, "secret/default/shared")  # one certificate, one series
+    chain = xds_leaf.cert_chain_pems[0].bytes()
+
+    registry = prometheus_client.CollectorRegistry()
+    metrics = Metrics(registry)
+    plane = ControlPlane(BuildOptions(backend_host_template="127.0.0.1"), observers=[metrics])
+    metrics.export(plane, serving_expiry=lambda: certificate_expiry(chain))
+    cp = Plane(plane, metrics, registry, 0)
+    name = "staticsite_xds_certificate_expiry_timestamp_seconds"
+
+    cp.publish(SITE_A)
+    assert cp.series(name) == [{"certificate": SERVING_CERTIFICATE}]
+    assert cp.value(name, certificate=SERVING_CERTIFICATE) == later.timestamp()
+
+    cp.publish(a, b)
+    assert sorted(s["certificate"] for s in cp.series(name)) == sorted(
+        ["secret/default/shared", SERVING_CERTIFICATE]
+    )
+    assert cp.value(name, certificate="secret/default/shared") == soon.timestamp()
+
+    cp.publish(SITE_A, SITE_B)  # no site has a certificate any more: its series goes
+    assert cp.series(name) == [{"certificate": SERVING_CERTIFICATE}]
+
+
+async def test_without_tls_on_the_xds_port_only_the_sites_certificates_show(cp: Plane) -> None:
+    cp.publish(SITE_A)
+    assert cp.series("staticsite_xds_certificate_expiry_timestamp_seconds") == []
 
 
 async def test_each_build_is_timed(cp: Plane) -> None:

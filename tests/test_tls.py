@@ -636,3 +636,29 @@ def test_serve_with_insecure_plaintext_warns_at_start_and_in_readyz(tmp_path: Pa
         assert warning in body
     finally:
         plane.stop()
+
+
+@pytest.mark.envoy
+def test_the_metrics_show_when_the_xds_port_certificate_expires(tmp_path: Path, pki: Pki) -> None:
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    metrics_port = free_port()
+    flags = [*pki.serve_flags, "--metrics-address", f"127.0.0.1:{metrics_port}"]
+    plane = ControlPlaneProcess(sites, tmp_path, free_port(), free_port(), extra=flags).start()
+    try:
+        expected = x509.load_pem_x509_certificate(pki.server_leaf.cert_chain_pems[0].bytes())
+        line = 'staticsite_xds_certificate_expiry_timestamp_seconds{certificate="xds-server"} '
+
+        def scraped() -> float | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                return None
+            found = [row for row in text.splitlines() if row.startswith(line)]
+            return float(found[0][len(line) :]) if found else None
+
+        value = wait_until(scraped, what="the certificate's expiry in /metrics")
+        assert value == expected.not_valid_after_utc.timestamp()
+    finally:
+        plane.stop()

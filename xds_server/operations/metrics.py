@@ -9,8 +9,10 @@ scraped:
   streams refused their gateway group (by a bounded reason), and how long each publish took
   to reach every Envoy of its group connected then (`Propagation`, one per group);
 - computed when scraped, from what the control plane holds at that moment: sites by state,
-  the snapshot of each gateway group, connected Envoys, Envoys behind, and the version each
-  connected Envoy last ACKed. Nothing is kept for an Envoy that went away.
+  the snapshot of each gateway group, connected Envoys, Envoys behind, the version each
+  connected Envoy last ACKed, and when each certificate served expires (the sites' ones by
+  their SDS name, the xDS port's own as `xds-server`). Nothing is kept for an Envoy that went
+  away.
 
 A stream's gateway group is the one the ADS server decided for it (from its client
 certificate). The snapshot metrics carry one series per published group, the stream metrics
@@ -20,6 +22,7 @@ group is counted as `other` (which has no snapshot series).
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -46,6 +49,7 @@ VARIANTS = ("sotw", "delta")
 BUILD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STATE_LABELS = {phase: phase.value.lower() for phase in Phase}
+SERVING_CERTIFICATE = "xds-server"  # the `certificate` label of the xDS port's own certificate
 
 
 class GatewayGroups:
@@ -188,9 +192,10 @@ class Metrics:
             self.propagations[group] = propagation
         return propagation
 
-    def export(self, plane: PlaneView) -> None:
-        """Also export what `plane` holds (sites, snapshot, Envoys), computed when scraped."""
-        self.registry.register(_ScrapeCollector(self, plane))
+    def export(self, plane: PlaneView, serving_expiry: Callable[[], float] | None = None) -> None:
+        """Also export what `plane` holds (sites, snapshot, Envoys), computed when scraped, and
+        when the xDS port's certificate expires (`serving_expiry`, when it serves TLS)."""
+        self.registry.register(_ScrapeCollector(self, plane, serving_expiry))
 
     # -- the control plane's events ---------------------------------------------------------
 
@@ -254,6 +259,7 @@ class _Families(NamedTuple):
     refused: CounterMetricFamily
     rejections: CounterMetricFamily
     searches: CounterMetricFamily
+    certificate_expiry: GaugeMetricFamily
 
     @classmethod
     def empty(cls) -> _Families:
@@ -316,15 +322,24 @@ class _Families(NamedTuple):
                 "Rejections whose message named no single site, searched for by halves.",
                 labels=[],
             ),
+            certificate_expiry=GaugeMetricFamily(
+                PREFIX + "certificate_expiry_timestamp_seconds",
+                "When each certificate served expires (its notAfter, in seconds since the epoch): "
+                "the sites' ones by SDS name, the xDS port's own as xds-server.",
+                labels=["certificate"],
+            ),
         )
 
 
 class _ScrapeCollector:
     """The metrics computed at scrape time from what the control plane holds now."""
 
-    def __init__(self, metrics: Metrics, plane: PlaneView) -> None:
+    def __init__(
+        self, metrics: Metrics, plane: PlaneView, serving_expiry: Callable[[], float] | None = None
+    ) -> None:
         self.metrics = metrics
         self.plane = plane
+        self.serving_expiry = serving_expiry
 
     def describe(self) -> Iterator[Metric]:
         yield from _Families.empty()
@@ -381,4 +396,20 @@ class _ScrapeCollector:
             out.behind.add_metric([group], behind_by_group.get(group, 0))
         for (node, group, type_name), (_, version) in sorted(newest.items()):
             out.acked.add_metric([node, group, type_name, version], 1)
+        for name, expires in sorted(_certificate_expiries(plane.sites).items()):
+            out.certificate_expiry.add_metric([name], expires)
+        if self.serving_expiry is not None:
+            out.certificate_expiry.add_metric([SERVING_CERTIFICATE], self.serving_expiry())
         yield from out
+
+
+def _certificate_expiries(sites: SiteSet) -> dict[str, float]:
+    """When each certificate the sites are served with expires, by SDS name (a certificate
+    whose content is not held, as offline, has no expiry and is left out)."""
+    expiries: dict[str, float] = {}
+    for site in sites.sites.values():
+        certificate = site.certificate
+        if certificate is None or not certificate.not_after or certificate.name in expiries:
+            continue
+        expiries[certificate.name] = datetime.datetime.fromisoformat(certificate.not_after).timestamp()
+    return expiries

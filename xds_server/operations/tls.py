@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 
 from snapshot.certificates import MAX_PEM_BYTES
 from watcher.manifest_file import FileTooLarge, NotRegularFile, read_bounded
@@ -99,6 +100,11 @@ class ServerKeyMaterial:
         """The SHA-256 fingerprint of the server's certificate (the first in the chain)."""
         return certificate_fingerprint(self.certificate_chain)
 
+    @property
+    def expires(self) -> float:
+        """When the server's certificate (the first in the chain) expires, in seconds since the epoch."""
+        return certificate_expiry(self.certificate_chain)
+
     def __repr__(self) -> str:  # a key must never reach a log through a repr
         return f"ServerKeyMaterial(certificate sha256 {self.fingerprint})"
 
@@ -111,6 +117,11 @@ def certificate_fingerprint(pem: bytes) -> str:
         return "?"
     der = ssl.PEM_cert_to_DER_cert(text[start : end + len(CERTIFICATE_END)])
     return hashlib.sha256(der).hexdigest()
+
+
+def certificate_expiry(pem: bytes) -> float:
+    """When the first certificate of a PEM chain expires, in seconds since the epoch."""
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
 
 
 def _check_certificates(source: PemFile, pem: bytes) -> None:

@@ -125,8 +125,8 @@ def serve(config: ServeConfig) -> None:
         )
     except ValueError as exc:
         raise ServeError(str(exc)) from None
-    surfaces.expose(plane)
     serving = config.serving
+    surfaces.expose(plane, serving)
     if serving is not None:
         log.info("the xDS port serves mutual TLS: %s", serving.describe())
     if warning is not None:
@@ -184,9 +184,9 @@ class OperatorSurfaces:
         """The observers the control plane must be made with."""
         return [self.metrics, ObserverFuncs(on_published=lambda _sites, _snapshot: self.health.published())]
 
-    def expose(self, plane: ControlPlane) -> None:
-        """Show `plane` (made with `observers()`)."""
-        self.metrics.export(plane)
+    def expose(self, plane: ControlPlane, serving: ServingCertificate | None = None) -> None:
+        """Show `plane` (made with `observers()`), and the xDS port's certificate if it has one."""
+        self.metrics.export(plane, None if serving is None else lambda: serving.current.expires)
         self._plane = plane
 
     def _report(self, asked: Mapping[str, Any]) -> dict[str, Any]:
