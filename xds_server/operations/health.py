@@ -36,6 +36,8 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+METRICS_PATH = "/metrics"  # where Prometheus scrapes (deploy/monitoring/ names it too)
+
 class HealthServer:
     def __init__(
         self,
@@ -55,7 +57,7 @@ class HealthServer:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get(METRICS_PATH, self._metrics)
         if self.inspect is not None:
             app.router.add_get("/debug/envoys", self._envoys)
         return app
