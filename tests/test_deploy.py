@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from support.dockerfile import Instruction, build_stages
+from support.kustomize import kustomize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -814,7 +814,7 @@ def test_network_policy_admits_only_gateways_to_the_xds_port() -> None:
 def test_cert_manager_overlay_makes_the_same_secrets_instead_of_the_job() -> None:
     from xds_server.operations.issuer import service_dns_names
 
-    rendered = _kustomize(DEPLOY_CERT_MANAGER)
+    rendered = kustomize(DEPLOY_CERT_MANAGER)
     for obj in rendered:
         if not obj["apiVersion"].startswith("cert-manager.io/"):
             _validate(obj)
@@ -863,24 +863,13 @@ def test_cert_manager_overlay_makes_the_same_secrets_instead_of_the_job() -> Non
 # --- the rendering, with kubectl's kustomize ---------------------------------------------------
 
 
-def _kustomize(folder: Path) -> list[Object]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=30, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
-
-
 @pytest.fixture(scope="module")
 def rendered() -> list[Object]:
     """deploy/ rendered by kubectl's kustomize, or else the release file made from it (which
     a test holds to a fresh rendering wherever kubectl is installed)."""
     if shutil.which("kubectl") is None:
         return _release()
-    return _kustomize(DEPLOY)
+    return kustomize(DEPLOY)
 
 
 def _release() -> list[Object]:
@@ -978,7 +967,7 @@ def _pod_images(obj: Object) -> list[str]:
 
 @pytest.mark.envoy  # renders with kubectl
 def test_release_file_is_deploy_rendered() -> None:
-    assert _release() == _kustomize(DEPLOY), "deploy/ changed: run ./dev release"
+    assert _release() == kustomize(DEPLOY), "deploy/ changed: run ./dev release"
 
 
 @pytest.mark.unit
@@ -1047,7 +1036,7 @@ def test_rendering_images_are_pinned_and_retargetable(rendered: list[Object], tm
         ],
     }
     (tmp_path / KUSTOMIZATION).write_text(yaml.safe_dump(overlay))
-    assert _images(_kustomize(tmp_path)) == {
+    assert _images(kustomize(tmp_path)) == {
         CONTROL_PLANE: "registry.example/team/staticsite-xds:9.9.9",
         GATEWAY: "mirror.example/envoy:v1.40.1",
     }

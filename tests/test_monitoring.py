@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 import pytest
 import yaml
+from support.kustomize import kustomize
 from support.promql import PromQLError, metric_names
 
 from snapshot.builder import BuildOptions
@@ -228,17 +227,6 @@ def test_the_service_monitor_scrapes_the_control_plane_metrics_port() -> None:
     assert service["metadata"]["name"] == "staticsite-xds"
 
 
-def _kustomize() -> list[Object]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl (its built-in kustomize) is not installed")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=30, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
-
-
 @pytest.mark.envoy  # renders with kubectl
 def test_the_release_file_is_the_monitoring_folder_rendered() -> None:
     release = [doc for doc in yaml.safe_load_all(RELEASE.read_text()) if doc is not None]
@@ -251,4 +239,4 @@ def test_the_release_file_is_the_monitoring_folder_rendered() -> None:
         assert obj["metadata"]["namespace"] == "staticsite-xds"
     (config_map,) = [o for o in release if o["kind"] == "ConfigMap"]
     assert json.loads(config_map["data"]["staticsite-xds.json"]) == dashboard()
-    assert release == _kustomize(), "deploy/monitoring/ changed: run ./dev release"
+    assert release == kustomize(MONITORING), "deploy/monitoring/ changed: run ./dev release"
