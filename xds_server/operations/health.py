@@ -38,6 +38,7 @@ def split_address(address: str) -> tuple[str, int]:
 
 METRICS_PATH = "/metrics"  # where Prometheus scrapes (deploy/monitoring/ names it too)
 
+
 class HealthServer:
     def __init__(
         self,
