@@ -310,12 +310,26 @@ def _parser() -> argparse.ArgumentParser:
         "demo", parents=[logs], help="run the control plane, a real Envoy and sample backends locally"
     )
     demo.add_argument(
-        "--sites", type=Path, default=Path("demo-sites"), help="sites folder (seeded if missing)"
+        "--sites",
+        type=Path,
+        default=Path("demo-sites"),
+        help="sites folder, seeded with five sites if missing (%(default)s)",
     )
-    demo.add_argument("--xds-port", type=int, default=18000)
-    demo.add_argument("--http-port", type=int, default=8080)
-    demo.add_argument("--https-port", type=int, default=8443, help="port of Envoy's HTTPS listener (8443)")
-    demo.add_argument("--admin-port", type=int, default=9901)
+    demo.add_argument(
+        "--xds-port",
+        type=int,
+        default=18000,
+        help="port of the control plane's xDS (ADS) server (%(default)s)",
+    )
+    demo.add_argument(
+        "--http-port", type=int, default=8080, help="port of Envoy's HTTP listener (%(default)s)"
+    )
+    demo.add_argument(
+        "--https-port", type=int, default=8443, help="port of Envoy's HTTPS listener (%(default)s)"
+    )
+    demo.add_argument(
+        "--admin-port", type=int, default=9901, help="port of Envoy's admin interface (%(default)s)"
+    )
     demo.add_argument(
         "--metrics-port",
         type=int,
