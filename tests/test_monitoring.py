@@ -8,17 +8,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import prometheus_client
 import pytest
 import yaml
 from support.kustomize import kustomize
-from support.promql import PromQLError, metric_names
+from support.promql import PromQLError, exported, metric_names
 
-from snapshot.builder import BuildOptions
-from watcher.source_state import SOURCE_ERRORS, SOURCE_UP
 from xds_server.operations.health import METRICS_PATH
-from xds_server.operations.metrics import Metrics
-from xds_server.process.control_plane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -28,19 +23,6 @@ PROMETHEUS_OWN = {"up"}  # series Prometheus makes for every target
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$job": "staticsite-xds"}
 
 Object = dict[str, Any]
-
-
-def exported() -> set[str]:
-    """Every series name the control plane exports: its metrics as Prometheus scrapes them."""
-    registry = prometheus_client.CollectorRegistry()
-    metrics = Metrics(registry)
-    metrics.export(ControlPlane(BuildOptions(), observers=[metrics]), serving_expiry=lambda: 0.0)
-    families = [*registry.collect(), *SOURCE_UP.collect(), *SOURCE_ERRORS.collect()]
-    names = set()
-    for family in families:
-        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
-        names.update(family.name + suffix for suffix in suffixes)
-    return names
 
 
 def unknown_metrics(expr: str) -> set[str]:

@@ -5,12 +5,19 @@ and dashboards against what the control plane exports.
 raises `PromQLError` for what Prometheus would refuse in the same way: a bracket that does not
 close, a string that does not end, a character PromQL has no use for, a function it does not
 have. It is no full parser (operator precedence is not checked); Prometheus itself is not
-available to the tests.
+available to the tests. `exported` lists the series names the control plane exports.
 """
 
 from __future__ import annotations
 
 import re
+
+import prometheus_client
+
+from snapshot.builder import BuildOptions
+from watcher.source_state import SOURCE_ERRORS, SOURCE_UP
+from xds_server.operations.metrics import Metrics
+from xds_server.process.control_plane import ControlPlane
 
 # Functions and aggregations of PromQL (Prometheus 2.x and 3.x), by name.
 FUNCTIONS = frozenset(
@@ -181,3 +188,16 @@ def metric_names(expr: str) -> set[str]:
     if stack:
         raise PromQLError(f"{stack[-1][0]!r} is never closed in {expr!r}")
     return found
+
+
+def exported() -> set[str]:
+    """Every series name the control plane exports: its metrics as Prometheus scrapes them."""
+    registry = prometheus_client.CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.export(ControlPlane(BuildOptions(), observers=[metrics]), serving_expiry=lambda: 0.0)
+    families = [*registry.collect(), *SOURCE_UP.collect(), *SOURCE_ERRORS.collect()]
+    names = set()
+    for family in families:
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
