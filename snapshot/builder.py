@@ -15,10 +15,10 @@ from types import MappingProxyType
 
 from . import resources as rs
 from . import wire
-from .claims import Claim, ClaimBook, same_resources, seniority
+from .claims import Claim, ClaimBook, same_resources
 from .consistency import Plan, check_consistency, check_domains, plan_of
 from .https_chains import HttpsChains
-from .model import Backend, Certificate, SiteKey, StaticSite
+from .model import Backend, Certificate, SiteKey, StaticSite, seniority
 from .route_table import RouteTable
 from .snapshot import DEFAULT_GROUP, Resource, ResourceSet, Snapshot
 from .verdict import Phase, SiteState, accepted, claimed, missing_certificate

@@ -1,8 +1,8 @@
 """Claims: which site has each (domain, path prefix), and how many served claims use each backend.
 
 A claim is one domain (spec.domain, an alias or a redirect domain) at one path prefix. When
-several sites claim the same, the oldest (creationTimestamp, then namespace/name) has it;
-the others are in conflict, and still serve the claims nobody else has.
+several sites claim the same, the oldest (`model.seniority`) has it; the others are in
+conflict, and still serve the claims nobody else has.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import operator
 from dataclasses import fields
 
 from . import resources as rs
-from .model import Backend, SiteKey, StaticSite
+from .model import Backend, SiteKey, StaticSite, seniority
 
 Claim = tuple[str, str]  # a domain and a path prefix: what one site at a time may have
 
@@ -42,12 +42,6 @@ def site_claims(site: StaticSite) -> list[tuple[Claim, rs.Mount]]:
         (claim, rs.Mount(site, claim[1], index >= served, cluster))
         for index, claim in enumerate(claims_of(site))
     ]
-
-
-def seniority(site: StaticSite) -> tuple[bool, str, str, str]:
-    """The order of age among sites: the oldest first (creationTimestamp, then namespace/name)."""
-    created = site.creation_timestamp
-    return (created is None, created or "", site.key.namespace, site.key.name)
 
 
 class ClaimBook:

@@ -141,7 +141,8 @@ def test_invalid_file_is_reported_and_other_sites_keep_serving(gateway: Gateway,
 
 def test_domain_conflict_oldest_wins_and_loser_is_reported(gateway: Gateway, backends: Backends) -> None:
     first, second = backends("first"), backends("second")
-    # Without creation timestamps (a folder), namespace/name decides: alpha/site beats beta/site.
+    # A folder has no creation timestamps: alpha/site is seen first, or with beta/site in one
+    # batch, where namespace/name decides; either way it is the older.
     gateway.write("z.yaml", manifest("site", "shared.example.test", "first", first.port, "alpha"))
     gateway.write("a.yaml", manifest("site", "SHARED.example.test", "second", second.port, "beta"))
     gateway.wait_backend("shared.example.test", "first")

@@ -540,3 +540,53 @@ async def test_a_changed_gateway_group_file_yields_a_new_set(root: Path, stop: a
 
     await asyncio.wait_for(enforced(), 3.0)
     stop.set()
+
+
+# -- age: which of two sites on one domain is the older -----------------------------------------
+
+
+def _winner(sites: SiteSet, domain: str) -> str:
+    from snapshot.builder import SnapshotBuilder
+
+    result = SnapshotBuilder().build(sites.sites)
+    (holder,) = [
+        key.name
+        for key, state in result.sites.items()
+        if state.phase.value == "Provisioned" and sites.sites[key].domain == domain
+    ]
+    return holder
+
+
+def test_a_site_declared_later_never_takes_a_domain_an_earlier_one_has(root: Path) -> None:
+    write(root / "z.yaml", manifest("zeta", "docs.example.test", "svc-z", 80))
+    source = FolderSource(root)
+    assert _winner(source.load(), "docs.example.test") == "zeta"
+    # A newer site, first by name, on the same domain: the one that had it keeps it.
+    write(root / "a.yaml", manifest("alpha", "docs.example.test", "svc-a", 80))
+    assert _winner(source.update([root / "a.yaml"]), "docs.example.test") == "zeta"
+    # An edit of the holder keeps its age; so does a move to another file in one batch.
+    write(root / "z.yaml", manifest("zeta", "docs.example.test", "svc-z2", 80))
+    assert _winner(source.update([root / "z.yaml"]), "docs.example.test") == "zeta"
+    (root / "z.yaml").rename(root / "b.yaml")
+    assert _winner(source.update([root / "z.yaml", root / "b.yaml"]), "docs.example.test") == "zeta"
+    # Gone, and declared again: it is the younger now.
+    (root / "b.yaml").unlink()
+    assert _winner(source.update([root / "b.yaml"]), "docs.example.test") == "alpha"
+    write(root / "z.yaml", manifest("zeta", "docs.example.test", "svc-z", 80))
+    assert _winner(source.update([root / "z.yaml"]), "docs.example.test") == "alpha"
+
+
+def test_the_sites_of_one_reading_are_of_one_age_ordered_by_name(root: Path) -> None:
+    write(root / "z.yaml", manifest("zeta", "docs.example.test", "svc-z", 80))
+    write(root / "a.yaml", manifest("alpha", "docs.example.test", "svc-a", 80))
+    source = FolderSource(root)
+    sites = source.load()
+    assert sites.sites[key("zeta")].first_seen == sites.sites[key("alpha")].first_seen is not None
+    assert _winner(sites, "docs.example.test") == "alpha"
+    # Two files of one batch of changes, too.
+    write(root / "y.yaml", manifest("yank", "api.example.test", "svc-y", 80))
+    write(root / "b.yaml", manifest("beta", "api.example.test", "svc-b", 80))
+    sites = source.update([root / "y.yaml", root / "b.yaml"])
+    assert sites.sites[key("yank")].first_seen == sites.sites[key("beta")].first_seen
+    assert sites.sites[key("beta")].first_seen > sites.sites[key("alpha")].first_seen  # type: ignore[operator]
+    assert _winner(sites, "api.example.test") == "beta"

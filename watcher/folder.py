@@ -80,7 +80,7 @@ from .site_certificates import (
     resolved,
     stamp_now,
 )
-from .siteset import DEFAULT_MAX_SITES, SiteLimit, SiteSet
+from .siteset import DEFAULT_MAX_SITES, FirstSeen, SiteLimit, SiteSet
 from .source_state import SourceState
 
 log = logging.getLogger("staticsite_xds.watcher.folder")
@@ -141,6 +141,8 @@ class FolderSource:
         self.force_polling = force_polling
         self.max_manifest_bytes = max_manifest_bytes
         self.limit = SiteLimit(max_sites)  # the sites served, of `_sites`
+        self._first_seen = FirstSeen()  # when each site was first declared, for its seniority
+        self._gone: set[SiteKey] = set()  # sites no file declares since the last `current()`
         self._files: dict[Path, _FileState] = {}
         self._folder_problem: Problem | None = None
         # The union of every file's sites, kept up to date file by file:
@@ -173,19 +175,21 @@ class FolderSource:
             self._folder_problem = Problem(str(self.root), "", f"cannot read the sites folder: {reason}")
             self.state.report(reason)  # logged once, when the folder stops being readable
             return self.current()
-        for gone in set(self._files) - paths:
-            self._forget(gone)
-        for path in sorted(paths):
-            self._refresh(path)
+        with self._first_seen.together():  # the sites one reading finds are of one age
+            for gone in set(self._files) - paths:
+                self._forget(gone)
+            for path in sorted(paths):
+                self._refresh(path)
         return self.current()
 
     def update(self, paths: Iterable[Path]) -> SiteSet:
         """Re-read the given paths (created, changed or deleted) and return the new set."""
-        for path in sorted(set(paths)):
-            if path.exists():
-                self._refresh(path)
-            else:
-                self._forget(path)
+        with self._first_seen.together():  # the sites of one batch of changes are of one age
+            for path in sorted(set(paths)):
+                if path.exists():
+                    self._refresh(path)
+                else:
+                    self._forget(path)
         return self.current()
 
     def current(self) -> SiteSet:
@@ -212,6 +216,9 @@ class FolderSource:
                 )  # the site served is the first one: it stays valid
         changed = None if self._changed is None else frozenset(self._changed)
         self._changed = set()
+        # A site that moved to another file within the batch keeps its age.
+        self._first_seen.forget(key for key in self._gone if key not in self._declared)
+        self._gone.clear()
         tenancy = self._current_tenancy()
         problems.extend(self._tenancy_problems)
         return self.limit.site_set(problems, invalid, changed, tenancy=tenancy)
@@ -271,6 +278,7 @@ class FolderSource:
             served = where[min(where)] if where else None
             if not where:
                 del self._declared[key]
+                self._gone.add(key)
             if served is not self._sites.get(key):
                 if served is None:
                     del self._sites[key]
@@ -373,7 +381,7 @@ class FolderSource:
                 state.problems.append(problem)
                 log.error("%s", problem)
                 continue
-            state.sites[site.key] = site
+            state.sites[site.key] = self._first_seen.stamp(site)
         return state
 
     def _read_tenancy(

@@ -214,7 +214,10 @@ class KubernetesSource:
         attempt = 0
         while not stop.is_set():
             try:
-                await self.relist()
+                # The sites of the first listing that no earlier control plane saw (no
+                # status.firstSeen) are of one age; any site seen after is younger.
+                with self.index.first_seen.together():
+                    await self.relist()
                 log.info(
                     "initial listing complete: %d StaticSites, %d Services, %d Secrets they name, "
                     "%d GatewayGroups, %d Namespaces (%s)",

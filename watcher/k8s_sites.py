@@ -18,7 +18,7 @@ from snapshot.tenancy import OPEN, Tenancy
 from .k8s_cache import ObjectKey, generation_of
 from .k8s_secrets import FollowedSecrets, secret_of, unlink, users_of
 from .site_certificates import CertificatePending, SiteCertificates, resolved
-from .siteset import SiteLimit, SiteSet
+from .siteset import FirstSeen, SiteLimit, SiteSet
 
 log = logging.getLogger("staticsite_xds.kubernetes")
 
@@ -31,6 +31,7 @@ class SiteIndex:
         self.secrets = secrets
         self.certificates = SiteCertificates(files=None, secrets=secrets)
         self.limit = SiteLimit(max_sites)  # the sites served, of `_sites`
+        self.first_seen = FirstSeen()  # when each site was first seen (its status keeps it)
         self._sites: dict[SiteKey, StaticSite] = {}
         self._invalid: dict[SiteKey, tuple[Problem, ...]] = {}
         self._invalid_generations: dict[SiteKey, int] = {}
@@ -48,6 +49,7 @@ class SiteIndex:
         """Update the site of one object (None: it is gone); True if the site set changed."""
         secrets = self.secrets
         if body is None:
+            self.first_seen.forget([key])
             secrets.refer(key)
             self._invalid_generations.pop(key, None)
             gone = self._sites.pop(key, None)
@@ -69,7 +71,7 @@ class SiteIndex:
         if served is None:  # its Secret is being read: the site stays as it was until the answer
             return self._renew(key)
         secrets.refer(key, secret_of(served))
-        site = served
+        site = self.first_seen.stamp(served)
         self._invalid_generations.pop(key, None)
         was_invalid = self._invalid.pop(key, None) is not None
         old = self._sites.get(key)

@@ -2,7 +2,8 @@
 
 The status says what the control plane last did with the site: a one-word `phase` and a
 `Ready` condition in the Kubernetes convention (status, reason, message,
-lastTransitionTime, observedGeneration). It is compared with what the object already shows
+lastTransitionTime, observedGeneration), and `firstSeen`, when a control plane first saw the
+site, which orders sites created in the same second across restarts. It is compared with what the object already shows
 (counting our own writes that the watch has not brought back yet) and written only when they
 differ, so a status write (which comes back as an event) never loops, and a replica that
 takes over leadership writes only what its predecessor left different. Only the leader
@@ -197,7 +198,9 @@ class StatusWriter:
         uid = (body.get("metadata") or {}).get("uid")
         current = self._as_written(key, uid, seen)
         old = _ready_condition(current)
-        if _shows(current, old, verdict):
+        served = self._sites.sites.get(key)
+        first_seen = served.first_seen if served is not None else None  # kept for its age
+        if _shows(current, old, verdict) and (first_seen is None or current.get("firstSeen") == first_seen):
             return
         status_word = "True" if verdict.ready else "False"
         since = old.get("lastTransitionTime") if old and old.get("status") == status_word else None
@@ -214,6 +217,8 @@ class StatusWriter:
             if isinstance(c, Mapping) and c.get("type") != CONDITION
         ]
         status: dict[str, Any] = {"phase": verdict.phase, "conditions": [*others, condition]}
+        if first_seen is not None:
+            status["firstSeen"] = first_seen
         if verdict.generation:
             condition["observedGeneration"] = verdict.generation
             status["observedGeneration"] = verdict.generation

@@ -87,6 +87,11 @@ class LeaderElector:
     def is_leader(self) -> bool:
         return self._leader
 
+    @property
+    def renewed_at(self) -> float:
+        """When the lease was last taken or renewed by us (`time.monotonic()`; 0: never)."""
+        return self._renewed
+
     def _set(self, leader: bool) -> None:
         if leader == self._leader:
             return

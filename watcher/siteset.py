@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime
 import heapq
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from snapshot.model import Problem, SiteKey, StaticSite
+from snapshot.model import Problem, SiteKey, StaticSite, seniority
 from snapshot.tenancy import OPEN, Tenancy
 from snapshot.verdict import site_limit_problem
 
@@ -54,9 +58,62 @@ def merge_changes(
     return None if first is None or then is None else first | then
 
 
-def _seniority(site: StaticSite) -> tuple[bool, str, str, str]:
-    created = site.creation_timestamp
-    return (created is None, created or "", site.key.namespace, site.key.name)
+class FirstSeen:
+    """When this control plane first saw each site: the order of sites declared in the same
+    second, the one place both sources keep it.
+
+    A site whose declaration records a first sighting (`status.firstSeen`, which the status
+    writer keeps in a cluster) keeps that one. Any other is stamped when first seen; the sites
+    first seen `together` (a source's first reading, one batch of file changes) get the same
+    stamp, so that among those namespace/name decides, and a site seen later is younger than
+    all of them. Stamps only grow, whatever the wall clock does, and a site's
+    stamp outlives a change of the file or object that declares it until it is `forgotten`.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._stamps: dict[SiteKey, str] = {}
+        self._last = 0  # microseconds since the epoch
+        self._reading: str | None = None  # the stamp of the sites seen `together`, meanwhile
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Every site first seen within is of one age (one stamp)."""
+        self._reading = self._next()
+        try:
+            yield
+        finally:
+            self._reading = None
+
+    def stamp(self, site: StaticSite) -> StaticSite:
+        """The site with its first sighting: the recorded one, else the one this process gave."""
+        key = site.key
+        if site.first_seen is not None:
+            self._stamps[key] = site.first_seen
+            return site
+        stamp = self._stamps.get(key)
+        if stamp is None:
+            stamp = self._stamps[key] = self._reading or self._next()
+        return dataclasses.replace(site, first_seen=stamp)
+
+    def forget(self, keys: Iterable[SiteKey]) -> None:
+        """These sites are gone: one declared again later is seen anew."""
+        for key in keys:
+            self._stamps.pop(key, None)
+
+    def __contains__(self, key: SiteKey) -> bool:
+        return key in self._stamps
+
+    def _next(self) -> str:
+        now = self._last = max(int(self._clock() * 1_000_000), self._last + 1)
+        return format_first_seen(now)
+
+
+def format_first_seen(microseconds: int) -> str:
+    """A first sighting as `status.firstSeen` holds it: RFC 3339, microseconds, UTC."""
+    seconds, fraction = divmod(microseconds, 1_000_000)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(microsecond=fraction)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class SiteLimit:
@@ -66,7 +123,7 @@ class SiteLimit:
     its site set (`site_set`). Sites already served stay served; a new site beyond the limit
     is refused: reported as a problem of its declaration, and not served. Refused sites wait,
     and when served sites go away they are admitted in the order they came (among sites that
-    came together, as at start-up: the oldest by creationTimestamp, then by namespace/name).
+    came together, as at start-up: the oldest first, by `seniority`).
     The work of a call grows with what changed (and the refused sites are listed in the set).
     """
 
@@ -131,7 +188,7 @@ class SiteLimit:
                 self._problems = None
         room = self.maximum - len(self._served)
         if len(arrivals) > room:
-            arrivals.sort(key=_seniority)
+            arrivals.sort(key=seniority)
             batch = self._batches = self._batches + 1
             for index, site in enumerate(arrivals[max(room, 0) :]):
                 place = (batch, index)
