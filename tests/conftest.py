@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import support.emulator  # noqa: F401  (pages the Kubernetes emulator's listings, before any is made)
 from support.processes import Gateway, running_gateway
 
 from xds_server.local.sample_backend import SampleBackend

@@ -7,8 +7,10 @@ where sites came from. The rules it keeps:
   LIST, made before kopf starts, is the first set. An Envoy never sees a half-empty config.
 - kopf only watches (see `watcher.k8s_kopf`): it leaves nothing behind on users' objects.
 - A watch stream that drops and resumes may miss a deletion (kopf relists, but an object
-  deleted in the gap is simply absent from the new list). Our own LIST heals that: it runs
-  shortly after kopf relists and periodically, and removes what the API no longer has,
+  deleted in the gap is simply absent from the new list, and an empty list makes no event
+  at all). Our own LIST heals that: it runs shortly after kopf relists, when the API's count
+  of StaticSites (checked every few seconds) differs from ours, and periodically, and
+  removes what the API no longer has,
   without losing or duplicating anything that arrived meanwhile (see `watcher.k8s_cache`).
 - An object whose spec is invalid keeps serving its last good version; its problems are
   reported (see `watcher.k8s_sites`).
@@ -302,13 +304,23 @@ class KubernetesSource:
         found = [await self.api.get(NAMESPACES, "", name) for name in self.namespaces]
         return [body for body in found if body is not None]
 
-    async def check(self) -> None:
-        """Read one StaticSite (a page of one), to learn whether the API can be read. With
-        namespaces given, which are not watched, their labels are read too (a GET each)."""
+    async def check(self) -> bool:
+        """Read a page of one StaticSite (one per namespace, with namespaces given), to learn
+        whether the API can be read and how many StaticSites it holds; True when that is not
+        the number the cache holds. With namespaces given, which are not watched, their
+        labels are read too (a GET each).
+
+        The count is what shows a watch gap that no event follows: kopf relists after a
+        `410 Gone`, but a site deleted in the gap is simply absent from its listing, and a
+        listing with nothing left in it makes no event at all.
+        """
         try:
-            namespace = self.namespaces[0] if self.namespaces else None
             started = time.monotonic()
-            await self.api.call("GET", SITES.path(namespace), query={"limit": 1})
+            total: int | None = 0
+            for namespace in self.namespaces or [None]:
+                page = await self.api.call("GET", SITES.path(namespace), query={"limit": 1})
+                count = _count(page)
+                total = None if total is None or count is None else total + count
             namespaces = await self._namespaces() if self.namespaces else None
         except ApiError as exc:
             self.state.report(_explain(exc))
@@ -316,11 +328,14 @@ class KubernetesSource:
         self.state.report(None)
         if namespaces is not None:
             self._namespaces_changed(self.cache.namespaces.reconcile(namespaces, started, time.monotonic()))
+        return total is not None and total != len(self.cache.sites.objects)
 
     async def _resync_loop(self, stop: asyncio.Event) -> None:
         """Our own listings: shortly after kopf relists, and every `resync` seconds.
 
-        In between, the API is checked every `check_period` seconds; once it cannot be read,
+        In between, the API is checked every `check_period` seconds: when it holds another
+        number of StaticSites than the cache (twice, `RELIST_SETTLE` apart), they are listed
+        at once. Once it cannot be read,
         it is listed on the retry schedule until it can. The source's state reports the
         outage and its end, once each; kopf resumes its watch by itself.
         """
@@ -339,10 +354,16 @@ class KubernetesSource:
                 self._relisted.clear()
             elif not failures and loop.time() < due:
                 try:
-                    await self.check()
+                    differs = await self.check()
+                    if differs:  # once more after a moment: an event may have been on its way
+                        await asyncio.sleep(RELIST_SETTLE)
+                        differs = await self.check()
                 except ApiError:
                     failures = 1
-                continue
+                    continue
+                if not differs:
+                    continue
+                log.info("the API holds another number of StaticSites than the watch showed: listing them")
             try:
                 await self.relist()
             except ApiError:
@@ -432,6 +453,15 @@ class KubernetesSource:
         affected = self.index.backend_users(keys)
         if affected:
             self.observer.backends_changed(affected)
+
+
+def _count(page: Mapping[str, Any]) -> int | None:
+    """How many objects a listing asked for a page of holds in all, if the page says."""
+    meta = page.get("metadata") or {}
+    items = len(page.get("items") or [])
+    if meta.get("remainingItemCount") is not None:
+        return items + int(meta["remainingItemCount"])
+    return None if meta.get("continue") else items
 
 
 def _explain(exc: ApiError, kind: Kind = SITES) -> str:

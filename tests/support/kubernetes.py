@@ -27,6 +27,7 @@ from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
 from snapshot.tenancy import DEFAULT_GROUP, GATEWAY_GROUP_KIND, GATEWAY_GROUP_PLURAL
+from support.emulator import paged, unpaged_list
 from support.waiting import eventually
 from watcher.k8s import GATEWAY_GROUPS, SITES, KubernetesSource
 from watcher.k8s_api import EVENTS, LEASES, NAMESPACES, SERVICES, KubeApi
@@ -121,8 +122,8 @@ def honour_secret_field_selectors(kmock: Any) -> None:
         if not selector:
             raise NotImplementedError  # the emulator answers (NotImplemented would retire the reaction)
         selected = field_selection(selector)
-        page = await kmock._serve_list(request)
-        return {**page, "items": [body for body in page["items"] if selected(body)]}
+        listing = await unpaged_list(kmock, request)
+        return paged(request, {**listing, "items": [body for body in listing["items"] if selected(body)]})
 
     def watch(request: Any) -> Any:
         selector = request.params.get("fieldSelector")

@@ -1,0 +1,56 @@
+"""kmock's Kubernetes emulator made to list as a real API server does: page by page.
+
+kmock alone answers a listing with every object at once, whatever `limit` asks. Here its
+listing is paged for every resource and every emulator made after this module is imported
+(tests/conftest.py imports it first): items in the order of their keys (namespace, name), at
+most `limit` of them, and while more are left a `continue` token for the rest and
+`remainingItemCount`, as the API server's own listing sets them.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from typing import Any
+
+from kmock._internal.k8s import KubernetesEmulator
+
+_unpaged = KubernetesEmulator._serve_list
+_revisions = itertools.count(10_000_000)
+
+
+def _order(body: dict[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def paged(request: Any, listing: dict[str, Any]) -> dict[str, Any]:
+    """The page of `listing` that `request` asks for with `limit` and `continue`."""
+    items = sorted(listing["items"], key=_order)
+    token = request.params.get("continue")
+    if token:
+        after = tuple(json.loads(base64.urlsafe_b64decode(token.encode())))
+        items = [body for body in items if _order(body) > after]
+    limit = int(request.params.get("limit") or 0)
+    metadata: dict[str, Any] = {"resourceVersion": str(next(_revisions))}
+    if limit and len(items) > limit:
+        metadata["continue"] = base64.urlsafe_b64encode(
+            json.dumps(_order(items[limit - 1])).encode()
+        ).decode()
+        metadata["remainingItemCount"] = len(items) - limit
+        items = items[:limit]
+    return {**listing, "metadata": metadata, "items": items}
+
+
+async def unpaged_list(emulator: Any, request: Any) -> dict[str, Any]:
+    """Every object the listing selects, in one answer (kmock's own listing)."""
+    listing: dict[str, Any] = await _unpaged(emulator, request)
+    return listing
+
+
+async def _paged_list(self: KubernetesEmulator, request: Any) -> Any:
+    return paged(request, await unpaged_list(self, request))
+
+
+KubernetesEmulator._serve_list = _paged_list  # type: ignore[method-assign]
