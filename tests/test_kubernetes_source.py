@@ -235,26 +235,36 @@ async def test_changes_the_watch_missed_are_healed_by_the_resync_listing(cluster
         await replica.close()
 
 
+class ExpiringWatch:
+    """Once `expire()`d, the next watch of StaticSites ends at once with `410 Gone`, as a real
+    API server's does when the resourceVersion it resumes from is compacted away."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.pending = False
+        self.expired = 0
+        cluster.kmock[cluster.kmock.action.WATCH, sites_resource(cluster)] << self._answer
+
+    def expire(self) -> None:
+        self.pending = True
+
+    def _answer(self) -> Any:
+        if not self.pending:
+            raise NotImplementedError  # not this time: the emulator serves the watch
+        self.pending = False
+        self.expired += 1
+        gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired"}
+        return ({"type": "ERROR", "object": gone},)
+
+
 @pytest.mark.kubernetes
 async def test_a_relisting_by_kopf_after_an_expired_watch_triggers_our_listing(cluster: Cluster) -> None:
     """kopf relists when its watch expires (410 Gone); a deletion in the gap is absent, not
     announced: our own listing, run soon after kopf's, is what removes the site."""
-    expire = False
-    expired = 0
-
-    def watch_answer() -> Any:
-        nonlocal expire, expired
-        if not expire:
-            raise NotImplementedError  # not this time: the emulator serves the watch
-        expire = False
-        expired += 1
-        gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired"}
-        return ({"type": "ERROR", "object": gone},)
-
-    cluster.kmock[cluster.kmock.action.WATCH, sites_resource(cluster)] << watch_answer
+    watch = ExpiringWatch(cluster)
     for name in ("keep", "gone"):
         await cluster.create_site("docs", name, f"{name}.example.com")
     replica = await start_replica(cluster, watch_timeout=0.3)  # resync: every 300 s
+    replica.mode.source.check_period = 60  # the count check would heal it too: not under test here
     try:
         await eventually(lambda: len(replica.domains()) == 2, what="the two sites")
         # kopf's first listing makes us list once more (see the next test): let that pass first
@@ -264,9 +274,9 @@ async def test_a_relisting_by_kopf_after_an_expired_watch_triggers_our_listing(c
         await eventually(lambda: site_watches(cluster) >= watches + 2, what="two reconnections")
         assert "gone.example.com" in replica.domains(), "a resumed watch cannot announce a missed deletion"
         listings = replica.mode.source.listings
-        expire = True
+        watch.expire()
         await eventually(lambda: replica.domains() == ["keep.example.com"], within=5, what="our listing")
-        assert expired == 1
+        assert watch.expired == 1
         assert replica.mode.source.listings > listings
     finally:
         await replica.close()
@@ -277,17 +287,7 @@ async def test_a_watch_gap_after_which_nothing_is_left_is_healed_within_seconds(
     """Every site is deleted while the watch is down, and kopf's listing after the 410 is
     empty: it makes no event at all. The API's count of StaticSites, checked every few
     seconds, differs from ours, and our listing removes them."""
-    expire = False
-
-    def watch_answer() -> Any:
-        nonlocal expire
-        if not expire:
-            raise NotImplementedError  # the emulator serves the watch
-        expire = False
-        gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired"}
-        return ({"type": "ERROR", "object": gone},)
-
-    cluster.kmock[cluster.kmock.action.WATCH, sites_resource(cluster)] << watch_answer
+    watch = ExpiringWatch(cluster)
     for name in ("one", "two"):
         await cluster.create_site("docs", name, f"{name}.example.com")
     replica = await start_replica(cluster, watch_timeout=0.3)  # resync: every 300 s
@@ -296,9 +296,9 @@ async def test_a_watch_gap_after_which_nothing_is_left_is_healed_within_seconds(
         await eventually(lambda: replica.mode.source.listings >= 2, what="the listing after kopf's first")
         for name in ("one", "two"):
             cluster.delete_silently("docs", name)
-        expire = True
+        watch.expire()
         resumed = time.monotonic()
-        await eventually(lambda: not expire, what="the watch to expire")
+        await eventually(lambda: watch.expired == 1, what="the watch to expire")
         await eventually(lambda: replica.domains() == [], within=5, what="the deletions")
         assert time.monotonic() - resumed < 5
     finally:
