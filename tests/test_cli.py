@@ -231,6 +231,21 @@ def test_serve_without_sites_is_a_usage_error() -> None:
     assert "--sites" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--status-qps", "0", "--status-qps must be above 0, got 0"),
+        ("--status-qps", "-3", "--status-qps must be above 0, got -3"),
+        ("--status-burst", "0", "--status-burst must be at least 1, got 0"),
+    ],
+)
+def test_a_status_rate_that_allows_no_write_is_a_usage_error(flag: str, value: str, says: str) -> None:
+    proc = run_cli("serve", "--kubernetes", flag, value)
+    no_traceback(proc)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"staticsite-xds: {says}"
+
+
 @pytest.mark.parametrize("template", ["{nope}", "{0}", "{service.nope}", "{service[x]}", "{"])
 @pytest.mark.parametrize("command", ["render", "serve"])
 def test_bad_backend_host_template_is_a_clear_error(command: str, template: str, root: Path) -> None:

@@ -539,6 +539,33 @@ async def test_status_is_written_once_per_change_and_never_for_its_own_echo(
     assert len(await cluster.events("docs", "main")) == 1
 
 
+async def test_status_writes_keep_to_the_rate_and_come_before_the_events(cluster: Cluster) -> None:
+    await cluster.create_service("docs", "web")
+    sites = 30
+    for i in range(sites):
+        cluster.put_silently(site_body("docs", f"site-{i:02}", f"site-{i:02}.example.com"))
+    qps, burst = 20.0, 5
+    started = time.monotonic()
+    replica = await start_replica(cluster, "replica-a", lease=LEASE, status_rate=(qps, burst))
+    try:
+        await eventually(lambda: len(status_writes(cluster)) == sites, within=15, what="every status")
+        took = time.monotonic() - started
+        assert took >= (sites - burst) / qps * 0.9, f"{sites} writes in {took:.2f} s"
+        await eventually(
+            lambda: sum(map(is_event_post, all_requests(cluster))) == sites, within=15, what="every Event"
+        )
+        order = [
+            "patch" if is_status_write(r) else "event"
+            for r in all_requests(cluster)
+            if is_status_write(r) or is_event_post(r)
+        ]
+        # The Events wait while status patches wait: the patches are (nearly) all written first.
+        assert order.index("event") >= sites - burst, order
+        assert replica.mode.writer.limiter.waited > 0
+    finally:
+        await close_all(replica)
+
+
 def delay_site_updates(replica: Replica, delay: float) -> list[dict[str, Any]]:
     """Deliver the watch's MODIFIED events of StaticSites late, as a loaded API server may.
 

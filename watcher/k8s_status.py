@@ -7,12 +7,16 @@ site, which orders sites created in the same second across restarts. It is compa
 (counting our own writes that the watch has not brought back yet) and written only when they
 differ, so a status write (which comes back as an event) never loops, and a replica that
 takes over leadership writes only what its predecessor left different. Only the leader
-writes; `is_leader` is asked before every write.
+writes; `is_leader` is asked before every write. Changes are coalesced (a site changed
+many times while its write waits is written once, as it is then), and every write takes a
+token of the `RateLimiter` (`--status-qps`, `--status-burst`): status patches first, Events
+after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -27,6 +31,7 @@ from snapshot.verdict import BACKEND_REASONS, BackendSeen, Phase, SiteState, wit
 from .k8s import SITES
 from .k8s_api import ApiError, KubeApi
 from .k8s_cache import ClusterCache
+from .rate_limit import RateLimiter
 from .siteset import SiteSet
 
 log = logging.getLogger("staticsite_xds.kubernetes.status")
@@ -84,6 +89,7 @@ class StatusWriter:
         identity: str = COMPONENT,
         concurrency: int = 8,
         backend_grace: float = BACKEND_GRACE,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.api = api
         self.cache = cache
@@ -91,6 +97,10 @@ class StatusWriter:
         self.identity = identity
         self.concurrency = concurrency
         self.backend_grace = backend_grace
+        # Every status patch and Event takes a token; patches first (see `watcher.rate_limit`).
+        self.limiter = limiter if limiter is not None else RateLimiter()
+        self._events: collections.deque[tuple[SiteKey, Mapping[str, Any], Verdict]] = collections.deque()
+        self._events_queued = asyncio.Event()
         self.writes = 0  # status patches made
         self.events = 0  # Events created
         self._sites = SiteSet()
@@ -146,6 +156,29 @@ class StatusWriter:
     # -- writing ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Write what changed until `stop`; the Events go out beside, after the status patches."""
+        events = asyncio.create_task(self._write_events(stop), name="status events")
+        try:
+            await self._write_statuses(stop)
+        finally:
+            events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await events
+
+    async def _write_events(self, stop: asyncio.Event) -> None:
+        """The Events of the transitions written, in order, each when the rate allows and no
+        status patch waits. One queued while leading is dropped if leadership is lost (the
+        next leader records the transitions it makes)."""
+        while not stop.is_set():
+            await self._events_queued.wait()
+            self._events_queued.clear()
+            while self._events:
+                await self.limiter.acquire(urgent=False)
+                key, body, verdict = self._events.popleft()
+                if self.is_leader():
+                    await self._event(key, body, verdict)
+
+    async def _write_statuses(self, stop: asyncio.Event) -> None:
         await self.cache.ready.wait()
         while not stop.is_set():
             woke = asyncio.create_task(self._wake.wait())
@@ -222,12 +255,14 @@ class StatusWriter:
         if verdict.generation:
             condition["observedGeneration"] = verdict.generation
             status["observedGeneration"] = verdict.generation
+        await self.limiter.acquire()
         await self.api.patch_status(SITES, key.namespace, key.name, status)
         self.writes += 1
         self._unseen.setdefault(key, _Unseen(uid, seen, [])).written.append(status)
         told = (current.get("phase"), old.get("reason") if old else None, old.get("message") if old else None)
         if told != (verdict.phase, verdict.reason, verdict.message):
-            await self._event(key, body, verdict)
+            self._events.append((key, body, verdict))  # written by `run`, after the patches
+            self._events_queued.set()
 
     def _held_back(self, key: SiteKey, verdict: Verdict) -> bool:
         """Whether a missing backend is not said yet: the site (or its backend) is new to us

@@ -16,6 +16,7 @@ from snapshot.snapshot import DEFAULT_GROUP
 from snapshot.tenancy import CLIENT_NAME_SUFFIX
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
+from watcher.rate_limit import DEFAULT_BURST, DEFAULT_QPS
 from watcher.siteset import DEFAULT_MAX_SITES
 
 from .operations import issuer, log_format
@@ -114,6 +115,22 @@ def _parser() -> argparse.ArgumentParser:
         "--identity",
         default=None,
         help="with --kubernetes: this replica's name in the Lease and in Events (default: $POD_NAME)",
+    )
+    serve.add_argument(
+        "--status-qps",
+        type=float,
+        default=DEFAULT_QPS,
+        metavar="N",
+        help="with --kubernetes: at most this many status writes and Events a second, after the "
+        "burst (default %(default)g)",
+    )
+    serve.add_argument(
+        "--status-burst",
+        type=int,
+        default=DEFAULT_BURST,
+        metavar="N",
+        help="with --kubernetes: this many status writes and Events at once before the rate "
+        "applies (default %(default)s)",
     )
     serve.add_argument(
         "--metrics-address",
@@ -405,6 +422,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.namespace and not args.kubernetes:
         print("staticsite-xds: --namespace needs --kubernetes", file=sys.stderr)
         return 2
+    if not args.status_qps > 0:
+        print(f"staticsite-xds: --status-qps must be above 0, got {args.status_qps:g}", file=sys.stderr)
+        return 2
+    if args.status_burst < 1:
+        print(f"staticsite-xds: --status-burst must be at least 1, got {args.status_burst}", file=sys.stderr)
+        return 2
     if args.sites is not None and not args.sites.is_dir():
         print(f"staticsite-xds: --sites {args.sites}: not a folder", file=sys.stderr)
         return 2
@@ -418,6 +441,8 @@ def _serve(args: argparse.Namespace) -> int:
                 identity=args.identity,
                 lease_namespace=args.lease_namespace,
                 lease_name=args.lease_name,
+                status_qps=args.status_qps,
+                status_burst=args.status_burst,
             )
             if args.kubernetes
             else None,

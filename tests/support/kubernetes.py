@@ -515,6 +515,7 @@ async def start_replica(
     max_sites: int = DEFAULT_MAX_SITES,
     xds_port: int = 0,
     backend_grace: float = 0.2,
+    status_rate: tuple[float, int] | None = None,
 ) -> Replica:
     """A replica started in this event loop, serving xDS on 127.0.0.1:`xds_port` (0: any)."""
     api = KubeApi.for_server(cluster.url, user_agent=f"staticsite-xds/{identity}")
@@ -527,6 +528,7 @@ async def start_replica(
         max_sites=max_sites,
         settings=fast_settings(watch_timeout),
         lease_timings=lease,
+        **({} if status_rate is None else {"status_rate": status_rate}),
     )
     mode.writer.backend_grace = backend_grace  # short: the tests wait for what they create
     stop = asyncio.Event()

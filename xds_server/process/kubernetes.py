@@ -21,6 +21,7 @@ from watcher.k8s_api import KubeApi
 from watcher.k8s_cache import ClusterCache
 from watcher.k8s_status import StatusWriter
 from watcher.leader import DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE, DEFAULT_LEASE_TIMINGS, LeaderElector
+from watcher.rate_limit import DEFAULT_BURST, DEFAULT_QPS, RateLimiter
 from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
 from .observer import ObserverFuncs
@@ -54,11 +55,19 @@ class KubernetesMode:
         max_sites: int = DEFAULT_MAX_SITES,
         settings: kopf.OperatorSettings | None = None,
         lease_timings: tuple[float, float, float] = DEFAULT_LEASE_TIMINGS,
+        status_rate: tuple[float, int] = (DEFAULT_QPS, DEFAULT_BURST),
     ) -> KubernetesMode:
-        """Create the parts and connect them to each other."""
+        """Create the parts and connect them to each other. `status_rate`: the status
+        writer's writes a second, and how many at once (see `watcher.rate_limit`)."""
         identity = identity or default_identity()
         cache = ClusterCache()  # the source fills it, the writer reads it
-        writer = StatusWriter(api, cache, is_leader=lambda: elector.is_leader, identity=identity)
+        writer = StatusWriter(
+            api,
+            cache,
+            is_leader=lambda: elector.is_leader,
+            identity=identity,
+            limiter=RateLimiter(*status_rate),
+        )
         told = SourceObserverFuncs(objects=writer.mark, backends=writer.mark)
         source = KubernetesSource(
             api, namespaces, resync=resync, settings=settings, max_sites=max_sites, cache=cache, observer=told

@@ -22,6 +22,7 @@ from snapshot.builder import BuildOptions
 from watcher.folder import FolderSource
 from watcher.leader import DEFAULT_LEASE_NAME
 from watcher.manifest_file import DEFAULT_MAX_MANIFEST_BYTES
+from watcher.rate_limit import DEFAULT_BURST, DEFAULT_QPS
 from watcher.siteset import DEFAULT_MAX_SITES, SiteSet
 
 from ..operations.admission import AdmissionServer
@@ -48,6 +49,8 @@ class KubernetesConfig:
     identity: str | None = None
     lease_namespace: str | None = None
     lease_name: str = DEFAULT_LEASE_NAME
+    status_qps: float = DEFAULT_QPS  # status writes and Events a second
+    status_burst: int = DEFAULT_BURST
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,4 +249,5 @@ def _kubernetes(config: ServeConfig) -> KubernetesMode:
         lease_namespace=kube.lease_namespace,
         lease_name=kube.lease_name,
         max_sites=config.max_sites,
+        status_rate=(kube.status_qps, kube.status_burst),
     )
