@@ -29,7 +29,9 @@ log = logging.getLogger("staticsite_xds.leader")
 DEFAULT_LEASE_NAME = "staticsite-xds-leader"
 DEFAULT_LEASE_NAMESPACE = "staticsite-xds"
 # How long a lease lasts, by when the leader must have renewed it, and how often to try (seconds).
-DEFAULT_LEASE_TIMINGS = (15.0, 10.0, 2.0)
+# A candidate sees the holder's last renewal within one retry period and tries again the moment
+# the lease runs out, so a leader that dies is replaced within duration + retry period: 14 s.
+DEFAULT_LEASE_TIMINGS = (12.0, 8.0, 2.0)
 
 
 def _now() -> str:
@@ -107,11 +109,20 @@ class LeaderElector:
             while not stop.is_set():
                 await self.try_once()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.retry_period)
+                    await asyncio.wait_for(stop.wait(), timeout=self._next_try())
         finally:
             if self._leader:
                 with contextlib.suppress(ApiError, asyncio.CancelledError):
                     await asyncio.shield(self.release())
+
+    def _next_try(self) -> float:
+        """Seconds until the next round: a retry period, or less if another holder's lease
+        runs out sooner (a candidate takes it the moment it may)."""
+        if self._leader or self._record is None or not self._record[0] or self._record[0] == self.identity:
+            return self.retry_period
+        duration = float(self._record[2] or self.lease_duration)
+        free_in = self._record_seen + duration - time.monotonic()
+        return max(0.01, min(self.retry_period, free_in + 0.01))
 
     async def try_once(self) -> bool:
         """One round: take or renew the lease if we may; True if we lead afterwards."""
