@@ -54,3 +54,20 @@ async def _paged_list(self: KubernetesEmulator, request: Any) -> Any:
 
 
 KubernetesEmulator._serve_list = _paged_list  # type: ignore[method-assign]
+
+
+# kmock finds the object of a request by scanning every object it holds: a write at 10,000
+# sites would cost 10,000 comparisons. A request that names its object is looked up by its key
+# first; a miss falls back to the scan, so what is found is what the scan would find.
+_scan = KubernetesEmulator._KubernetesEmulator__get_objs  # type: ignore[attr-defined]
+
+
+def _get_objs(self: KubernetesEmulator, request: Any, strict: bool) -> Any:
+    if request.name is not None and request.resource is not None:
+        found = self._objects._objects.get((request.resource, request.namespace, request.name))
+        if found is not None:
+            return [found]
+    return _scan(self, request, strict)
+
+
+KubernetesEmulator._KubernetesEmulator__get_objs = _get_objs  # type: ignore[attr-defined]
