@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.envoy_dump import route_domains
 from support.kubernetes import Cluster, start_serve_process
 from support.processes import free_port, try_get
 from support.waiting import eventually
@@ -26,19 +27,6 @@ pytestmark = pytest.mark.envoy
 
 DOMAIN = "docs.example.test"
 ALIAS = "www.docs.example.test"
-
-
-def route_domains(envoy: LocalEnvoy) -> set[str]:
-    """Every domain of the route configurations an Envoy holds."""
-    for config in envoy.config_dump()["configs"]:
-        if config["@type"].endswith(".RoutesConfigDump"):
-            return {
-                domain
-                for route in config.get("dynamic_route_configs", [])
-                for host in route["route_config"].get("virtual_hosts", [])
-                for domain in host.get("domains", [])
-            }
-    return set()
 
 
 class Replica:

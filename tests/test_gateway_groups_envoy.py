@@ -26,11 +26,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import trustme
+from support.envoy_dump import dynamic, route_domains
 from support.manifests import manifest
 from support.mutual_tls import SERVER_NAME, mtls_bootstrap, secret_files
 from support.processes import free_port, free_ports, run_cli
@@ -111,27 +111,8 @@ SERVED = {BLUE: (BLUE_DOCS, BLUE_SECURE, SHOP), GREEN: (GREEN_DOCS, GREEN_SECURE
 # -- what an Envoy holds ----------------------------------------------------------------------
 
 
-def dynamic(envoy: LocalEnvoy, kind: str, key: str) -> list[dict[str, Any]]:
-    """The entries `key` of the config dump's section `kind` (ClustersConfigDump...)."""
-    for config in envoy.config_dump()["configs"]:
-        if config["@type"].endswith("." + kind):
-            entries: list[dict[str, Any]] = config.get(key, [])
-            return entries
-    return []
-
-
 def cluster_names(envoy: LocalEnvoy) -> set[str]:
     return {c["cluster"]["name"] for c in dynamic(envoy, "ClustersConfigDump", "dynamic_active_clusters")}
-
-
-def route_domains(envoy: LocalEnvoy) -> set[str]:
-    """Every domain of every virtual host of the route configurations Envoy took by RDS."""
-    return {
-        domain
-        for route in dynamic(envoy, "RoutesConfigDump", "dynamic_route_configs")
-        for host in route["route_config"].get("virtual_hosts", [])
-        for domain in host.get("domains", [])
-    }
 
 
 def https_server_names(envoy: LocalEnvoy) -> set[str]:

@@ -69,19 +69,20 @@ def test_the_checker_finds_the_series_an_expression_reads() -> None:
 
 
 @pytest.mark.unit
-def test_the_checker_refuses_a_bad_expression() -> None:
-    with pytest.raises(PromQLError, match="never closed"):
-        metric_names("sum(rate(a_total[5m])")
-    with pytest.raises(PromQLError, match="closes nothing"):
-        metric_names("rate(a_total[5m]))")
-    with pytest.raises(PromQLError, match="closes nothing"):
-        metric_names("rate(a_total[5m)]")
-    with pytest.raises(PromQLError, match="no PromQL function is named 'rates'"):
-        metric_names("rates(a_total[5m])")
-    with pytest.raises(PromQLError, match="does not end"):
-        metric_names('a{job="x}')
-    with pytest.raises(PromQLError, match="unexpected"):
-        metric_names("a # b")
+@pytest.mark.parametrize(
+    ("expr", "says"),
+    [
+        ("sum(rate(a_total[5m])", "never closed"),
+        ("rate(a_total[5m]))", "closes nothing"),
+        ("rate(a_total[5m)]", "closes nothing"),
+        ("rates(a_total[5m])", "no PromQL function is named 'rates'"),
+        ('a{job="x}', "does not end"),
+        ("a # b", "unexpected"),
+    ],
+)
+def test_the_checker_refuses_a_bad_expression(expr: str, says: str) -> None:
+    with pytest.raises(PromQLError, match=says):
+        metric_names(expr)
 
 
 @pytest.mark.unit

@@ -10,6 +10,7 @@ available to the tests. `exported` lists the series names the control plane expo
 
 from __future__ import annotations
 
+import functools
 import re
 
 import prometheus_client
@@ -190,8 +191,10 @@ def metric_names(expr: str) -> set[str]:
     return found
 
 
-def exported() -> set[str]:
-    """Every series name the control plane exports: its metrics as Prometheus scrapes them."""
+@functools.cache
+def exported() -> frozenset[str]:
+    """Every series name the control plane exports: its metrics as Prometheus scrapes them
+    (made once: a control plane with its metrics is built for it)."""
     registry = prometheus_client.CollectorRegistry()
     metrics = Metrics(registry)
     metrics.export(ControlPlane(BuildOptions(), observers=[metrics]), serving_expiry=lambda: 0.0)
@@ -200,4 +203,4 @@ def exported() -> set[str]:
     for family in families:
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
         names.update(family.name + suffix for suffix in suffixes)
-    return names
+    return frozenset(names)
