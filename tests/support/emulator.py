@@ -14,6 +14,7 @@ import itertools
 import json
 from typing import Any
 
+from kmock._internal import dsl, rendering
 from kmock._internal.k8s import KubernetesEmulator
 
 _unpaged = KubernetesEmulator._serve_list
@@ -71,3 +72,48 @@ def _get_objs(self: KubernetesEmulator, request: Any, strict: bool) -> Any:
 
 
 KubernetesEmulator._KubernetesEmulator__get_objs = _get_objs  # type: ignore[attr-defined]
+
+
+# kmock decides whether a reaction serves a request by asking `request in view`, and a view
+# answers that by filtering the whole history of recorded requests: every request costs the
+# number of requests so far, so a long run is quadratic. A view built only of criteria, groups
+# and exclusions is answered here from the request itself; a view whose answer depends on the
+# history (a slice, a reaction's own requests) is still asked the old way.
+_Unknown = object()
+
+
+def _holds(view: Any, request: Any) -> Any:
+    """Whether `view` sees `request`, or `_Unknown` when only its history can tell."""
+    if isinstance(view, dsl.Root):
+        return any(seen is request for seen in reversed(view._requests))
+    if isinstance(view, dsl.Filter) and type(view) is dsl.Filter:
+        held = _holds(view._source, request)
+        return held if held is not True else bool(view.criteria(request))
+    if type(view) is dsl.Priority:
+        return _holds(view._source, request)
+    if type(view) is dsl.Exclusion:
+        held = _holds(view._source, request)
+        if held is not True:
+            return held
+        excluded = [_holds(other, request) for other in view._exclusions]
+        return _Unknown if _Unknown in excluded else not any(excluded)
+    if type(view) in (dsl.OrGroup, dsl.AndGroup):
+        held = [_holds(source, request) for source in view._sources]
+        if _Unknown in held:
+            return _Unknown
+        return any(held) if type(view) is dsl.OrGroup else all(held)
+    return _Unknown
+
+
+_contains = dsl.View.__contains__
+
+
+def _view_contains(self: Any, item: Any) -> bool:
+    if isinstance(item, rendering.Request):
+        held = _holds(self, item)
+        if held is not _Unknown:
+            return bool(held)
+    return _contains(self, item)
+
+
+dsl.View.__contains__ = _view_contains  # type: ignore[method-assign]
