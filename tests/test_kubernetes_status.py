@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import prometheus_client
 import pytest
 from support.kubernetes import (
     LEASE_NAMESPACE,
@@ -566,6 +567,40 @@ async def test_status_writes_keep_to_the_rate_and_come_before_the_events(cluster
         await close_all(replica)
 
 
+def metric(name: str, **labels: str) -> float:
+    """A sample of this process's metrics (the status writer's are the process's own)."""
+    value = prometheus_client.REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_status_metrics_count_the_writes_and_show_what_is_left_to_write(cluster: Cluster) -> None:
+    await cluster.create_service("docs", "web")
+    sites = 30
+    for i in range(sites):
+        cluster.put_silently(site_body("docs", f"site-{i:02}", f"site-{i:02}.example.com"))
+    patches = metric("staticsite_xds_status_writes_total", kind="status")
+    events = metric("staticsite_xds_status_writes_total", kind="event")
+    replica = await start_replica(cluster, "replica-a", lease=LEASE, status_rate=(20.0, 5))
+    try:
+        await eventually(lambda: metric("staticsite_xds_leader") == 1, what="the leader gauge")
+        # Held to 20 writes a second, the statuses take over a second: meanwhile some are left.
+        await eventually(
+            lambda: 0 < metric("staticsite_xds_status_pending") < sites, within=5, what="some statuses left"
+        )
+        await eventually(lambda: len(status_writes(cluster)) == sites, within=15, what="every status")
+        await eventually(lambda: metric("staticsite_xds_status_pending") == 0, what="nothing left to write")
+        assert metric("staticsite_xds_status_writes_total", kind="status") - patches == sites
+        await eventually(
+            lambda: metric("staticsite_xds_status_writes_total", kind="event") - events == sites,
+            within=15,
+            what="every Event counted",
+        )
+        assert sum(map(is_event_post, all_requests(cluster))) == sites
+    finally:
+        await close_all(replica)
+    assert metric("staticsite_xds_leader") == 0  # it handed the lease back
+
+
 def delay_site_updates(replica: Replica, delay: float) -> list[dict[str, Any]]:
     """Deliver the watch's MODIFIED events of StaticSites late, as a loaded API server may.
 
@@ -767,6 +802,7 @@ async def test_one_leader_writes_every_replica_serves_and_the_other_takes_over(c
         await stays(lambda: leaders(a, b), what="the leader")
         (first,) = leaders(a, b)
         second = b if first == "replica-a" else a
+        assert second.mode.writer.pending == 0  # a follower has nothing to write
         lease = await cluster.lease()
         assert lease is not None
         assert lease["spec"]["holderIdentity"] == first

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import prometheus_client
+
 from snapshot.model import API_VERSION, KIND, Backend, SiteKey
 from snapshot.verdict import BACKEND_REASONS, BackendSeen, Phase, SiteState, with_backend
 
@@ -44,6 +46,23 @@ RETRY_DELAY = 2.0  # seconds before a failed write is tried again
 # before it is said to be missing: a Service applied with the site comes over another watch,
 # and nothing orders the two, so a site can arrive first.
 BACKEND_GRACE = 2.0
+
+STATUS_WRITES = prometheus_client.Counter(
+    "staticsite_xds_status_writes_total",
+    "Writes of this replica to the Kubernetes API about StaticSites: status patches and Events",
+    ["kind"],
+)
+STATUS_PENDING = prometheus_client.Gauge(
+    "staticsite_xds_status_pending",
+    "StaticSites whose status this replica, while it leads, has still to compare with its verdict "
+    "or to write (0 once every status says what the control plane did)",
+)
+LEADER = prometheus_client.Gauge(
+    "staticsite_xds_leader",
+    "1 while this replica holds the leader Lease (it writes status), 0 while it does not",
+)
+for _kind in ("status", "event"):
+    STATUS_WRITES.labels(_kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +128,15 @@ class StatusWriter:
         self._unseen: dict[SiteKey, _Unseen] = {}  # see `_as_written`
         self._backend_since: dict[SiteKey, tuple[Backend, float]] = {}  # see `_held_back`
         self._wake = asyncio.Event()
+        self._in_flight = 0  # sites taken from `_dirty` whose comparison or write is not done
+
+    @property
+    def pending(self) -> int:
+        """Sites still to be compared or written (0 while another replica leads)."""
+        return len(self._dirty) + self._in_flight if self.is_leader() else 0
+
+    def _count(self) -> None:
+        STATUS_PENDING.set(self.pending)
 
     # -- what tells it to look -------------------------------------------------------------
 
@@ -123,6 +151,7 @@ class StatusWriter:
     def mark(self, keys: Iterable[SiteKey]) -> None:
         self._dirty.update(keys)
         self._wake.set()
+        self._count()
 
     def mark_all(self) -> None:
         self.mark(set(self._states) | set(self._sites.invalid))
@@ -132,6 +161,8 @@ class StatusWriter:
         if leader:
             self._unseen.clear()  # what we wrote before may have been overwritten since
             self.mark_all()
+        LEADER.set(1 if leader else 0)  # once marked: a leader showing 0 pending has judged all
+        self._count()
 
     # -- the verdict -----------------------------------------------------------------------
 
@@ -191,30 +222,42 @@ class StatusWriter:
             self._wake.clear()
             keys, self._dirty = self._dirty, set()
             if not self.is_leader():
+                self._count()
                 continue  # a new leader checks every site anyway
             failed = await self.sync(sorted(keys))
             if failed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=RETRY_DELAY)
+                self._in_flight += len(failed)  # still pending while they wait to be tried again
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=RETRY_DELAY)
+                finally:
+                    self._in_flight -= len(failed)
                 self.mark(failed)
 
     async def sync(self, keys: Iterable[SiteKey]) -> set[SiteKey]:
         """Write the status of these sites where it differs; the keys whose write failed."""
         failed: set[SiteKey] = set()
         gate = asyncio.Semaphore(self.concurrency)
+        chosen = list(keys)
+        self._in_flight += len(chosen)
+        self._count()
 
         async def one(key: SiteKey) -> None:
-            async with gate:
-                if not self.is_leader():
-                    return
-                try:
-                    await self._sync_one(key)
-                except ApiError as exc:
-                    if exc.status != 404:  # 404: the object is gone
-                        log.warning("cannot write the status of StaticSite %s: %s", key, exc)
-                        failed.add(key)
+            try:
+                async with gate:
+                    if not self.is_leader():
+                        return
+                    try:
+                        await self._sync_one(key)
+                    except ApiError as exc:
+                        if exc.status != 404:  # 404: the object is gone
+                            log.warning("cannot write the status of StaticSite %s: %s", key, exc)
+                            failed.add(key)
+            finally:
+                self._in_flight -= 1
+                self._count()
 
-        await asyncio.gather(*(one(key) for key in keys))
+        await asyncio.gather(*(one(key) for key in chosen))
         return failed
 
     async def _sync_one(self, key: SiteKey) -> None:
@@ -258,6 +301,7 @@ class StatusWriter:
         await self.limiter.acquire()
         await self.api.patch_status(SITES, key.namespace, key.name, status)
         self.writes += 1
+        STATUS_WRITES.labels("status").inc()
         self._unseen.setdefault(key, _Unseen(uid, seen, [])).written.append(status)
         told = (current.get("phase"), old.get("reason") if old else None, old.get("message") if old else None)
         if told != (verdict.phase, verdict.reason, verdict.message):
@@ -329,6 +373,7 @@ class StatusWriter:
         try:
             await self.api.create_event(key.namespace, event)
             self.events += 1
+            STATUS_WRITES.labels("event").inc()
         except ApiError as exc:  # an Event is history, not state: never retried
             log.warning("cannot record an Event for StaticSite %s: %s", key, exc)
 

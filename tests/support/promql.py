@@ -16,6 +16,7 @@ import re
 import prometheus_client
 
 from snapshot.builder import BuildOptions
+from watcher.k8s_status import LEADER, STATUS_PENDING, STATUS_WRITES
 from watcher.source_state import SOURCE_ERRORS, SOURCE_UP
 from xds_server.operations.metrics import Metrics
 from xds_server.process.control_plane import ControlPlane
@@ -198,7 +199,8 @@ def exported() -> frozenset[str]:
     registry = prometheus_client.CollectorRegistry()
     metrics = Metrics(registry)
     metrics.export(ControlPlane(BuildOptions(), observers=[metrics]), serving_expiry=lambda: 0.0)
-    families = [*registry.collect(), *SOURCE_UP.collect(), *SOURCE_ERRORS.collect()]
+    own = (SOURCE_UP, SOURCE_ERRORS, LEADER, STATUS_PENDING, STATUS_WRITES)  # the sources' own metrics
+    families = [*registry.collect(), *(f for metric in own for f in metric.collect())]
     names = set()
     for family in families:
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
