@@ -18,4 +18,5 @@ SCENARIOS = (
     "fanout",
     "memory",
     "burst",
+    "kubernetes",
 )

@@ -5,7 +5,7 @@
 `--sizes` sets the number of sites for the end-to-end scenarios (change, load, nginx,
 envoy-files); the others use the sizes their targets are set at (cold: 10,000 and 50,000;
 share: 10,000; groups: 10 gateway groups of 1,000 sites; fanout: 500 streams; memory: 10,000
-sites and 100 streams, Envoy at 20,000; burst: 1,000 changes), and `--quick` shrinks
+sites and 100 streams, Envoy at 20,000; burst: 1,000 changes; kubernetes: 10,000 StaticSites in 100 namespaces), and `--quick` shrinks
 everything (200 sites, groups of 50, few repetitions) so the whole run takes well under a
 minute.
 
@@ -96,7 +96,7 @@ def plan(selected: Sequence[str], sizes: Sequence[int], quick: bool) -> list[dic
         tasks.append({"kind": "share", "size": 1000 if quick else 10_000})
     if "groups" in selected:
         tasks.append({"kind": "groups", "size": 500 if quick else 10_000})
-    for kind in ("fanout", "memory", "burst"):
+    for kind in ("fanout", "memory", "burst", "kubernetes"):
         if kind in selected:
             tasks.append({"kind": kind})
     for task in tasks:

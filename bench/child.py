@@ -60,6 +60,10 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         from .inprocess import run_burst
 
         return run_burst(quick)
+    if kind == "kubernetes":
+        from .kubernetes import run_kubernetes
+
+        return run_kubernetes(quick, workdir)
     raise ValueError(f"unknown task kind {kind!r}")
 
 

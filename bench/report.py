@@ -114,6 +114,8 @@ def _amount(value: float, unit: str) -> str:
         return f"{value:.1f}x"
     if unit == "MB":
         return f"{value:,.0f} MB"
+    if unit == "s":
+        return f"{value:.1f} s"
     return f"{value:,.0f}{(' ' + unit) if unit else ''}"
 
 
@@ -183,6 +185,10 @@ PLANE_AT, PLANE_MB = 10_000, 250.0
 ENVOY_AT, ENVOY_MB = 20_000, 600.0
 BURST_MAX = 10
 COLD_TARGETS = ((10_000, 300.0), (50_000, 1500.0))
+K8S_AT = 10_000
+K8S_SERVED_S, K8S_STATUS_S, K8S_FAILOVER_S = 20.0, 60.0, 15.0
+K8S_APPLY_MEDIAN, K8S_APPLY_P99 = 300.0, 1000.0
+K8S_MB = 400.0
 
 
 def build_rows(results: Results, selected: Sequence[str], sizes: Sequence[int]) -> list[Row]:
@@ -201,6 +207,8 @@ def build_rows(results: Results, selected: Sequence[str], sizes: Sequence[int]) 
         rows.extend(_memory_rows(results))
     if "burst" in selected:
         rows.extend(_burst_rows(results))
+    if "kubernetes" in selected:
+        rows.extend(_kubernetes_rows(results))
     return rows
 
 
@@ -558,6 +566,98 @@ def _burst_rows(results: Results) -> list[Row]:
     return rows
 
 
+def _seconds(value: float | None) -> str:
+    return "never (timed out)" if value is None else f"{value:.1f} s"
+
+
+def _kubernetes_rows(results: Results) -> list[Row]:
+    figs = results.figures("kubernetes", "kubernetes")
+    if not figs:
+        why = results.why("kubernetes")
+        return [_missing("Kubernetes mode: start -> every site served", "kubernetes", "-", why, "-")]
+    return [row for fig in figs for row in _kubernetes_figure_rows(fig)]
+
+
+def _kubernetes_figure_rows(fig: dict[str, Any]) -> list[Row]:
+    size, at = str(fig["size"]), fig["size"] == K8S_AT
+    where = f"(at {K8S_AT:,})"
+
+    def timed(label: str, value: float | None, limit: float, ours: str, row_data: Any) -> Row:
+        row = Row(label, "kubernetes", size, ours, f"<= {limit:.0f} s {where}", data=row_data)
+        if value is None:
+            row.verdict, row.met = ("missed: never" if at else "(missed: never)"), False
+        else:
+            row.verdict, row.met = verdict([Check("seconds", value, limit, "s")], at)
+        return row
+
+    unserved = fig["size"] - fig["served"]
+    served = timed(
+        "Kubernetes mode: start -> every site served by Envoy",
+        fig["served_s"] if not unserved else None,
+        K8S_SERVED_S,
+        f"{_seconds(fig['served_s'])} ({fig['served']:,} of {fig['size']:,} then answered 200)",
+        {k: fig[k] for k in ("served_s", "served")},
+    )
+    rate = f", {fig['status_rate']:,.0f} writes/s" if fig.get("status_rate") else ""
+    status = timed(
+        "Kubernetes mode: start -> every status written (first install)",
+        fig["status_s"],
+        K8S_STATUS_S,
+        f"{_seconds(fig['status_s'])} ({fig['status_patches']:,} patches{rate}; "
+        f"{fig['status_events']:,} Events by then)",
+        {k: fig[k] for k in ("status_s", "status_patches", "status_events", "status_rate")},
+    )
+    restart_writes = fig["restart_patches"] + fig["restart_events"]
+    restart = Row(
+        "Kubernetes mode: restart over correct statuses: writes",
+        "kubernetes",
+        size,
+        f"{fig['restart_patches']} patches, {fig['restart_events']} Events "
+        f"(compared every site {fig['restart_judged_s']:.1f} s after start)",
+        "0",
+        data={k: fig[k] for k in ("restart_patches", "restart_events", "restart_judged_s")},
+    )
+    restart.verdict, restart.met = verdict([Check("writes", restart_writes, 0, "")], True)
+    apply = fig["apply_ms"]
+    applied = Row(
+        "Kubernetes mode: new site created (as kubectl apply) -> 200",
+        "kubernetes",
+        size,
+        stats_cell(apply),
+        f"med <= {K8S_APPLY_MEDIAN:.0f}, p99 <= {K8S_APPLY_P99:,.0f} ms {where}",
+        data=apply,
+    )
+    if apply.get("n"):
+        applied.verdict, applied.met = verdict(
+            [
+                Check("median", apply["median"], K8S_APPLY_MEDIAN, "ms"),
+                Check("p99", apply["p99"], K8S_APPLY_P99, "ms"),
+            ],
+            at,
+            f"{apply['timeouts']} not served in time" if apply.get("timeouts") else "",
+        )
+    else:
+        applied.verdict, applied.met = "missed: none served in time", False
+    memory = Row(
+        "Kubernetes mode: control plane RSS",
+        "kubernetes",
+        size,
+        f"{fmt_mb(fig['rss_mb'])} (peak {fmt_mb(fig['peak_rss_mb'])})",
+        f"<= {K8S_MB:.0f} MB {where}",
+        data={k: fig[k] for k in ("rss_mb", "peak_rss_mb")},
+    )
+    if fig["rss_mb"] is not None:
+        memory.verdict, memory.met = verdict([Check("RSS", fig["rss_mb"], K8S_MB, "MB")], at)
+    failover = timed(
+        "Kubernetes mode: leader SIGKILLed -> status written by the other",
+        fig["failover_status_s"],
+        K8S_FAILOVER_S,
+        f"{_seconds(fig['failover_status_s'])} (it led after {_seconds(fig['failover_lease_s'])})",
+        {k: fig[k] for k in ("failover_status_s", "failover_lease_s")},
+    )
+    return [served, status, restart, applied, memory, failover]
+
+
 # -- scenarios, for the JSON ---------------------------------------------------------------
 
 SOURCES = {
@@ -571,6 +671,7 @@ SOURCES = {
     "fanout": ("fanout", ("fanout", "fanout-stuck")),
     "memory": ("memory", ("memory-plane", "memory-envoy")),
     "burst": ("burst", ("burst",)),
+    "kubernetes": ("kubernetes", ("kubernetes",)),
 }
 
 

@@ -19,7 +19,19 @@ import pytest
 pytestmark = pytest.mark.envoy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("change", "load", "nginx", "envoy-files", "cold", "share", "groups", "fanout", "memory", "burst")
+SCENARIOS = (
+    "change",
+    "load",
+    "nginx",
+    "envoy-files",
+    "cold",
+    "share",
+    "groups",
+    "fanout",
+    "memory",
+    "burst",
+    "kubernetes",
+)
 TABLE_HEADER = ("figure", "size", "ours", "target", "nginx", "envoy-files", "ratio", "verdict")
 
 

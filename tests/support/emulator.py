@@ -1,10 +1,13 @@
-"""kmock's Kubernetes emulator made to list as a real API server does: page by page.
+"""kmock's Kubernetes emulator made to behave as a real API server where the control plane
+depends on it, for every emulator made after this module is imported (tests/conftest.py
+imports it first):
 
-kmock alone answers a listing with every object at once, whatever `limit` asks. Here its
-listing is paged for every resource and every emulator made after this module is imported
-(tests/conftest.py imports it first): items in the order of their keys (namespace, name), at
-most `limit` of them, and while more are left a `continue` token for the rest and
-`remainingItemCount`, as the API server's own listing sets them.
+- a listing is paged: items in the order of their keys (namespace, name), at most `limit` of
+  them, and while more are left a `continue` token for the rest and `remainingItemCount`;
+- a watch from the resourceVersion of a listing gets only what changed since (kmock alone
+  starts every watch by sending every object again);
+- a named object is found by its key, and a request is matched to its reaction from the
+  request itself: the cost of a request does not grow with the objects and requests so far.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from kmock._internal.k8s import KubernetesEmulator
 
 _unpaged = KubernetesEmulator._serve_list
 _revisions = itertools.count(10_000_000)
+# A listing's resourceVersion: this plus the number of watch events of its resource so far.
+_LISTED = 1_000_000_000
 
 
 def _order(body: dict[str, Any]) -> tuple[str, str]:
@@ -26,15 +31,17 @@ def _order(body: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
-def paged(request: Any, listing: dict[str, Any]) -> dict[str, Any]:
-    """The page of `listing` that `request` asks for with `limit` and `continue`."""
+def paged(request: Any, listing: dict[str, Any], events: int | None = None) -> dict[str, Any]:
+    """The page of `listing` that `request` asks for with `limit` and `continue`; its
+    resourceVersion says how many watch `events` its resource had made, when given."""
     items = sorted(listing["items"], key=_order)
     token = request.params.get("continue")
     if token:
         after = tuple(json.loads(base64.urlsafe_b64decode(token.encode())))
         items = [body for body in items if _order(body) > after]
     limit = int(request.params.get("limit") or 0)
-    metadata: dict[str, Any] = {"resourceVersion": str(next(_revisions))}
+    version = _LISTED + events if events is not None else next(_revisions)
+    metadata: dict[str, Any] = {"resourceVersion": str(version)}
     if limit and len(items) > limit:
         metadata["continue"] = base64.urlsafe_b64encode(
             json.dumps(_order(items[limit - 1])).encode()
@@ -51,10 +58,42 @@ async def unpaged_list(emulator: Any, request: Any) -> dict[str, Any]:
 
 
 async def _paged_list(self: KubernetesEmulator, request: Any) -> Any:
-    return paged(request, await unpaged_list(self, request))
+    events = self._buses[request.resource].streamed_count
+    return paged(request, await unpaged_list(self, request), events)
 
 
 KubernetesEmulator._serve_list = _paged_list  # type: ignore[method-assign]
+
+
+# kmock starts every watch by sending every object as ADDED. The API server does that only for
+# a watch without a resourceVersion: a watch from the version of a listing gets what changed
+# since. Here a watch from a listing's version, when its resource has had no event since that
+# listing, gets only what comes next; any other watch is kmock's (everything, then what comes).
+_replaying_watch = KubernetesEmulator._serve_watch
+
+
+async def _serve_watch(self: KubernetesEmulator, request: Any) -> Any:
+    since = request.params.get("resourceVersion")
+    bus = self._buses[request.resource]
+    mark = None
+    yield b""  # the headers now: a watch streams even while nothing happens
+    async with self._lock:  # events are put under this lock: none between the check and the mark
+        if since is not None and since == str(_LISTED + bus.streamed_count):
+            mark = await bus.mark()
+    if mark is None:
+        replay = _replaying_watch(self, request)
+        await replay.__anext__()  # its own headers, sent above
+        async for event in replay:
+            yield event
+        return
+    check = self._KubernetesEmulator__check  # type: ignore[attr-defined]
+    async for event in mark:
+        meta = event.get("object", {}).get("metadata", {})
+        if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+            yield event
+
+
+KubernetesEmulator._serve_watch = _serve_watch  # type: ignore[method-assign]
 
 
 # kmock finds the object of a request by scanning every object it holds: a write at 10,000

@@ -192,6 +192,15 @@ def site_body(
     }
 
 
+def service_body(namespace: str, name: str, ports: Iterable[int] = (80,)) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [{"port": p, "protocol": "TCP"} for p in ports]},
+    }
+
+
 class Cluster:
     """The test's own client of the emulator, setting what a real API server would."""
 
@@ -274,12 +283,7 @@ class Cluster:
         await self.api.patch(NAMESPACES, "", name, patch)
 
     async def create_service(self, namespace: str, name: str, ports: Iterable[int] = (80,)) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"ports": [{"port": p, "protocol": "TCP"} for p in ports]},
-        }
+        body = service_body(namespace, name, ports)
         await self.api.create(SERVICES, namespace, self._stamp(body, new=True))
         await self.seen_by_replicas(namespace, name, present=True)
 
@@ -338,6 +342,16 @@ class Cluster:
     def put_silently(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         self.kmock.objects[SITES_RESOURCE, meta["namespace"], meta["name"]] = self._stamp(body, new=True)
+
+    def put_service_silently(self, namespace: str, name: str, ports: Iterable[int] = (80,)) -> None:
+        """Store a Service with no watch event (see `put_silently`)."""
+        body = service_body(namespace, name, ports)
+        self.kmock.objects["v1/services", namespace, name] = self._stamp(body, new=True)
+
+    def put_namespace_silently(self, name: str, **labels: str) -> None:
+        """Store a Namespace with no watch event (see `put_silently`)."""
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        self.kmock.objects["v1/namespaces", None, name] = self._stamp(body, new=True)
 
     def delete_silently(self, namespace: str, name: str) -> None:
         self.kmock.objects[SITES_RESOURCE, namespace, name].delete()

@@ -11,24 +11,29 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .gateway import REPO_ROOT, stop_process
 
 
 class ControlPlaneProcess:
+    """`serve` on the sites folder `sites`, or (None) on the source `extra` names, such as
+    `--kubernetes`; `env` replaces the environment it is given (this process's, if None)."""
+
     def __init__(
         self,
-        sites: Path,
+        sites: Path | None,
         workdir: Path,
         xds_port: int,
         http_port: int,
         *,
         log_level: str = "debug",
         extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.sites = sites
+        self.env = dict(env) if env is not None else None
         self.xds_port = xds_port
         self.http_port = http_port
         self.log_level = log_level
@@ -45,8 +50,7 @@ class ControlPlaneProcess:
             "--log-level",
             self.log_level,
             "serve",
-            "--sites",
-            str(self.sites),
+            *(["--sites", str(self.sites)] if self.sites is not None else []),
             "--xds-address",
             f"127.0.0.1:{self.xds_port}",
             "--http-port",
@@ -59,7 +63,12 @@ class ControlPlaneProcess:
         ]
         with self.log_path.open("ab") as logfile:
             self.process = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                cmd,
+                cwd=REPO_ROOT,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
