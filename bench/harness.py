@@ -64,12 +64,12 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
 # -- memory --------------------------------------------------------------------------------
 
 
-def rss_mb(pid: int) -> float | None:
-    """A process's resident set size in MiB (VmRSS), or None if it is gone."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A process's resident set size in MiB (VmRSS; VmHWM: its peak), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None

@@ -264,7 +264,7 @@ class Replica:
     def rss(self) -> tuple[float | None, float | None]:
         """(RSS, peak RSS) in MiB."""
         pid = self.process.pid
-        return rss_mb(pid), _peak_mb(pid)
+        return rss_mb(pid), rss_mb(pid, "VmHWM")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.process.stop(sig)
@@ -288,17 +288,6 @@ def settled(pid: int, timeout: float) -> None:
             return
         before = now
     raise TimeoutError(f"process {pid} still busy after {timeout:.0f} s")
-
-
-def _peak_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 # -- probes --------------------------------------------------------------------------------
