@@ -346,6 +346,35 @@ async def test_listings_are_read_page_by_page(cluster: Cluster, monkeypatch: pyt
 
 
 @pytest.mark.kubernetes
+async def test_the_emulator_versions_every_write_and_refuses_a_stale_one(cluster: Cluster) -> None:
+    from watcher.k8s_api import ApiError
+
+    created = await cluster.create_site("docs", "main", "docs.example.com")
+    first = created["metadata"]["resourceVersion"]
+    # A write of the status, naming no version, moves it.
+    await cluster.api.patch_status(k8s.SITES, "docs", "main", {"phase": "Provisioned"})
+    written = await cluster.site("docs", "main")
+    assert written is not None
+    second = written["metadata"]["resourceVersion"]
+    assert int(second) > int(first)
+    # A write naming the version held passes and moves it; one naming an older one is refused.
+    path = k8s.SITES.path("docs", "main")
+    current = {"metadata": {"resourceVersion": second, "labels": {"a": "1"}}}
+    third = (await cluster.api.call("PATCH", path, current, content_type="application/merge-patch+json"))[
+        "metadata"
+    ]["resourceVersion"]
+    assert int(third) > int(second)
+    stale = {"metadata": {"resourceVersion": second, "labels": {"a": "2"}}}
+    with pytest.raises(ApiError) as refused:
+        await cluster.api.call("PATCH", path, stale, content_type="application/merge-patch+json")
+    assert refused.value.status == 409
+    stored = await cluster.site("docs", "main")
+    assert stored is not None
+    assert stored["metadata"]["labels"] == {"a": "1"}
+    assert stored["metadata"]["resourceVersion"] == third
+
+
+@pytest.mark.kubernetes
 async def test_a_deletion_between_our_first_listing_and_kopfs_is_healed(cluster: Cluster) -> None:
     """kopf starts after our initial listing, and lists on its own: what is deleted in between is
     absent from its listing, never announced. The listing we make after kopf's removes it."""

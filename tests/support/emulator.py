@@ -6,6 +6,8 @@ imports it first):
   them, and while more are left a `continue` token for the rest and `remainingItemCount`;
 - a watch from the resourceVersion of a listing gets only what changed since (kmock alone
   starts every watch by sending every object again);
+- every write sets a new resourceVersion, and an update naming another than the object's is
+  refused with 409 Conflict;
 - a named object is found by its key, and a request is matched to its reaction from the
   request itself: the cost of a request does not grow with the objects and requests so far.
 """
@@ -13,11 +15,13 @@ imports it first):
 from __future__ import annotations
 
 import base64
+import contextvars
 import itertools
 import json
 from typing import Any
 
-from kmock._internal import dsl, rendering
+from kmock import KubernetesError
+from kmock._internal import dsl, enums, k8s_dicts, rendering
 from kmock._internal.k8s import KubernetesEmulator
 
 _unpaged = KubernetesEmulator._serve_list
@@ -156,3 +160,50 @@ def _view_contains(self: Any, item: Any) -> bool:
 
 
 dsl.View.__contains__ = _view_contains  # type: ignore[method-assign]
+
+
+# kmock keeps whatever resourceVersion a client sends, and never sets one. The API server
+# sets a new one on every write, and refuses with 409 Conflict a write that names another
+# than the object has: the optimistic lock of every controller (our Lease among them). Here
+# each create without one gets one, each update of an object over HTTP gets the next, and an
+# update naming another than the stored one is refused, checked and written under the
+# emulator's lock. `REVISIONS` is the one counter: the tests' own stamps take from it too.
+REVISIONS = itertools.count(1000)
+_writing: contextvars.ContextVar[bool] = contextvars.ContextVar("writing", default=False)
+_kmock_handle = KubernetesEmulator._handle
+_kmock_patch = k8s_dicts.Object.patch
+
+
+async def _handle(self: KubernetesEmulator, request: Any) -> Any:
+    if request.resource is None or (request.name is None and request.action != enums.action.CREATE):
+        return await _kmock_handle(self, request)
+    if request.action == enums.action.CREATE and isinstance(request.data, dict):
+        meta = request.data.setdefault("metadata", {})
+        if isinstance(meta, dict) and not meta.get("resourceVersion"):
+            meta["resourceVersion"] = str(next(REVISIONS))
+    token = _writing.set(request.action == enums.action.UPDATE)
+    try:
+        return await _kmock_handle(self, request)
+    finally:
+        _writing.reset(token)
+
+
+def _patch(self: Any, data: Any) -> Any:
+    if not _writing.get() or not isinstance(data, dict):
+        return _kmock_patch(self, data)
+    named = (data.get("metadata") or {}).get("resourceVersion")
+    held = (self.get("metadata") or {}).get("resourceVersion")
+    if named not in (None, "") and held is not None and str(named) != str(held):
+        name = (self.get("metadata") or {}).get("name")
+        raise KubernetesError(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on "{name}": the object has been modified; '
+            "please apply your changes to the latest version and try again",
+        )
+    meta = {**(data.get("metadata") or {}), "resourceVersion": str(next(REVISIONS))}
+    return _kmock_patch(self, {**data, "metadata": meta})
+
+
+KubernetesEmulator._handle = _handle  # type: ignore[method-assign]
+k8s_dicts.Object.patch = _patch  # type: ignore[method-assign]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
 from snapshot.tenancy import DEFAULT_GROUP, GATEWAY_GROUP_KIND, GATEWAY_GROUP_PLURAL
-from support.emulator import paged, unpaged_list
+from support.emulator import REVISIONS, paged, unpaged_list
 from support.waiting import eventually
 from watcher.k8s import GATEWAY_GROUPS, SITES, KubernetesSource
 from watcher.k8s_api import EVENTS, LEASES, NAMESPACES, SERVICES, KubeApi
@@ -43,7 +42,6 @@ GROUPS_RESOURCE = f"{GROUP}/{VERSION}/{GATEWAY_GROUP_PLURAL}"
 # The group deploy/gateway-group.yaml ships: every namespace, every domain.
 OPEN_GRANT: dict[str, Any] = {"namespaces": {"selector": {}}, "domains": ["*"]}
 LEASE_NAMESPACE = "staticsite-xds"
-_revisions = itertools.count(1000)
 
 
 def _read_namespace_paths() -> None:
@@ -226,9 +224,11 @@ class Cluster:
                 )
 
     def _stamp(self, body: dict[str, Any], *, new: bool) -> dict[str, Any]:
+        """A new object's metadata as the API server sets it. An update over HTTP gets its
+        resourceVersion from the emulator (one named here would be a precondition)."""
         meta = body.setdefault("metadata", {})
-        meta["resourceVersion"] = str(next(_revisions))
         if new:
+            meta["resourceVersion"] = str(next(REVISIONS))
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("generation", 1)
             meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -360,7 +360,8 @@ class Cluster:
         """Merge `spec` into a stored StaticSite (same uid, next generation), with no watch event."""
         stored = self.kmock.objects[SITES_RESOURCE, namespace, name]
         generation = int(stored["metadata"].get("generation") or 1) + 1
-        stored.patch(self._stamp({"metadata": {"generation": generation}, "spec": spec}, new=False))
+        revision = str(next(REVISIONS))  # no HTTP write: the store keeps what it is given
+        stored.patch({"metadata": {"generation": generation, "resourceVersion": revision}, "spec": spec})
 
     def stored_sites(self) -> dict[tuple[str, str], dict[str, Any]]:
         """The StaticSites the emulator holds now, by (namespace, name); read from memory, not HTTP."""
