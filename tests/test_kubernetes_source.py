@@ -346,6 +346,51 @@ async def test_listings_are_read_page_by_page(cluster: Cluster, monkeypatch: pyt
 
 
 @pytest.mark.kubernetes
+async def test_a_listing_whose_continue_token_expired_is_made_again(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from support import emulator
+
+    from watcher import k8s_api
+    from watcher.k8s_api import ApiError
+
+    monkeypatch.setattr(k8s_api, "LIST_PAGE", 4)
+    for i in range(10):
+        cluster.put_silently(site_body(f"team-{i % 3}", f"site-{i}", f"site-{i}.example.com"))
+    names = sorted(f"site-{i}" for i in range(10))
+    # The emulator refuses an expired continue token as the API server does: 410 Gone.
+    first = await cluster.api.call("GET", k8s.SITES.path(None), query={"limit": 4})
+    monkeypatch.setattr(emulator, "CONTINUE_LIFETIME", -1.0)
+    query = {"limit": 4, "continue": first["metadata"]["continue"]}
+    with pytest.raises(ApiError) as gone:
+        await cluster.api.call("GET", k8s.SITES.path(None), query=query)
+    assert gone.value.status == 410
+
+    # A listing whose token expires once is made again from its first page, nothing twice.
+    expired: list[float] = []
+
+    def once(issued: float) -> bool:
+        if expired:
+            return False
+        expired.append(issued)
+        return True
+
+    monkeypatch.setattr(emulator, "continue_expired", once)
+    listed = await cluster.api.list_objects(k8s.SITES)
+    assert sorted(b["metadata"]["name"] for b in listed) == names
+    assert len(expired) == 1
+
+    # One that expires every time is given up after a few tries, with the API's answer.
+    monkeypatch.setattr(emulator, "continue_expired", lambda issued: True)
+    with pytest.raises(ApiError) as again:
+        await cluster.api.list_objects(k8s.SITES)
+    assert again.value.status == 410
+    tries = [r for r in cluster.requests("GET", "/staticsites") if "continue=" in str(r.url)]
+    # The one above; the once (expired, then two pages after the first); then one per try.
+    assert len(tries) == 1 + 3 + (1 + k8s_api.LIST_RESTARTS)
+
+
+@pytest.mark.kubernetes
 async def test_the_emulator_versions_every_write_and_refuses_a_stale_one(cluster: Cluster) -> None:
     from watcher.k8s_api import ApiError
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # both are imported when first used: the folder mode never ne
 log = logging.getLogger("staticsite_xds.kubernetes")
 
 LIST_PAGE = 500  # objects per page of a listing
+# A listing whose continue token expired (410 Gone: the API server's snapshot of it was
+# compacted away) is started again from its first page, this many times at most.
+LIST_RESTARTS = 3
 
 
 class ApiError(Exception):
@@ -184,16 +187,26 @@ class KubeApi:
         With `field_selector`, the API server sends only the objects it selects (Secrets of
         one type). With `keep`, only the objects it accepts are kept, page by page: a listing
         of a kind with many objects the caller has no use for holds one page of them at most.
+        A listing that takes so long that its continue token expires is made again.
         """
         items: list[dict[str, Any]] = []
         token = ""
+        restarts = 0
         while True:
             query: dict[str, str | int] = {"limit": LIST_PAGE}
             if field_selector:
                 query["fieldSelector"] = field_selector
             if token:
                 query["continue"] = token
-            page = await self.call("GET", kind.path(namespace), query=query)
+            try:
+                page = await self.call("GET", kind.path(namespace), query=query)
+            except ApiError as exc:
+                if exc.status != 410 or not token or restarts >= LIST_RESTARTS:
+                    raise
+                restarts += 1
+                log.info("the listing of %s expired before its last page: listing again", kind.plural)
+                items, token = [], ""
+                continue
             token = (page.get("metadata") or {}).get("continue") or ""
             found = page.get("items") or []
             items.extend(found if keep is None else (item for item in found if keep(item)))

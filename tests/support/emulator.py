@@ -4,6 +4,7 @@ imports it first):
 
 - a listing is paged: items in the order of their keys (namespace, name), at most `limit` of
   them, and while more are left a `continue` token for the rest and `remainingItemCount`;
+  a token expires after 5 minutes (410 Gone);
 - a watch from the resourceVersion of a listing gets only what changed since (kmock alone
   starts every watch by sending every object again);
 - every write sets a new resourceVersion, and an update naming another than the object's is
@@ -18,6 +19,7 @@ import base64
 import contextvars
 import itertools
 import json
+import time
 from typing import Any
 
 from kmock import KubernetesError
@@ -35,20 +37,39 @@ def _order(body: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
+def continue_expired(issued: float) -> bool:
+    """Whether a continue token of a listing begun at `issued` (`time.monotonic()`) has
+    expired, as the API server's do once etcd compacted the listing's revision away (5
+    minutes by default). Tests replace it to expire one."""
+    return time.monotonic() - issued > CONTINUE_LIFETIME
+
+
+CONTINUE_LIFETIME = 300.0
+
+
 def paged(request: Any, listing: dict[str, Any], events: int | None = None) -> dict[str, Any]:
     """The page of `listing` that `request` asks for with `limit` and `continue`; its
-    resourceVersion says how many watch `events` its resource had made, when given."""
+    resourceVersion says how many watch `events` its resource had made, when given. A
+    continue token that has expired is refused with 410 Gone, as the API server does."""
     items = sorted(listing["items"], key=_order)
     token = request.params.get("continue")
+    issued = time.monotonic()
     if token:
-        after = tuple(json.loads(base64.urlsafe_b64decode(token.encode())))
-        items = [body for body in items if _order(body) > after]
+        namespace, name, issued = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if continue_expired(issued):
+            raise KubernetesError(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. "
+                "You can start a new list without the continue parameter.",
+            )
+        items = [body for body in items if _order(body) > (namespace, name)]
     limit = int(request.params.get("limit") or 0)
     version = _LISTED + events if events is not None else next(_revisions)
     metadata: dict[str, Any] = {"resourceVersion": str(version)}
     if limit and len(items) > limit:
         metadata["continue"] = base64.urlsafe_b64encode(
-            json.dumps(_order(items[limit - 1])).encode()
+            json.dumps([*_order(items[limit - 1]), issued]).encode()
         ).decode()
         metadata["remainingItemCount"] = len(items) - limit
         items = items[:limit]
