@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import signal
 import time
@@ -388,6 +389,52 @@ async def test_a_listing_whose_continue_token_expired_is_made_again(
     tries = [r for r in cluster.requests("GET", "/staticsites") if "continue=" in str(r.url)]
     # The one above; the once (expired, then two pages after the first); then one per try.
     assert len(tries) == 1 + 3 + (1 + k8s_api.LIST_RESTARTS)
+
+
+@pytest.mark.kubernetes
+async def test_the_emulator_resumes_a_watch_from_a_version_or_says_it_is_gone(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from support import emulator
+
+    monkeypatch.setattr(emulator, "HISTORY", 3)  # the changes kept per resource
+
+    async def watch(version: str, count: int) -> list[dict[str, Any]]:
+        url = f"{cluster.url}{k8s.SITES.path(None)}?watch=true&resourceVersion={version}"
+        events: list[dict[str, Any]] = []
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as response:
+            async for line in response.content:
+                if line.strip():
+                    events.append(json.loads(line))
+                if len(events) == count:
+                    break
+        return events
+
+    def seen(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return [(e["type"], e["object"]["metadata"].get("name", "")) for e in events]
+
+    listing = await cluster.api.call("GET", k8s.SITES.path(None), query={"limit": 10})
+    since = listing["metadata"]["resourceVersion"]
+    await cluster.create_site("docs", "a", "a.example.com")
+    await cluster.create_site("docs", "b", "b.example.com")
+    # From the listing's version: what changed after it, and nothing before.
+    events = await watch(since, 2)
+    assert seen(events) == [("ADDED", "a"), ("ADDED", "b")]
+    # From b's version: only what comes next; a deletion has a version of its own.
+    after_b = events[1]["object"]["metadata"]["resourceVersion"]
+    later = asyncio.create_task(watch(after_b, 1))
+    await asyncio.sleep(0.2)
+    await cluster.delete_site("docs", "a")
+    (deleted,) = await later
+    assert seen([deleted]) == [("DELETED", "a")]
+    assert int(deleted["object"]["metadata"]["resourceVersion"]) > int(after_b)
+    # Two changes more, and the history of three no longer reaches back to the listing.
+    await cluster.create_site("docs", "c", "c.example.com")
+    await cluster.create_site("docs", "d", "d.example.com")
+    (gone,) = await watch(since, 1)
+    assert gone["type"] == "ERROR"
+    assert gone["object"]["code"] == 410
 
 
 @pytest.mark.kubernetes

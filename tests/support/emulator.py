@@ -5,8 +5,9 @@ imports it first):
 - a listing is paged: items in the order of their keys (namespace, name), at most `limit` of
   them, and while more are left a `continue` token for the rest and `remainingItemCount`;
   a token expires after 5 minutes (410 Gone);
-- a watch from the resourceVersion of a listing gets only what changed since (kmock alone
-  starts every watch by sending every object again);
+- a watch from a resourceVersion gets every change after it, or 410 Gone once that version
+  is older than the history kept (kmock alone starts every watch by sending every object
+  again);
 - every write sets a new resourceVersion, and an update naming another than the object's is
   refused with 409 Conflict;
 - a named object is found by its key, and a request is matched to its reaction from the
@@ -16,20 +17,23 @@ imports it first):
 from __future__ import annotations
 
 import base64
+import collections
 import contextvars
 import itertools
 import json
 import time
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 from kmock import KubernetesError
-from kmock._internal import dsl, enums, k8s_dicts, rendering
+from kmock._internal import aiobus, dsl, enums, k8s_dicts, rendering
 from kmock._internal.k8s import KubernetesEmulator
 
 _unpaged = KubernetesEmulator._serve_list
-_revisions = itertools.count(10_000_000)
-# A listing's resourceVersion: this plus the number of watch events of its resource so far.
-_LISTED = 1_000_000_000
+# The one counter of resourceVersions, as the API server's revision: every write and every
+# listing takes the next. The tests' own stamps take from it too.
+REVISIONS = itertools.count(1000)
 
 
 def _order(body: dict[str, Any]) -> tuple[str, str]:
@@ -47,10 +51,10 @@ def continue_expired(issued: float) -> bool:
 CONTINUE_LIFETIME = 300.0
 
 
-def paged(request: Any, listing: dict[str, Any], events: int | None = None) -> dict[str, Any]:
-    """The page of `listing` that `request` asks for with `limit` and `continue`; its
-    resourceVersion says how many watch `events` its resource had made, when given. A
-    continue token that has expired is refused with 410 Gone, as the API server does."""
+def paged(request: Any, listing: dict[str, Any]) -> dict[str, Any]:
+    """The page of `listing` that `request` asks for with `limit` and `continue`, with the
+    revision it was read at as its resourceVersion. A continue token that has expired is
+    refused with 410 Gone, as the API server does."""
     items = sorted(listing["items"], key=_order)
     token = request.params.get("continue")
     issued = time.monotonic()
@@ -65,8 +69,7 @@ def paged(request: Any, listing: dict[str, Any], events: int | None = None) -> d
             )
         items = [body for body in items if _order(body) > (namespace, name)]
     limit = int(request.params.get("limit") or 0)
-    version = _LISTED + events if events is not None else next(_revisions)
-    metadata: dict[str, Any] = {"resourceVersion": str(version)}
+    metadata: dict[str, Any] = {"resourceVersion": str(next(REVISIONS))}
     if limit and len(items) > limit:
         metadata["continue"] = base64.urlsafe_b64encode(
             json.dumps([*_order(items[limit - 1]), issued]).encode()
@@ -83,38 +86,102 @@ async def unpaged_list(emulator: Any, request: Any) -> dict[str, Any]:
 
 
 async def _paged_list(self: KubernetesEmulator, request: Any) -> Any:
-    events = self._buses[request.resource].streamed_count
-    return paged(request, await unpaged_list(self, request), events)
+    return paged(request, await unpaged_list(self, request))
 
 
 KubernetesEmulator._serve_list = _paged_list  # type: ignore[method-assign]
 
 
-# kmock starts every watch by sending every object as ADDED. The API server does that only for
-# a watch without a resourceVersion: a watch from the version of a listing gets what changed
-# since. Here a watch from a listing's version, when its resource has had no event since that
-# listing, gets only what comes next; any other watch is kmock's (everything, then what comes).
+# kmock starts every watch by sending every object as ADDED, and then what comes. The API
+# server does that only for a watch without a resourceVersion (or "0"): a watch from a version
+# gets every change after it, from its history, or, once that version is older than the
+# history it keeps, one ERROR event with 410 Gone. Here each resource's events are kept, the
+# last HISTORY of them, each with its object's resourceVersion (a deletion takes a new one).
+HISTORY = 10_000
+
+
+@dataclass
+class _History:
+    events: collections.deque[tuple[int, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=HISTORY)
+    )
+    floor: int = 0  # the version of the newest event no longer kept
+
+
+_histories: dict[int, _History] = {}  # by id() of the bus (buses are not hashable), while it lives
+
+
+def _history(bus: aiobus.Bus[Any]) -> _History:
+    history = _histories.get(id(bus))
+    if history is None:
+        history = _histories[id(bus)] = _History()
+        weakref.finalize(bus, _histories.pop, id(bus), None)
+    return history
+
+
+_bus_put = aiobus.Bus.put
+
+
+def _version(item: Any) -> int | None:
+    try:
+        return int(item["object"]["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+async def _put(self: aiobus.Bus[Any], *items: Any) -> None:
+    kept = []
+    for item in items:
+        if isinstance(item, dict) and item.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+            if item["type"] == "DELETED":
+                meta = {**item["object"].get("metadata", {}), "resourceVersion": str(next(REVISIONS))}
+                item = {**item, "object": {**item["object"], "metadata": meta}}
+            version = _version(item)
+            if version is not None:
+                history = _history(self)
+                if len(history.events) == HISTORY:
+                    history.floor = history.events[0][0]
+                history.events.append((version, item))
+        kept.append(item)
+    await _bus_put(self, *kept)
+
+
+aiobus.Bus.put = _put  # type: ignore[method-assign]
 _replaying_watch = KubernetesEmulator._serve_watch
 
 
 async def _serve_watch(self: KubernetesEmulator, request: Any) -> Any:
-    since = request.params.get("resourceVersion")
-    bus = self._buses[request.resource]
-    mark = None
-    yield b""  # the headers now: a watch streams even while nothing happens
-    async with self._lock:  # events are put under this lock: none between the check and the mark
-        if since is not None and since == str(_LISTED + bus.streamed_count):
-            mark = await bus.mark()
-    if mark is None:
-        replay = _replaying_watch(self, request)
-        await replay.__anext__()  # its own headers, sent above
-        async for event in replay:
+    since = str(request.params.get("resourceVersion") or "0")
+    if not since.isdigit() or since == "0":
+        async for event in _replaying_watch(self, request):
             yield event
         return
+    bus = self._buses[request.resource]
+    yield b""  # the headers now: a watch streams even while nothing happens
+    async with self._lock:  # events are put under this lock: none between the backlog and the mark
+        history = _history(bus)
+        if int(since) < history.floor:
+            gone = f"too old resource version: {since} ({history.floor})"
+            status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "message": gone, "reason": "Expired", "code": 410}  # fmt: skip
+            backlog: list[Any] | None = None
+        else:
+            backlog = [item for version, item in history.events if version > int(since)]
+            mark = await bus.mark()
+    if backlog is None:
+        yield {"type": "ERROR", "object": status}
+        return
     check = self._KubernetesEmulator__check  # type: ignore[attr-defined]
-    async for event in mark:
+
+    def selected(event: Any) -> bool:
         meta = event.get("object", {}).get("metadata", {})
-        if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+        return bool(check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False))
+
+    for event in backlog:
+        if selected(event):
+            yield event
+    async for event in mark:
+        if selected(event):
             yield event
 
 
@@ -188,8 +255,7 @@ dsl.View.__contains__ = _view_contains  # type: ignore[method-assign]
 # than the object has: the optimistic lock of every controller (our Lease among them). Here
 # each create without one gets one, each update of an object over HTTP gets the next, and an
 # update naming another than the stored one is refused, checked and written under the
-# emulator's lock. `REVISIONS` is the one counter: the tests' own stamps take from it too.
-REVISIONS = itertools.count(1000)
+# emulator's lock.
 _writing: contextvars.ContextVar[bool] = contextvars.ContextVar("writing", default=False)
 _kmock_handle = KubernetesEmulator._handle
 _kmock_patch = k8s_dicts.Object.patch
