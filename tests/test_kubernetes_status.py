@@ -579,6 +579,25 @@ def metric(name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
+async def test_before_its_first_verdicts_a_leader_counts_every_site_as_left_to_compare() -> None:
+    from watcher.k8s_api import KubeApi
+    from watcher.k8s_cache import ClusterCache
+    from watcher.k8s_status import StatusWriter
+    from watcher.siteset import SiteSet
+
+    cache = ClusterCache()
+    for i in range(3):
+        cache.sites.event(None, site_body("docs", f"site-{i}", f"site-{i}.example.com"), time.monotonic())
+    leads = True
+    writer = StatusWriter(KubeApi.for_server("http://127.0.0.1:9"), cache, is_leader=lambda: leads)
+    assert writer.pending == 3  # nothing judged yet: all three are still to be compared
+    writer.report(SiteSet(), {}, None)  # the verdicts came (none for these sites)
+    assert writer.pending == 0
+    leads = False
+    writer = StatusWriter(KubeApi.for_server("http://127.0.0.1:9"), cache, is_leader=lambda: leads)
+    assert writer.pending == 0  # a follower has nothing to write
+
+
 async def test_status_metrics_count_the_writes_and_show_what_is_left_to_write(cluster: Cluster) -> None:
     await cluster.create_service("docs", "web")
     sites = 30

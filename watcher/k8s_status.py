@@ -129,11 +129,16 @@ class StatusWriter:
         self._backend_since: dict[SiteKey, tuple[Backend, float]] = {}  # see `_held_back`
         self._wake = asyncio.Event()
         self._in_flight = 0  # sites taken from `_dirty` whose comparison or write is not done
+        self._reported = False  # whether the control plane's verdicts have come once
 
     @property
     def pending(self) -> int:
-        """Sites still to be compared or written (0 while another replica leads)."""
-        return len(self._dirty) + self._in_flight if self.is_leader() else 0
+        """Sites still to be compared or written (0 while another replica leads). Before the
+        first verdicts come, every StaticSite the cache holds is still to be compared."""
+        if not self.is_leader():
+            return 0
+        left = len(self._dirty) + self._in_flight
+        return left if self._reported else max(left, len(self.cache.sites.objects))
 
     def _count(self) -> None:
         STATUS_PENDING.set(self.pending)
@@ -146,6 +151,7 @@ class StatusWriter:
         """A status listener: the control plane's latest verdicts (see `StatusLog`)."""
         self._sites = sites
         self._states = states
+        self._reported = True
         self.mark(touched if touched is not None else set(states) | set(sites.invalid))
 
     def mark(self, keys: Iterable[SiteKey]) -> None:
