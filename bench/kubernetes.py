@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,7 @@ from .harness import (
     site_name,
     summarize,
     time_until,
+    wait_for,
 )
 
 if str(REPO_ROOT / "tests") not in sys.path:  # the emulator and its client are the tests' own
@@ -173,24 +174,24 @@ def seed(cluster: Any, sizes: Sizes, ports: Sequence[int]) -> None:
         )
 
 
+def shows_provisioned(body: Mapping[str, Any] | None) -> bool:
+    """Whether a StaticSite's status says Provisioned for its current generation."""
+    status = (body or {}).get("status") or {}
+    generation = ((body or {}).get("metadata") or {}).get("generation")
+    return bool(status.get("phase") == "Provisioned" and status.get("observedGeneration") == generation)
+
+
 def provisioned(cluster: Any) -> int:
     """StaticSites whose status says Provisioned for their current generation."""
-    done = 0
-    for body in cluster.stored_sites().values():
-        status = body.get("status") or {}
-        generation = (body.get("metadata") or {}).get("generation")
-        done += status.get("phase") == "Provisioned" and status.get("observedGeneration") == generation
-    return done
+    return sum(map(shows_provisioned, cluster.stored_sites().values()))
 
 
 def writes_by(cluster: Any, identity: str) -> tuple[int, int]:
     """The status patches and Events the emulator received from the replica `identity`."""
-    patches = events = 0
-    for request in cluster.requests_by(f"staticsite-xds/{identity}"):
-        path, method = str(request.url.path), str(request.method).upper()
-        patches += method.endswith("PATCH") and "/staticsites/" in path and path.endswith("/status")
-        events += method.endswith("POST") and path.endswith("/events")
-    return patches, events
+    from support.kubernetes import is_event_post, is_status_write
+
+    requests = cluster.requests_by(f"staticsite-xds/{identity}")
+    return sum(map(is_status_write, requests)), sum(map(is_event_post, requests))
 
 
 # -- the control plane ---------------------------------------------------------------------
@@ -314,19 +315,8 @@ def sweep(port: int, hosts: Sequence[str], timeout: float) -> list[str]:
     return missing
 
 
-def envoy_clusters(admin_port: int) -> int:
-    """The clusters Envoy holds (its admin's `cluster_manager.active_clusters`), 0 if unknown."""
-    url = f"http://127.0.0.1:{admin_port}/stats?filter=^cluster_manager.active_clusters$"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0
-    return int(text.rpartition(":")[2].strip() or 0) if ":" in text else 0
-
-
 def all_served(
-    port: int, admin_port: int, hosts: Sequence[str], started: float, timeout: float
+    port: int, envoy: LocalEnvoy, hosts: Sequence[str], started: float, timeout: float
 ) -> tuple[float | None, int]:
     """Seconds from `started` until Envoy holds a cluster for every host and a spread sample
     of them answers 200 (None: not within `timeout`); then how many of all the hosts answer
@@ -340,7 +330,7 @@ def all_served(
             remaining = max(0.0, deadline - time.perf_counter())
             if time_until(port, host, is_ok, started, remaining, 0.02) is None:
                 raise TimeoutError(host)
-        while envoy_clusters(admin_port) < len(hosts):
+        while envoy.stat("cluster_manager.active_clusters") < len(hosts):
             if time.perf_counter() > deadline:
                 raise TimeoutError("clusters")
             time.sleep(0.05)
@@ -400,16 +390,6 @@ class StatusClock:
         self.wait()
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
-    """Seconds until `check` holds; TimeoutError after `timeout`."""
-    started = time.perf_counter()
-    while not check():
-        if time.perf_counter() - started > timeout:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-    return time.perf_counter() - started
-
-
 # -- the scenario --------------------------------------------------------------------------
 
 
@@ -443,7 +423,7 @@ def run_kubernetes(quick: bool, workdir: Path) -> Result:
         envoy = LocalEnvoy(local_bootstrap(xds_port, admin_port), workdir / "envoy")
         stack.callback(envoy.stop)
         envoy.start(timeout=60)
-        served_s, served = all_served(http_port, admin_port, domains, started, startup_timeout(n))
+        served_s, served = all_served(http_port, envoy, domains, started, startup_timeout(n))
         figure.update(served_s=served_s, served=served)
         clock.wait()
         patches, events = emulator.run(lambda: writes_by(emulator.cluster, first.identity))
@@ -484,7 +464,8 @@ def run_kubernetes(quick: bool, workdir: Path) -> Result:
         restarted = time.perf_counter()
         second = Replica(IDENTITIES[1], workdir / IDENTITIES[1], kubeconfig, xds_port, http_port).start()
         stack.callback(second.stop)
-        wait_for(second.judged_all, startup_timeout(n), "the restarted replica to compare every site")
+        judge = "the restarted replica to compare every site"
+        wait_for(second.judged_all, startup_timeout(n), judge, 0.1)
         figure["restart_judged_s"] = _since(restarted)
         time.sleep(2.0)  # anything it would still write
         patches, events = emulator.run(lambda: writes_by(emulator.cluster, second.identity))
@@ -501,6 +482,7 @@ def run_kubernetes(quick: bool, workdir: Path) -> Result:
             lambda: (standby.metric("staticsite_xds_snapshot_publishes_total") or 0) >= 1,
             startup_timeout(n),
             "the standby's first snapshot",
+            0.1,
         )
         settled(standby.process.pid, startup_timeout(n))  # a standby that has been up a while
         killed = time.perf_counter()
@@ -509,7 +491,7 @@ def run_kubernetes(quick: bool, workdir: Path) -> Result:
         wait_for(lambda: standby.metric("staticsite_xds_leader") == 1, 60, "the standby to lead", 0.05)
         figure["failover_lease_s"] = _since(killed)
         wait_for(
-            lambda: emulator.run(functools.partial(_shows_generation, emulator.cluster, sizes, 0, 2)),
+            lambda: emulator.call(functools.partial(_shows_moved, emulator.cluster, sizes, 0)),
             60,
             "the moved site's status",
             0.05,
@@ -549,7 +531,7 @@ async def _move_site(cluster: Any, sizes: Sizes, i: int, other: int) -> None:
     await cluster.update_spec(namespace, site_name(i), {"backend": backend})
 
 
-def _shows_generation(cluster: Any, sizes: Sizes, i: int, generation: int) -> bool:
-    body = cluster.stored_sites().get((sizes.namespace(i), site_name(i))) or {}
-    status = body.get("status") or {}
-    return bool(status.get("observedGeneration") == generation and status.get("phase") == "Provisioned")
+async def _shows_moved(cluster: Any, sizes: Sizes, i: int) -> bool:
+    """Whether site `i`'s status says Provisioned for its second generation (the move)."""
+    body = await cluster.site(sizes.namespace(i), site_name(i))
+    return bool(body and body["metadata"].get("generation") == 2 and shows_provisioned(body))

@@ -24,6 +24,8 @@ from support.kubernetes import (
     LEASE_NAMESPACE,
     Cluster,
     Replica,
+    is_event_post,
+    is_status_write,
     site_body,
     start_replica,
 )
@@ -98,20 +100,6 @@ def agent(identity: str) -> str:
 
 def all_requests(cluster: Cluster) -> list[Any]:
     return list(cluster.kmock)
-
-
-def is_status_write(request: Any, name: str | None = None) -> bool:
-    path = str(request.url.path)
-    return (
-        str(request.method).upper().endswith("PATCH")
-        and path.endswith("/status")
-        and "/staticsites/" in path
-        and (name is None or path.endswith(f"/{name}/status"))
-    )
-
-
-def is_event_post(request: Any) -> bool:
-    return str(request.method).upper().endswith("POST") and str(request.url.path).endswith("/events")
 
 
 def by_a_replica(request: Any) -> bool:

@@ -130,6 +130,7 @@ class StatusWriter:
         self._wake = asyncio.Event()
         self._in_flight = 0  # sites taken from `_dirty` whose comparison or write is not done
         self._reported = False  # whether the control plane's verdicts have come once
+        STATUS_PENDING.set_function(lambda: self.pending)  # read at each scrape
 
     @property
     def pending(self) -> int:
@@ -139,9 +140,6 @@ class StatusWriter:
             return 0
         left = len(self._dirty) + self._in_flight
         return left if self._reported else max(left, len(self.cache.sites.objects))
-
-    def _count(self) -> None:
-        STATUS_PENDING.set(self.pending)
 
     # -- what tells it to look -------------------------------------------------------------
 
@@ -157,7 +155,6 @@ class StatusWriter:
     def mark(self, keys: Iterable[SiteKey]) -> None:
         self._dirty.update(keys)
         self._wake.set()
-        self._count()
 
     def mark_all(self) -> None:
         self.mark(set(self._states) | set(self._sites.invalid))
@@ -168,7 +165,6 @@ class StatusWriter:
             self._unseen.clear()  # what we wrote before may have been overwritten since
             self.mark_all()
         LEADER.set(1 if leader else 0)  # once marked: a leader showing 0 pending has judged all
-        self._count()
 
     # -- the verdict -----------------------------------------------------------------------
 
@@ -228,7 +224,6 @@ class StatusWriter:
             self._wake.clear()
             keys, self._dirty = self._dirty, set()
             if not self.is_leader():
-                self._count()
                 continue  # a new leader checks every site anyway
             failed = await self.sync(sorted(keys))
             if failed:
@@ -246,7 +241,6 @@ class StatusWriter:
         gate = asyncio.Semaphore(self.concurrency)
         chosen = list(keys)
         self._in_flight += len(chosen)
-        self._count()
 
         async def one(key: SiteKey) -> None:
             try:
@@ -261,7 +255,6 @@ class StatusWriter:
                             failed.add(key)
             finally:
                 self._in_flight -= 1
-                self._count()
 
         await asyncio.gather(*(one(key) for key in chosen))
         return failed

@@ -199,6 +199,20 @@ def service_body(namespace: str, name: str, ports: Iterable[int] = (80,)) -> dic
     }
 
 
+def is_status_write(request: Any, name: str | None = None) -> bool:
+    path = str(request.url.path)
+    return (
+        str(request.method).upper().endswith("PATCH")
+        and path.endswith("/status")
+        and "/staticsites/" in path
+        and (name is None or path.endswith(f"/{name}/status"))
+    )
+
+
+def is_event_post(request: Any) -> bool:
+    return str(request.method).upper().endswith("POST") and str(request.url.path).endswith("/events")
+
+
 class Cluster:
     """The test's own client of the emulator, setting what a real API server would."""
 
