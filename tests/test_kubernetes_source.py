@@ -21,6 +21,7 @@ import aiohttp
 import prometheus_client
 import pytest
 from kmock import KubernetesError, KubernetesResourceNotFoundError
+from support.emulator import REVISIONS
 from support.kubernetes import (
     Cluster,
     feed,
@@ -50,8 +51,7 @@ def sites_resource(cluster: Cluster) -> Any:
 
 def site_watches(cluster: Cluster) -> int:
     """How many watch requests on StaticSites kopf has made so far."""
-    watch = cluster.kmock.action.WATCH
-    return sum(1 for r in cluster.requests_by("kopf/") if r.action == watch and "/staticsites" in r.url.path)
+    return len(cluster.kopf_requests("WATCH", "staticsites"))
 
 
 def store_domains(cluster: Cluster) -> dict[SiteKey, str]:
@@ -268,8 +268,7 @@ async def test_a_relisting_by_kopf_after_an_expired_watch_triggers_our_listing(c
     replica.mode.source.check_period = 60  # the count check would heal it too: not under test here
     try:
         await eventually(lambda: len(replica.domains()) == 2, what="the two sites")
-        # kopf's first listing makes us list once more (see the next test): let that pass first
-        await eventually(lambda: replica.mode.source.listings >= 2, what="the listing after kopf's first")
+        await eventually(lambda: site_watches(cluster) >= 1, what="kopf's watch")
         cluster.delete_silently("docs", "gone")
         watches = site_watches(cluster)
         await eventually(lambda: site_watches(cluster) >= watches + 2, what="two reconnections")
@@ -294,7 +293,7 @@ async def test_a_watch_gap_after_which_nothing_is_left_is_healed_within_seconds(
     replica = await start_replica(cluster, watch_timeout=0.3)  # resync: every 300 s
     try:
         await eventually(lambda: len(replica.domains()) == 2, what="the two sites")
-        await eventually(lambda: replica.mode.source.listings >= 2, what="the listing after kopf's first")
+        await eventually(lambda: site_watches(cluster) >= 1, what="kopf's watch")
         for name in ("one", "two"):
             cluster.delete_silently("docs", name)
         watch.expire()
@@ -313,7 +312,7 @@ async def test_a_site_created_and_one_deleted_in_a_watch_gap_are_both_seen(clust
     replica = await start_replica(cluster, watch_timeout=0.3)  # resync: every 300 s
     try:
         await eventually(lambda: replica.domains() == ["old.example.com"], what="the first site")
-        await eventually(lambda: replica.mode.source.listings >= 2, what="the listing after kopf's first")
+        await eventually(lambda: site_watches(cluster) >= 1, what="kopf's watch")
         cluster.delete_silently("docs", "old")
         cluster.put_silently(site_body("docs", "new", "new.example.com"))
         # One deleted, one created: the same count. The created one comes with kopf's next
@@ -467,27 +466,94 @@ async def test_the_emulator_versions_every_write_and_refuses_a_stale_one(cluster
 
 
 @pytest.mark.kubernetes
-async def test_a_deletion_between_our_first_listing_and_kopfs_is_healed(cluster: Cluster) -> None:
-    """kopf starts after our initial listing, and lists on its own: what is deleted in between is
-    absent from its listing, never announced. The listing we make after kopf's removes it."""
-    deleted = False
+async def test_kopf_watches_from_our_first_listing_instead_of_listing_again(cluster: Cluster) -> None:
+    """kopf's watches start at the versions of our own first listing: it lists none of the
+    kinds we listed."""
+    from watcher.k8s_kopf import start_watches_where_listed
 
-    def list_answer(request: Any) -> Any:
-        nonlocal deleted
-        if not deleted and str(request.headers.get("User-Agent", "")).startswith("kopf/"):
-            deleted = True
-            cluster.delete_silently("docs", "gone")  # just before kopf's listing is answered
-        raise NotImplementedError  # the emulator answers
+    assert start_watches_where_listed(), "kopf's listing function is not where it was: see watcher.k8s_kopf"
+    for name in ("one", "two"):
+        await cluster.create_site("docs", name, f"{name}.example.com")
+    await cluster.create_service("docs", "docs-svc", [8080])
+    listed = next(REVISIONS)  # newer than every object stored
+    replica = await start_replica(cluster)
+    try:
+        for plural in ("staticsites", "services", "gatewaygroups", "namespaces"):
+            await eventually(
+                lambda p=plural: cluster.kopf_requests("WATCH", p), what=f"kopf's {plural} watch"
+            )
+            assert cluster.kopf_requests("LIST", plural) == [], f"kopf listed {plural} again"
+        (watch,) = cluster.kopf_requests("WATCH", "staticsites")
+        assert int(watch.url.query["resourceVersion"]) >= listed
+        await cluster.create_site("docs", "three", "three.example.com")
+        await eventually(lambda: len(replica.domains()) == 3, what="the site created after")
+        assert replica.mode.source.listings == 1, "no listing of ours was needed either"
+    finally:
+        await replica.close()
 
-    cluster.kmock[cluster.kmock.action.LIST, sites_resource(cluster)] << list_answer
+
+def before_kopf_starts(monkeypatch: pytest.MonkeyPatch, act: Callable[[], Any]) -> None:
+    """Run `act` (a coroutine function) after our first listing, just before kopf starts."""
+    from watcher.k8s_kopf import KopfWatch
+
+    start = KopfWatch.run
+
+    async def run(self: KopfWatch, *args: Any) -> None:
+        await act()
+        await start(self, *args)
+
+    monkeypatch.setattr(KopfWatch, "run", run)
+
+
+@pytest.mark.kubernetes
+async def test_a_change_between_our_first_listing_and_kopfs_watch_comes_by_the_watch(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site deleted and one created after our listing, before kopf's watch opens, are in
+    the watch from our listing's version: seen with no other listing."""
+
+    async def change() -> None:
+        await cluster.delete_site("docs", "gone")
+        await cluster.create_site("docs", "late", "late.example.com")
+
+    before_kopf_starts(monkeypatch, change)
     for name in ("keep", "gone"):
         await cluster.create_site("docs", name, f"{name}.example.com")
     replica = await start_replica(cluster)  # resync: every 300 s
+    replica.mode.source.check_period = 60  # the count check would heal it too: not under test here
     try:
         await eventually(lambda: replica.published, what="the first snapshot")
         assert sorted(route_domains(replica.published[0][1])) == ["gone.example.com", "keep.example.com"]
-        await eventually(lambda: replica.domains() == ["keep.example.com"], within=5, what="the deletion")
-        assert deleted
+        await eventually(
+            lambda: replica.domains() == ["keep.example.com", "late.example.com"],
+            within=5,
+            what="both changes",
+        )
+        assert replica.mode.source.listings == 1
+    finally:
+        await replica.close()
+
+
+@pytest.mark.kubernetes
+async def test_kopf_lists_itself_when_our_listings_version_is_gone(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the version of our listing is older than the history the API server keeps (410
+    at kopf's watch), kopf lists as it always does, and what changed meanwhile is seen."""
+    from support import emulator
+
+    monkeypatch.setattr(emulator, "HISTORY", 2)  # the sites' history is made after this
+
+    async def change() -> None:
+        for name in ("two", "three", "four"):  # three events: the listing's version is gone
+            await cluster.create_site("docs", name, f"{name}.example.com")
+
+    before_kopf_starts(monkeypatch, change)
+    await cluster.create_site("docs", "one", "one.example.com")
+    replica = await start_replica(cluster)
+    try:
+        await eventually(lambda: len(replica.domains()) == 4, within=5, what="every site")
+        assert cluster.kopf_requests("LIST", "staticsites"), "kopf listed after the 410"
     finally:
         await replica.close()
 

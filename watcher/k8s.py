@@ -251,12 +251,14 @@ class KubernetesSource:
         """
         started = time.monotonic()
         listing = GATEWAY_GROUPS  # what a 404 is about
+        versions: dict[tuple[Kind, str | None], str] = {}
         try:
             groups = await self.api.list_objects(GATEWAY_GROUPS)
+            versions[GATEWAY_GROUPS, None] = groups.version
             listing = SITES
-            namespaces = await self._namespaces()
-            sites = await self._list(SITES)
-            services = await self._list(SERVICES)
+            namespaces = await self._namespaces(versions)
+            sites = await self._list(SITES, versions)
+            services = await self._list(SERVICES, versions)
             named = {ref for body in sites if (ref := secret_ref(body)) is not None}
             named.update(self.followed.all_named())
             followed = self.followed
@@ -267,7 +269,9 @@ class KubernetesSource:
 
             # With no Secret named, there is nothing to keep of a listing of them: none is made.
             secrets = (
-                await self._list(SECRETS, keep=wanted, field_selector=TLS_SECRET_SELECTOR) if named else []
+                await self._list(SECRETS, versions, keep=wanted, field_selector=TLS_SECRET_SELECTOR)
+                if named
+                else []
             )
             secrets += await followed.unlisted(named, map(object_key, secrets))
         except ApiError as exc:
@@ -283,26 +287,38 @@ class KubernetesSource:
         self.followed.prune()
         self.followed.changed(secret_keys)
         self._services_changed(self.cache.services.reconcile(services, started, now))
+        if not self.listings:  # kopf, about to start, watches from here (see `watcher.k8s_kopf`)
+            for (kind, namespace), version in versions.items():
+                self.kopf.listed.put(kind, namespace, version)
         self.listings += 1
 
     async def _list(
-        self, kind: Kind, keep: Callable[[dict[str, Any]], bool] | None = None, field_selector: str = ""
+        self,
+        kind: Kind,
+        versions: dict[tuple[Kind, str | None], str],
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+        field_selector: str = "",
     ) -> list[dict[str, Any]]:
-        if not self.namespaces:
-            return await self.api.list_objects(kind, keep=keep, field_selector=field_selector)
+        """Every object of a kind in the namespaces served; the version of each listing made
+        is put in `versions`."""
         items: list[dict[str, Any]] = []
-        for namespace in self.namespaces:
-            items.extend(
-                await self.api.list_objects(kind, namespace, keep=keep, field_selector=field_selector)
-            )
+        for namespace in self.namespaces or [None]:
+            found = await self.api.list_objects(kind, namespace, keep=keep, field_selector=field_selector)
+            versions[kind, namespace] = found.version
+            items.extend(found)
         return items
 
-    async def _namespaces(self) -> list[dict[str, Any]]:
+    async def _namespaces(
+        self, versions: dict[tuple[Kind, str | None], str] | None = None
+    ) -> list[dict[str, Any]]:
         """Every Namespace; or, with namespaces given, each of those that exists (a GET each)."""
         if not self.namespaces:
-            return await self.api.list_objects(NAMESPACES)
-        found = [await self.api.get(NAMESPACES, "", name) for name in self.namespaces]
-        return [body for body in found if body is not None]
+            found = await self.api.list_objects(NAMESPACES)
+            if versions is not None:
+                versions[NAMESPACES, None] = found.version
+            return found
+        got = [await self.api.get(NAMESPACES, "", name) for name in self.namespaces]
+        return [body for body in got if body is not None]
 
     async def check(self) -> bool:
         """Read a page of one StaticSite (one per namespace, with namespaces given), to learn

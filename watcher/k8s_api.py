@@ -27,6 +27,13 @@ LIST_PAGE = 500  # objects per page of a listing
 LIST_RESTARTS = 3
 
 
+class Listing(list[dict[str, Any]]):
+    """The objects of one listing, and the resourceVersion it was read at: a watch from that
+    version gets every change made since, and nothing before."""
+
+    version: str = ""
+
+
 class ApiError(Exception):
     """A Kubernetes API call failed; `status` is the HTTP status (0 when unreachable)."""
 
@@ -181,15 +188,16 @@ class KubeApi:
         *,
         keep: Callable[[dict[str, Any]], bool] | None = None,
         field_selector: str = "",
-    ) -> list[dict[str, Any]]:
-        """Every object of a kind (in one namespace, or all), page by page.
+    ) -> Listing:
+        """Every object of a kind (in one namespace, or all), page by page, with the version
+        the listing was read at.
 
         With `field_selector`, the API server sends only the objects it selects (Secrets of
         one type). With `keep`, only the objects it accepts are kept, page by page: a listing
         of a kind with many objects the caller has no use for holds one page of them at most.
         A listing that takes so long that its continue token expires is made again.
         """
-        items: list[dict[str, Any]] = []
+        items = Listing()
         token = ""
         restarts = 0
         while True:
@@ -205,9 +213,12 @@ class KubeApi:
                     raise
                 restarts += 1
                 log.info("the listing of %s expired before its last page: listing again", kind.plural)
-                items, token = [], ""
+                items, token = Listing(), ""
                 continue
-            token = (page.get("metadata") or {}).get("continue") or ""
+            meta = page.get("metadata") or {}
+            if not token:  # every page is of the first one's version
+                items.version = str(meta.get("resourceVersion") or "")
+            token = meta.get("continue") or ""
             found = page.get("items") or []
             items.extend(found if keep is None else (item for item in found if keep(item)))
             del page, found  # the page's other objects are not held while the next one is read

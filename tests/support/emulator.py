@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import collections
 import contextvars
-import itertools
 import json
 import time
 import weakref
@@ -31,9 +30,44 @@ from kmock._internal import aiobus, dsl, enums, k8s_dicts, rendering
 from kmock._internal.k8s import KubernetesEmulator
 
 _unpaged = KubernetesEmulator._serve_list
-# The one counter of resourceVersions, as the API server's revision: every write and every
-# listing takes the next. The tests' own stamps take from it too.
-REVISIONS = itertools.count(1000)
+
+
+class Revisions:
+    """The one counter of resourceVersions, as the API server's revision: every write takes
+    the next (the tests' own stamps too).
+
+    A create over HTTP takes its version before kmock stores it, and other requests may be
+    answered in between. A listing's version is therefore the newest one below every version
+    taken and not stored yet (`settled`): a watch from it misses no write, as a watch from a
+    real listing's version does not.
+    """
+
+    def __init__(self, first: int) -> None:
+        self._next = first
+        self._taken: set[int] = set()
+
+    def __iter__(self) -> Revisions:
+        return self
+
+    def __next__(self) -> int:
+        version = self._next
+        self._next += 1
+        return version
+
+    def take(self) -> int:
+        """A version for a write that is stored later: `stored` says when."""
+        version = next(self)
+        self._taken.add(version)
+        return version
+
+    def stored(self, version: int) -> None:
+        self._taken.discard(version)
+
+    def settled(self) -> int:
+        return min(self._taken) - 1 if self._taken else self._next - 1
+
+
+REVISIONS = Revisions(1000)
 
 
 def _order(body: dict[str, Any]) -> tuple[str, str]:
@@ -51,9 +85,9 @@ def continue_expired(issued: float) -> bool:
 CONTINUE_LIFETIME = 300.0
 
 
-def paged(request: Any, listing: dict[str, Any]) -> dict[str, Any]:
-    """The page of `listing` that `request` asks for with `limit` and `continue`, with the
-    revision it was read at as its resourceVersion. A continue token that has expired is
+def paged(request: Any, listing: dict[str, Any], version: int) -> dict[str, Any]:
+    """The page of `listing` that `request` asks for with `limit` and `continue`, with
+    `version`, the revision settled before it was read, as its resourceVersion. A continue token that has expired is
     refused with 410 Gone, as the API server does."""
     items = sorted(listing["items"], key=_order)
     token = request.params.get("continue")
@@ -69,7 +103,7 @@ def paged(request: Any, listing: dict[str, Any]) -> dict[str, Any]:
             )
         items = [body for body in items if _order(body) > (namespace, name)]
     limit = int(request.params.get("limit") or 0)
-    metadata: dict[str, Any] = {"resourceVersion": str(next(REVISIONS))}
+    metadata: dict[str, Any] = {"resourceVersion": str(version)}
     if limit and len(items) > limit:
         metadata["continue"] = base64.urlsafe_b64encode(
             json.dumps([*_order(items[limit - 1]), issued]).encode()
@@ -86,7 +120,8 @@ async def unpaged_list(emulator: Any, request: Any) -> dict[str, Any]:
 
 
 async def _paged_list(self: KubernetesEmulator, request: Any) -> Any:
-    return paged(request, await unpaged_list(self, request))
+    version = REVISIONS.settled()  # before the read: what is stored after comes in a watch from it
+    return paged(request, await unpaged_list(self, request), version)
 
 
 KubernetesEmulator._serve_list = _paged_list  # type: ignore[method-assign]
@@ -264,15 +299,19 @@ _kmock_patch = k8s_dicts.Object.patch
 async def _handle(self: KubernetesEmulator, request: Any) -> Any:
     if request.resource is None or (request.name is None and request.action != enums.action.CREATE):
         return await _kmock_handle(self, request)
+    taken: int | None = None
     if request.action == enums.action.CREATE and isinstance(request.data, dict):
         meta = request.data.setdefault("metadata", {})
-        if isinstance(meta, dict) and not meta.get("resourceVersion"):
-            meta["resourceVersion"] = str(next(REVISIONS))
+        if isinstance(meta, dict):  # the server's version, whatever the client sent
+            taken = REVISIONS.take()
+            meta["resourceVersion"] = str(taken)
     token = _writing.set(request.action == enums.action.UPDATE)
     try:
         return await _kmock_handle(self, request)
     finally:
         _writing.reset(token)
+        if taken is not None:
+            REVISIONS.stored(taken)
 
 
 def _patch(self: Any, data: Any) -> Any:

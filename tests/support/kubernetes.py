@@ -120,8 +120,10 @@ def honour_secret_field_selectors(kmock: Any) -> None:
         if not selector:
             raise NotImplementedError  # the emulator answers (NotImplemented would retire the reaction)
         selected = field_selection(selector)
+        version = REVISIONS.settled()
         listing = await unpaged_list(kmock, request)
-        return paged(request, {**listing, "items": [body for body in listing["items"] if selected(body)]})
+        items = [body for body in listing["items"] if selected(body)]
+        return paged(request, {**listing, "items": items}, version)
 
     def watch(request: Any) -> Any:
         selector = request.params.get("fieldSelector")
@@ -397,6 +399,13 @@ class Cluster:
     def requests_by(self, user_agent: str) -> list[Any]:
         """The requests whose User-Agent starts with this."""
         return [r for r in self.kmock if str(r.headers.get("User-Agent", "")).startswith(user_agent)]
+
+    def kopf_requests(self, action: str, plural: str) -> list[Any]:
+        """kopf's requests of one action ("LIST", "WATCH", ...) on one kind, in any namespace."""
+        wanted = getattr(self.kmock.action, action)
+        return [
+            r for r in self.requests_by("kopf/") if r.action == wanted and r.url.path.endswith(f"/{plural}")
+        ]
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig whose current context is this emulator, with no credentials."""
