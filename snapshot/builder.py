@@ -130,6 +130,12 @@ class SnapshotBuilder:
         finally:
             if paused:
                 gc.enable()
+                # What a large build made lives as long as its snapshot: swept once for cycles,
+                # then left out of every later collection. Otherwise each full collection
+                # rescans it: 0.3-0.4 s at 10,000 sites, every few seconds while statuses
+                # are written, each a pause in serving changes.
+                gc.collect(1)
+                gc.freeze()
 
     def _build(self, new: Mapping[SiteKey, StaticSite], hint: set[SiteKey] | None) -> BuildResult:
         old = self._sites
