@@ -633,6 +633,10 @@ async def test_only_the_given_namespaces_are_served(cluster: Cluster) -> None:
         about_sites = [r.url.path for r in ours if "/staticsites" in r.url.path]
         assert about_sites
         assert all("/namespaces/docs/" in path for path in about_sites), about_sites
+        # kopf's watch of the namespace starts from our listing of it: kopf lists none itself
+        assert cluster.kopf_requests("WATCH", "staticsites")
+        assert cluster.kopf_requests("LIST", "staticsites") == []
+        assert cluster.kopf_requests("LIST", "services") == []
     finally:
         await replica.close()
 
