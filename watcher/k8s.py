@@ -49,7 +49,7 @@ from snapshot.model import GROUP, PLURAL, VERSION, SiteKey
 from snapshot.tenancy import GATEWAY_GROUP_PLURAL, Tenancy
 from snapshot.verdict import INVALID_SECRET, SECRET_NOT_FOUND
 
-from .k8s_api import NAMESPACES, SECRETS, SERVICES, ApiError, Kind, KubeApi
+from .k8s_api import NAMESPACES, SECRETS, SERVICES, ApiError, Kind, KubeApi, Listing
 from .k8s_cache import ClusterCache, ObjectCache, ObjectKey, object_key
 from .k8s_kopf import KopfWatch
 from .k8s_secrets import (
@@ -256,7 +256,8 @@ class KubernetesSource:
             groups = await self.api.list_objects(GATEWAY_GROUPS)
             versions[GATEWAY_GROUPS, None] = groups.version
             listing = SITES
-            namespaces = await self._namespaces(versions)
+            namespaces = await self._namespaces()
+            versions[NAMESPACES, None] = namespaces.version
             sites = await self._list(SITES, versions)
             services = await self._list(SERVICES, versions)
             named = {ref for body in sites if (ref := secret_ref(body)) is not None}
@@ -308,17 +309,13 @@ class KubernetesSource:
             items.extend(found)
         return items
 
-    async def _namespaces(
-        self, versions: dict[tuple[Kind, str | None], str] | None = None
-    ) -> list[dict[str, Any]]:
-        """Every Namespace; or, with namespaces given, each of those that exists (a GET each)."""
+    async def _namespaces(self) -> Listing:
+        """Every Namespace; or, with namespaces given, each of those that exists (a GET each,
+        so the listing has no version)."""
         if not self.namespaces:
-            found = await self.api.list_objects(NAMESPACES)
-            if versions is not None:
-                versions[NAMESPACES, None] = found.version
-            return found
-        got = [await self.api.get(NAMESPACES, "", name) for name in self.namespaces]
-        return [body for body in got if body is not None]
+            return await self.api.list_objects(NAMESPACES)
+        found = [await self.api.get(NAMESPACES, "", name) for name in self.namespaces]
+        return Listing(body for body in found if body is not None)
 
     async def check(self) -> bool:
         """Read a page of one StaticSite (one per namespace, with namespaces given), to learn

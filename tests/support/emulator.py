@@ -22,6 +22,7 @@ import contextvars
 import json
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,8 +88,8 @@ CONTINUE_LIFETIME = 300.0
 
 def paged(request: Any, listing: dict[str, Any], version: int) -> dict[str, Any]:
     """The page of `listing` that `request` asks for with `limit` and `continue`, with
-    `version`, the revision settled before it was read, as its resourceVersion. A continue token that has expired is
-    refused with 410 Gone, as the API server does."""
+    `version` as its resourceVersion. A continue token that has expired is refused with
+    410 Gone, as the API server does."""
     items = sorted(listing["items"], key=_order)
     token = request.params.get("continue")
     issued = time.monotonic()
@@ -113,18 +114,20 @@ def paged(request: Any, listing: dict[str, Any], version: int) -> dict[str, Any]
     return {**listing, "metadata": metadata, "items": items}
 
 
-async def unpaged_list(emulator: Any, request: Any) -> dict[str, Any]:
-    """Every object the listing selects, in one answer (kmock's own listing)."""
-    listing: dict[str, Any] = await _unpaged(emulator, request)
-    return listing
+async def listing(
+    emulator: Any, request: Any, keep: Callable[[dict[str, Any]], bool] | None = None
+) -> dict[str, Any]:
+    """The page a listing asks for, of the objects `keep` accepts (all by default). Its
+    version is the revision settled before the objects are read: what is stored after comes
+    in a watch from it."""
+    version = REVISIONS.settled()
+    found: dict[str, Any] = await _unpaged(emulator, request)
+    if keep is not None:
+        found = {**found, "items": [body for body in found["items"] if keep(body)]}
+    return paged(request, found, version)
 
 
-async def _paged_list(self: KubernetesEmulator, request: Any) -> Any:
-    version = REVISIONS.settled()  # before the read: what is stored after comes in a watch from it
-    return paged(request, await unpaged_list(self, request), version)
-
-
-KubernetesEmulator._serve_list = _paged_list  # type: ignore[method-assign]
+KubernetesEmulator._serve_list = listing  # type: ignore[method-assign,assignment]
 
 
 # kmock starts every watch by sending every object as ADDED, and then what comes. The API

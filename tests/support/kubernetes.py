@@ -26,7 +26,7 @@ from snapshot.model import API_VERSION, GROUP, KIND, PLURAL, VERSION, SiteKey
 from snapshot.resources import CLUSTER_TYPE, ROUTE_TYPE
 from snapshot.snapshot import Snapshot
 from snapshot.tenancy import DEFAULT_GROUP, GATEWAY_GROUP_KIND, GATEWAY_GROUP_PLURAL
-from support.emulator import REVISIONS, paged, unpaged_list
+from support.emulator import REVISIONS, listing
 from support.waiting import eventually
 from watcher.k8s import GATEWAY_GROUPS, SITES, KubernetesSource
 from watcher.k8s_api import EVENTS, LEASES, NAMESPACES, SERVICES, KubeApi
@@ -115,15 +115,11 @@ def honour_secret_field_selectors(kmock: Any) -> None:
     server does (kmock alone ignores it): a client that asks for every Secret gets every one."""
     secrets = kmock.resource("", "v1", "secrets")
 
-    async def listing(request: Any) -> Any:
+    async def selected_listing(request: Any) -> Any:
         selector = request.params.get("fieldSelector")
         if not selector:
             raise NotImplementedError  # the emulator answers (NotImplemented would retire the reaction)
-        selected = field_selection(selector)
-        version = REVISIONS.settled()
-        listing = await unpaged_list(kmock, request)
-        items = [body for body in listing["items"] if selected(body)]
-        return paged(request, {**listing, "items": items}, version)
+        return await listing(kmock, request, field_selection(selector))
 
     def watch(request: Any) -> Any:
         selector = request.params.get("fieldSelector")
@@ -138,7 +134,7 @@ def honour_secret_field_selectors(kmock: Any) -> None:
 
         return events()
 
-    kmock[kmock.action.LIST, secrets] << listing
+    kmock[kmock.action.LIST, secrets] << selected_listing
     kmock[kmock.action.WATCH, secrets] << watch
 
 
