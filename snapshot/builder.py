@@ -19,9 +19,14 @@ from .claims import Claim, ClaimBook, same_resources
 from .consistency import Plan, check_consistency, check_domains, plan_of
 from .https_chains import HttpsChains
 from .model import Backend, Certificate, SiteKey, StaticSite, seniority
-from .route_table import RouteTable
+from .route_table import ListenerRoutes
 from .snapshot import DEFAULT_GROUP, Resource, ResourceSet, Snapshot
 from .verdict import Phase, SiteState, accepted, claimed, missing_certificate
+
+MAX_ROUTE_SHARDS = 65536
+# What `serve` shards the routes into: at 100,000 sites some 400 virtual hosts a shard, so a
+# change costs Envoy what a few hundred sites cost, not the whole set.
+DEFAULT_ROUTE_SHARDS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,9 @@ class BuildOptions:
     # The HTTPS port clients reach (a Service or load balancer in front of the gateways): where
     # redirects to HTTPS point. 443 is left out of the URL.
     public_https_port: int = 443
+    # Route shards per listener (see `resources.shard_of`): 1 keeps every virtual host of a
+    # listener in one RouteConfiguration, which Envoy rebuilds whole on any change.
+    route_shards: int = 1
 
     def __post_init__(self) -> None:
         rs.check_host_template(self.backend_host_template)
@@ -45,6 +53,8 @@ class BuildOptions:
         ):
             if not 1 <= port <= 65535:
                 raise ValueError(f"{name} port must be from 1 to 65535, got {port}")
+        if not 1 <= self.route_shards <= MAX_ROUTE_SHARDS:
+            raise ValueError(f"route shards must be from 1 to {MAX_ROUTE_SHARDS}, got {self.route_shards}")
         if self.http_port == self.https_port:
             raise ValueError(f"the HTTP and HTTPS ports must differ, both are {self.http_port}")
 
@@ -92,19 +102,21 @@ class SnapshotBuilder:
         self._states: dict[SiteKey, SiteState] = {}
         self._provisioned = 0
         fallback = wire.field_bytes(2, rs.unknown_domain_host().SerializeToString(deterministic=True))
-        self._http = RouteTable(rs.HTTP_ROUTE_NAME, fallback)
-        self._https = RouteTable(rs.HTTPS_ROUTE_NAME, fallback)
-        self._tls = HttpsChains(options.listen_address, options.https_port, options.access_log)
+        shards = options.route_shards
+        self._http = ListenerRoutes(rs.HTTP_ROUTE_NAME, fallback, shards)
+        self._https = ListenerRoutes(rs.HTTPS_ROUTE_NAME, fallback, shards)
+        self._tls = HttpsChains(options.listen_address, options.https_port, options.access_log, shards)
         listener = Resource.from_message(
             rs.LISTENER_TYPE,
             rs.HTTP_LISTENER_NAME,
             rs.http_listener(
-                options.listen_address, options.http_port, rs.HTTP_ROUTE_NAME, options.access_log
+                options.listen_address, options.http_port, rs.HTTP_ROUTE_NAME, options.access_log, shards
             ),
         )
         self._clusters = ResourceSet.of(rs.CLUSTER_TYPE, ())
         self._listeners = ResourceSet.of(rs.LISTENER_TYPE, [listener])
-        self._routes = ResourceSet.of(rs.ROUTE_TYPE, [self._http.resource()])
+        self._routes = ResourceSet.of(rs.ROUTE_TYPE, [t.resource() for t in self._http.tables])
+        self._scopes = ResourceSet.of(rs.SCOPED_ROUTE_TYPE, self._http.scopes())
         self._endpoints = ResourceSet.of(rs.ENDPOINT_TYPE, ())
 
     def build(
@@ -202,18 +214,28 @@ class SnapshotBuilder:
             self._listeners = self._tls.update(certificates_changed, self._listeners)
         route_upserts: list[Resource] = []
         route_gone: list[str] = []
-        for table in (self._http, self._https):
-            if not table.settle():
+        scope_upserts: list[Resource] = []
+        scope_gone: list[str] = []
+        for listener in (self._http, self._https):
+            changed_tables = listener.settle()
+            if not changed_tables:
                 continue
-            if table.vhosts or table is self._http:  # the HTTP routes always exist
-                route_upserts.append(table.resource())
-            else:
-                route_gone.append(table.name)
+            present = listener.tables[0].name in self._routes.resources
+            if listener is self._http or listener:  # the HTTP routes always exist
+                # A listener's routes appear whole (every shard and its scope), then by shard.
+                tables = changed_tables if present else listener.tables
+                route_upserts.extend(table.resource() for table in tables)
+                if not present:
+                    scope_upserts.extend(listener.scopes())
+            elif present:
+                route_gone.extend(listener.route_names)
+                scope_gone.extend(scope.name for scope in listener.scopes())
         self._routes = self._routes.evolve(route_upserts, route_gone)
+        self._scopes = self._scopes.evolve(scope_upserts, scope_gone)
 
         self._check(hosts)
         snapshot = Snapshot.of(
-            [self._clusters, self._endpoints, self._tls.secrets, self._listeners, self._routes],
+            [self._clusters, self._endpoints, self._tls.secrets, self._listeners, self._scopes, self._routes],
             self.group,
         )
         return BuildResult(
@@ -268,7 +290,7 @@ class SnapshotBuilder:
                 if self.resource_hook is not None:
                     vhost = self.resource_hook(site, vhost)
                 self._http.set(host, wire.field_bytes(2, vhost))
-                if host in self._https.vhosts:
+                if self._https.get(host) is not None:
                     self._https.set(host, None)
                 return
         certificate: Certificate | None = None
@@ -320,6 +342,7 @@ class SnapshotBuilder:
             self._claims.mounts,
             (self._http, self._https),
             self._clusters,
+            self._scopes,
             self._routes,
             self._listeners,
             self._tls.secrets,

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
 from . import resources as rs
-from .route_table import RouteTable
+from .route_table import ListenerRoutes, RouteTable
 from .snapshot import ResourceSet
 
 
@@ -26,22 +26,24 @@ class Plan:
     clusters: frozenset[str]
     # route name -> (virtual host, domain, the clusters its routes use)
     routes: Mapping[str, tuple[tuple[str, str, tuple[str, ...]], ...]]
-    listeners: Mapping[str, str]  # listener name -> route name
+    listeners: Mapping[str, tuple[str, ...]]  # listener name -> the route names it uses
     secrets: frozenset[str] = frozenset()
     listener_secrets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # listener -> SDS names
+    scopes: Mapping[str, str] = field(default_factory=dict)  # route scope -> the route name it picks
 
 
 def plan_of(
     mounts: Mapping[str, Mapping[str, rs.Mount]],
-    tables: Iterable[RouteTable],
+    listeners_routes: Iterable[ListenerRoutes],
     clusters: ResourceSet,
+    scopes: ResourceSet,
     routes: ResourceSet,
     listeners: ResourceSet,
     secrets: ResourceSet,
     chains: Iterable[str],
 ) -> Plan:
-    """The whole graph of a build: its mounts by domain, its route tables, its resources, and
-    the certificates (`chains`) of the HTTPS listener's filter chains."""
+    """The whole graph of a build: its mounts by domain, the route tables of each listener,
+    its resources, and the certificates (`chains`) of the HTTPS listener's filter chains."""
 
     def hosts(table: RouteTable) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
         return tuple(
@@ -53,18 +55,26 @@ def plan_of(
             for domain in table.domains
         )
 
-    planned = {table.name: hosts(table) for table in tables if table.name in routes.resources}
-    listened = {rs.HTTP_LISTENER_NAME: rs.HTTP_ROUTE_NAME}
+    by_name = {listener.name: listener for listener in listeners_routes}
+    planned = {
+        table.name: hosts(table)
+        for listener in by_name.values()
+        for table in listener.tables
+        if table.name in routes.resources
+    }
+    listened = {rs.HTTP_LISTENER_NAME: by_name[rs.HTTP_ROUTE_NAME].route_names}
     listener_secrets: dict[str, tuple[str, ...]] = {}
     if rs.HTTPS_LISTENER_NAME in listeners.resources:
-        listened[rs.HTTPS_LISTENER_NAME] = rs.HTTPS_ROUTE_NAME
+        listened[rs.HTTPS_LISTENER_NAME] = by_name[rs.HTTPS_ROUTE_NAME].route_names
         listener_secrets[rs.HTTPS_LISTENER_NAME] = tuple(chains)
+    scoped = {name: res.decode().route_configuration_name for name, res in scopes.resources.items()}
     return Plan(
         clusters=frozenset(clusters.resources),
         routes=planned,
         listeners=listened,
         secrets=frozenset(secrets.resources),
         listener_secrets=listener_secrets,
+        scopes=scoped,
     )
 
 
@@ -73,7 +83,7 @@ def check_domains(
     mounts: Mapping[str, Mapping[str, rs.Mount]],
     clusters: ResourceSet,
     routes: ResourceSet,
-    http: RouteTable,
+    http: ListenerRoutes,
 ) -> None:
     """Check the domains a small build changed: their routes' clusters exist, they are in
     lower case, and the HTTP routes exist with every served domain."""
@@ -90,10 +100,14 @@ def check_domains(
                 )
         if host != host.lower():
             problems.append(f"domain {host} is not in lower case")
-    if rs.HTTP_ROUTE_NAME not in routes.resources:
-        problems.append(f"the listener uses route configuration {rs.HTTP_ROUTE_NAME}, which does not exist")
-    if len(http.vhosts) != len(http.domains):
-        problems.append("the virtual hosts and the served domains disagree")
+    tables = {table.name: table for host in hosts for table in http.tables_of(host)}
+    for table in tables.values():
+        if table.name not in routes.resources:
+            problems.append(f"the listener uses route configuration {table.name}, which does not exist")
+        if len(table.vhosts) != len(table.domains):
+            problems.append(
+                f"route configuration {table.name}: the virtual hosts and the served domains disagree"
+            )
     if problems:
         raise InconsistentSnapshot("; ".join(problems))
 
@@ -101,9 +115,18 @@ def check_domains(
 def check_consistency(plan: Plan) -> None:
     """Every route's cluster exists, every listener's routes and certificates exist, no domain twice."""
     problems: list[str] = []
-    for listener, route in plan.listeners.items():
+    for listener, names in plan.listeners.items():
+        for route in names:
+            if route not in plan.routes:
+                problems.append(f"listener {listener} uses route configuration {route}, which does not exist")
+    picked = set(plan.scopes.values())
+    for listener, names in plan.listeners.items():
+        for route in names if plan.scopes else ():
+            if route not in picked:
+                problems.append(f"listener {listener}: no route scope picks route configuration {route}")
+    for scope, route in plan.scopes.items():
         if route not in plan.routes:
-            problems.append(f"listener {listener} uses route configuration {route}, which does not exist")
+            problems.append(f"route scope {scope} picks route configuration {route}, which does not exist")
     for listener, names in plan.listener_secrets.items():
         for name in names:
             if name not in plan.secrets:

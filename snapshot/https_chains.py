@@ -12,10 +12,11 @@ class HttpsChains:
     """Which certificate serves each domain, kept as domains move; the secrets and the HTTPS
     listener are derived from it for the certificates that changed only."""
 
-    def __init__(self, listen_address: str, port: int, access_log: str) -> None:
+    def __init__(self, listen_address: str, port: int, access_log: str, route_shards: int = 1) -> None:
         self.listen_address = listen_address
         self.port = port
         self.access_log = access_log
+        self.route_shards = route_shards
         self.host_cert: dict[str, Certificate] = {}  # domain -> the certificate it is served with
         self.cert_hosts: dict[str, set[str]] = {}  # SDS name -> its domains
         self.chains: list[tuple[str, list[str]]] = []  # SDS name -> its domains, sorted, as listed
@@ -81,5 +82,7 @@ class HttpsChains:
         self.chains = chains
         if not chains:
             return listeners.evolve((), [rs.HTTPS_LISTENER_NAME])
-        listener = rs.https_listener(self.listen_address, self.port, chains, self.access_log)
+        listener = rs.https_listener(
+            self.listen_address, self.port, chains, self.access_log, self.route_shards
+        )
         return listeners.evolve([Resource.from_message(rs.LISTENER_TYPE, rs.HTTPS_LISTENER_NAME, listener)])

@@ -17,12 +17,13 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.compression.brotli.compressor.v3 import brotli_pb2
 from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
 from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -36,17 +37,20 @@ CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SCOPED_ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 # The order in which a change reaches Envoy: clusters exist before anything points at them,
-# and a certificate before the listener that serves it.
-TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+# a certificate before the listener that serves it, and a route scope before the route
+# configuration it names.
+TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, SCOPED_ROUTE_TYPE, ROUTE_TYPE)
 
 MESSAGE_CLASSES: dict[str, type[message.Message]] = {
     CLUSTER_TYPE: cluster_pb2.Cluster,
     ENDPOINT_TYPE: endpoint_pb2.ClusterLoadAssignment,
     SECRET_TYPE: secret_pb2.Secret,
     LISTENER_TYPE: listener_pb2.Listener,
+    SCOPED_ROUTE_TYPE: scoped_route_pb2.ScopedRouteConfiguration,
     ROUTE_TYPE: route_pb2.RouteConfiguration,
 }
 
@@ -310,9 +314,92 @@ def unknown_domain_host() -> route_components_pb2.VirtualHost:
     )
 
 
-def route_configuration_header(name: str) -> route_pb2.RouteConfiguration:
-    """The RouteConfiguration without its virtual hosts, which are appended as cached bytes."""
-    return route_pb2.RouteConfiguration(name=name)
+def route_configuration_header(name: str, sharded: bool = False) -> route_pb2.RouteConfiguration:
+    """The RouteConfiguration without its virtual hosts, which are appended as cached bytes.
+
+    `sharded`: one shard of a listener's routes, chosen by a header that is not forwarded.
+    """
+    config = route_pb2.RouteConfiguration(name=name)
+    if sharded:
+        config.request_headers_to_remove.append(SHARD_HEADER)
+    return config
+
+
+# Route shards: with more than one, each listener's virtual hosts are split by a hash of the
+# domain into that many RouteConfigurations, and a change rebuilds in Envoy the one shard of
+# its domain only. The connection manager picks the shard by scoped routes (SRDS) keyed by a
+# header that a Lua filter sets from the Host header; the scopes of both listeners come on
+# one subscription, so each listener's keys have a prefix of their own.
+SHARD_HEADER = "x-staticsite-route-shard"
+SHARD_KEY_PREFIX = {HTTP_ROUTE_NAME: "h", HTTPS_ROUTE_NAME: "s"}
+ROUTE_SCOPES_NAME = "sites"
+
+
+def shard_of(host: str, shards: int) -> int:
+    """The route shard of a domain (a wildcard's is every shard): the Lua filter computes the
+    same from the Host header, lowercased and without its port."""
+    h = 0
+    for byte in host.lower().encode():
+        h = (h * 31 + byte) % shards
+    return h
+
+
+def shard_route_name(route_name: str, shard: int) -> str:
+    return f"{route_name}/{shard}"
+
+
+def route_scope(route_name: str, shard: int) -> scoped_route_pb2.ScopedRouteConfiguration:
+    """The scope that sends requests of a shard of `route_name` to its RouteConfiguration."""
+    name = shard_route_name(route_name, shard)
+    return scoped_route_pb2.ScopedRouteConfiguration(
+        name=name,
+        route_configuration_name=name,
+        key=scoped_route_pb2.ScopedRouteConfiguration.Key(
+            fragments=[
+                scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(
+                    string_key=f"{SHARD_KEY_PREFIX[route_name]}{shard}"
+                )
+            ]
+        ),
+    )
+
+
+_SHARD_SCRIPT = """\
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local host = string.lower(headers:get(":authority") or "")
+  local colon = string.find(host, ":", 1, true)
+  if colon then host = string.sub(host, 1, colon - 1) end
+  local h = 0
+  for i = 1, #host do h = (h * 31 + string.byte(host, i)) % SHARDS end
+  headers:replace("HEADER", "PREFIX" .. h)
+end
+"""
+
+
+def shard_filter(route_name: str, shards: int) -> hcm_pb2.HttpFilter:
+    """The Lua filter that names the route shard of a request (see `shard_of`)."""
+    script = (
+        _SHARD_SCRIPT.replace("SHARDS", str(shards))
+        .replace("HEADER", SHARD_HEADER)
+        .replace("PREFIX", SHARD_KEY_PREFIX[route_name])
+    )
+    lua = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=script))
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=pack(lua))
+
+
+def _scoped_routes() -> hcm_pb2.ScopedRoutes:
+    extractor = hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
+        name=SHARD_HEADER, index=0
+    )
+    return hcm_pb2.ScopedRoutes(
+        name=ROUTE_SCOPES_NAME,
+        scope_key_builder=hcm_pb2.ScopedRoutes.ScopeKeyBuilder(
+            fragments=[hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(header_value_extractor=extractor)]
+        ),
+        rds_config_source=_ads_source(),
+        scoped_rds=hcm_pb2.ScopedRds(scoped_rds_config_source=_ads_source()),
+    )
 
 
 # Where the gateways write their access log: one JSON object per request.
@@ -380,22 +467,30 @@ def compressor_filters() -> list[hcm_pb2.HttpFilter]:
     return filters
 
 
-def connection_manager(stat_prefix: str, route_name: str, access_log: str) -> hcm_pb2.HttpConnectionManager:
-    """The HTTP connection manager of a listener; its routes come over ADS (RDS)."""
-    return hcm_pb2.HttpConnectionManager(
+def connection_manager(
+    stat_prefix: str, route_name: str, access_log: str, shards: int = 1
+) -> hcm_pb2.HttpConnectionManager:
+    """The HTTP connection manager of a listener; its routes come over ADS: RDS, or with
+    more than one route shard, scoped routes (SRDS) and RDS."""
+    manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        rds=hcm_pb2.Rds(route_config_name=route_name, config_source=_ads_source()),
         strip_any_host_port=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         http_filters=[
+            *([shard_filter(route_name, shards)] if shards > 1 else []),
             *compressor_filters(),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
         ],
         access_log=access_logs(access_log),
     )
+    if shards > 1:
+        manager.scoped_routes.CopyFrom(_scoped_routes())
+    else:
+        manager.rds.CopyFrom(hcm_pb2.Rds(route_config_name=route_name, config_source=_ads_source()))
+    return manager
 
 
 def _manager_filter(manager: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.Filter:
@@ -409,10 +504,10 @@ def _socket(address: str, port: int) -> address_pb2.Address:
 
 
 def http_listener(
-    address: str, port: int, route_name: str, access_log: str = ACCESS_LOG_STDOUT
+    address: str, port: int, route_name: str, access_log: str = ACCESS_LOG_STDOUT, shards: int = 1
 ) -> listener_pb2.Listener:
     """The HTTP listener: every site, by the Host header."""
-    manager = connection_manager("http", route_name, access_log)
+    manager = connection_manager("http", route_name, access_log, shards)
     return listener_pb2.Listener(
         name=HTTP_LISTENER_NAME,
         address=_socket(address, port),
@@ -427,14 +522,18 @@ def _ads_source() -> config_source_pb2.ConfigSource:
 
 
 def https_listener(
-    address: str, port: int, chains: list[tuple[str, list[str]]], access_log: str = ACCESS_LOG_STDOUT
+    address: str,
+    port: int,
+    chains: list[tuple[str, list[str]]],
+    access_log: str = ACCESS_LOG_STDOUT,
+    shards: int = 1,
 ) -> listener_pb2.Listener:
     """The HTTPS listener: a filter chain per certificate, chosen by the client's SNI.
 
     `chains` pairs each certificate's SDS name with the domains it serves. The certificates
     themselves come over SDS on the ADS stream, so a renewal changes no listener.
     """
-    manager = _manager_filter(connection_manager("https", HTTPS_ROUTE_NAME, access_log))
+    manager = _manager_filter(connection_manager("https", HTTPS_ROUTE_NAME, access_log, shards))
     filter_chains = []
     for secret_name, hosts in chains:
         context = tls_pb2.DownstreamTlsContext(

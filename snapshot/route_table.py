@@ -1,4 +1,5 @@
-"""One RouteConfiguration kept as the cached bytes of its virtual hosts, sorted by domain."""
+"""RouteConfigurations kept as the cached bytes of their virtual hosts, sorted by domain: one
+per listener, or one per route shard of each listener."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ class RouteTable:
     not a hash of megabytes of routes.
     """
 
-    def __init__(self, name: str, fallback: bytes) -> None:
+    def __init__(self, name: str, fallback: bytes, sharded: bool = False) -> None:
         self.name = name
+        self.sharded = sharded
         self.vhosts: dict[str, bytes] = {}  # domain -> virtual host, framed as a route field
         self.domains: list[str] = []  # sorted
         self.framed: list[bytes] = []  # in the same order
@@ -67,7 +69,61 @@ class RouteTable:
         return True
 
     def resource(self) -> Resource:
-        header = rs.route_configuration_header(self.name).SerializeToString(deterministic=True)
+        header = rs.route_configuration_header(self.name, self.sharded).SerializeToString(deterministic=True)
         body = b"".join([header, *self.framed, self.fallback])
         version = content_hash(header, self.fallback, self.digest.to_bytes(8, "big"))
         return Resource.of(rs.ROUTE_TYPE, self.name, body, version)
+
+
+class ListenerRoutes:
+    """The virtual hosts of one listener: one RouteTable, or `shards` of them, each domain in
+    the shard of its hash and each wildcard domain in every shard (a wildcard matches hosts of
+    any shard), so a change rebuilds in Envoy the shard of its domain only."""
+
+    def __init__(self, name: str, fallback: bytes, shards: int = 1) -> None:
+        self.name = name
+        self.shards = shards
+        if shards > 1:
+            self.sharded = True
+            self.tables = [
+                RouteTable(rs.shard_route_name(name, k), fallback, sharded=True) for k in range(shards)
+            ]
+        else:
+            self.sharded = False
+            self.tables = [RouteTable(name, fallback)]
+
+    def tables_of(self, domain: str) -> list[RouteTable]:
+        if not self.sharded:
+            return self.tables
+        if domain.startswith("*"):
+            return self.tables
+        return [self.tables[rs.shard_of(domain, self.shards)]]
+
+    def get(self, domain: str) -> bytes | None:
+        """The virtual host of `domain`, framed, or None."""
+        return self.tables_of(domain)[0].vhosts.get(domain)
+
+    def set(self, domain: str, framed: bytes | None) -> None:
+        for table in self.tables_of(domain):
+            table.set(domain, framed)
+
+    def __bool__(self) -> bool:
+        """Whether it serves any domain."""
+        return any(table.vhosts for table in self.tables)
+
+    def settle(self) -> list[RouteTable]:
+        """The tables that changed since the last call, their sorted lists brought up to date."""
+        return [table for table in self.tables if table.settle()]
+
+    @property
+    def route_names(self) -> tuple[str, ...]:
+        return tuple(table.name for table in self.tables)
+
+    def scopes(self) -> list[Resource]:
+        """The route scopes (SRDS) of the shards; none without shards."""
+        if not self.sharded:
+            return []
+        return [
+            Resource.from_message(rs.SCOPED_ROUTE_TYPE, table.name, rs.route_scope(self.name, k))
+            for k, table in enumerate(self.tables)
+        ]

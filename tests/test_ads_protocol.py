@@ -35,7 +35,7 @@ pytestmark = pytest.mark.unit
 # Sites as a source makes them, in namespace "default".
 site = partial(make_site, namespace="default", parsed=True)
 
-UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
 
 Response = discovery_pb2.DiscoveryResponse
 names = sotw_names  # the names of the resources a response carries, in order

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -417,7 +418,7 @@ def plan(
     return _Plan(
         clusters=frozenset(clusters),
         routes={"http": hosts},
-        listeners={"http": listener_route},
+        listeners={"http": (listener_route,)},
     )
 
 
@@ -434,6 +435,20 @@ def test_dangling_cluster_is_inconsistent() -> None:
 def test_missing_route_configuration_is_inconsistent() -> None:
     with pytest.raises(InconsistentSnapshot, match="route configuration missing, which does not exist"):
         check_consistency(plan(listener_route="missing"))
+
+
+def test_route_scopes_must_pick_existing_routes_and_every_route_a_scope() -> None:
+    sharded = _Plan(
+        clusters=frozenset({"c1"}),
+        routes={"http/0": (), "http/1": ()},
+        listeners={"http": ("http/0", "http/1")},
+        scopes={"http/0": "http/0", "http/1": "http/1"},
+    )
+    check_consistency(sharded)
+    with pytest.raises(InconsistentSnapshot, match="route scope http/1 picks route configuration http/9"):
+        check_consistency(replace(sharded, scopes={"http/0": "http/0", "http/1": "http/9"}))
+    with pytest.raises(InconsistentSnapshot, match="no route scope picks route configuration http/1"):
+        check_consistency(replace(sharded, scopes={"http/0": "http/0"}))
 
 
 @pytest.mark.parametrize("second_domain", ["a.example.com", "A.Example.COM"], ids=["same", "case"])
@@ -453,7 +468,9 @@ def test_every_inconsistency_is_reported() -> None:
     hosts = (("default/a", "a.example.com", ("c2",)), ("default/b", "a.example.com", ("c3",)))
     with pytest.raises(InconsistentSnapshot) as info:
         check_consistency(
-            _Plan(clusters=frozenset(), routes={"http": hosts}, listeners={"http": "http", "https": "tls"})
+            _Plan(
+                clusters=frozenset(), routes={"http": hosts}, listeners={"http": ("http",), "https": ("tls",)}
+            )
         )
     text = str(info.value)
     for part in ("route configuration tls", "cluster c2", "cluster c3", "domain a.example.com"):

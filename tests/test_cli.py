@@ -11,6 +11,7 @@ import pytest
 from support.manifests import manifest, write
 from support.processes import run_cli
 
+from snapshot.builder import DEFAULT_ROUTE_SHARDS
 from xds_server.local.demo import write_certificates
 
 pytestmark = pytest.mark.envoy
@@ -132,9 +133,14 @@ def test_validate_needs_a_path() -> None:
 
 
 def vhosts(rendered: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    (route,) = rendered["RouteConfiguration"]
-    # by the site whose route it holds (a virtual host is named after its domain)
-    return {v["routes"][0].get("name", v["name"]): v for v in route["virtualHosts"]}
+    """The virtual hosts of the HTTP listener's route configurations (every route shard), by
+    the site whose route each holds (a virtual host is named after its domain)."""
+    return {
+        v["routes"][0].get("name", v["name"]): v
+        for route in rendered["RouteConfiguration"]
+        if route["name"].split("/")[0] == "http"
+        for v in route["virtualHosts"]
+    }
 
 
 def test_render_prints_the_resources_as_json(root: Path) -> None:
@@ -165,8 +171,18 @@ def test_render_prints_the_resources_as_json(root: Path) -> None:
     (listener,) = rendered["Listener"]
     assert listener["address"]["socketAddress"] == {"address": "127.0.0.1", "portValue": 10080}
     manager = listener["filterChains"][0]["filters"][0]["typedConfig"]
-    assert manager["rds"]["routeConfigName"] == rendered["RouteConfiguration"][0]["name"]
+    assert "ads" in manager["scopedRoutes"]["scopedRds"]["scopedRdsConfigSource"]
+    scopes = {s["name"]: s["routeConfigurationName"] for s in rendered["ScopedRouteConfiguration"]}
+    assert len(scopes) == DEFAULT_ROUTE_SHARDS
+    assert set(scopes.values()) == {r["name"] for r in rendered["RouteConfiguration"]}
+
+    single = run_cli("render", root, "--route-shards", "1")
+    assert single.returncode == 0, single.stderr
+    one = json.loads(single.stdout)
+    (manager,) = (c["filters"][0]["typedConfig"] for c in one["Listener"][0]["filterChains"])
+    assert manager["rds"]["routeConfigName"] == one["RouteConfiguration"][0]["name"] == "http"
     assert "ads" in manager["rds"]["configSource"]
+    assert one["ScopedRouteConfiguration"] == []
 
     hosts = vhosts(rendered)
     assert hosts["default/a"]["domains"] == ["a.example.com"]

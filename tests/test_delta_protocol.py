@@ -40,7 +40,7 @@ pytestmark = pytest.mark.unit
 # Sites as a source makes them, in namespace "default".
 site = partial(make_site, namespace="default", parsed=True)
 
-UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+UNKNOWN_TYPE = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
 
 DeltaRequest = discovery_pb2.DeltaDiscoveryRequest
 DeltaResponse = discovery_pb2.DeltaDiscoveryResponse

@@ -332,10 +332,12 @@ def test_each_envoy_holds_only_its_groups_resources(gateways: Gateways, group: s
     served = SERVED[group]
     https = [s for s in served if s.https]
     assert cluster_names(envoy) == {cluster_of(gateways, s) for s in served}
-    routes = {
-        r["route_config"]["name"]: {d for v in r["route_config"]["virtual_hosts"] for d in v["domains"]}
-        for r in dynamic(envoy, "RoutesConfigDump", "dynamic_route_configs")
-    }
+    routes: dict[str, set[str]] = {}  # listener -> the domains of its routes (over every shard)
+    for r in dynamic(envoy, "RoutesConfigDump", "dynamic_route_configs"):
+        listener = r["route_config"]["name"].split("/")[0]
+        routes.setdefault(listener, set()).update(
+            d for v in r["route_config"]["virtual_hosts"] for d in v["domains"]
+        )
     assert routes == {"http": {s.domain for s in served} | {"*"}, "https": {s.domain for s in https} | {"*"}}
     assert https_server_names(envoy) == {s.domain for s in https}
     assert secret_names(envoy) == {secret_of(gateways, s) for s in https}

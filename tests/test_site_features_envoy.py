@@ -32,7 +32,8 @@ from support.site_source import Sites
 from support.sites import site
 from support.waiting import eventually
 
-from snapshot.builder import BuildOptions
+from snapshot import resources as rs
+from snapshot.builder import DEFAULT_ROUTE_SHARDS, BuildOptions
 from snapshot.certificates import load_certificate
 from snapshot.model import Certificate, HealthCheck, StaticSite, TlsSpec
 from snapshot.resources import UNKNOWN_DOMAIN_BODY, cluster_name
@@ -242,6 +243,7 @@ async def running(
     variant: str = "delta",
     stats: tuple[str, ...] = (),
     redirect_to_listener: bool = False,
+    route_shards: int = DEFAULT_ROUTE_SHARDS,
 ) -> AsyncIterator[Gateway]:
     """A control plane serving `sites` and an Envoy that took its first configuration.
 
@@ -249,6 +251,7 @@ async def running(
     `stats`: prefixes of stats Envoy should keep besides the bootstrap's own.
     `redirect_to_listener`: redirects to HTTPS name the HTTPS listener's port, as when clients
     reach the gateway directly (by default they name none: 443, behind a load balancer).
+    `route_shards`: as `serve` shards the routes by default (1: one route configuration).
     """
     http_port, https_port, admin_port, xds_port = free_ports(4)
     options = BuildOptions(
@@ -257,6 +260,7 @@ async def running(
         public_https_port=https_port if redirect_to_listener else 443,
         listen_address="127.0.0.1",
         backend_host_template="127.0.0.1",
+        route_shards=route_shards,
     )
     plane = ControlPlane(options, hold_off=0.002, max_delay=0.02)
     source = Sites()
@@ -519,6 +523,41 @@ async def test_an_exact_domain_beats_a_wildcard(tmp_path: Path, backends: Backen
         assert (await gw.get("another.example.test")).backend == "wild"
         answer = await gw.get("example.test")
         assert (answer.status, answer.text) == (404, UNKNOWN_DOMAIN_BODY)
+
+
+@pytest.mark.parametrize("variant", ["delta", "sotw"])
+async def test_route_shards_route_every_domain_and_a_change_reaches_its_shard(
+    variant: str, tmp_path: Path, backends: Backends
+) -> None:
+    shards = 5
+    pool = [backends(f"b{k}") for k in range(3)]
+    sites = [
+        site(f"s{i}", f"s{i}.shard.example.test", port=pool[i % 3].port, generation=1) for i in range(20)
+    ]
+    wild = site("wild", "*.wild.example.test", port=pool[0].port, generation=1)
+    exact = site("exact", "a.wild.example.test", port=pool[1].port, generation=1)
+    assert len({rs.shard_of(s.domain, shards) for s in sites}) == shards
+    async with running(tmp_path, *sites, wild, exact, variant=variant, route_shards=shards) as gw:
+        for i, declared in enumerate(sites):
+            await gw.served(declared.domain, f"b{i % 3}")
+        # The Lua filter hashes the host as the control plane does: lower case, no port.
+        assert (await gw.get("S7.Shard.Example.TEST:8080")).backend == "b1"
+        # A shard named by the client is overwritten, not followed.
+        other = next(k for k in range(shards) if k != rs.shard_of("s7.shard.example.test", shards))
+        spoofed = await gw.get("s7.shard.example.test", headers={rs.SHARD_HEADER: f"h{other}"})
+        assert spoofed.backend == "b1"
+        # A wildcard is in every shard, and an exact domain beats it in its own.
+        assert (await gw.get("a.wild.example.test")).backend == "b1"
+        for name in ("b", "c", "dd", "eee", "ffff", "zz"):
+            assert (await gw.get(f"{name}.wild.example.test")).backend == "b0", name
+        answer = await gw.get("nowhere.example.test")
+        assert (answer.status, answer.text) == (404, UNKNOWN_DOMAIN_BODY)
+        # A change: a new site and a site moved to another backend.
+        gw.source.declare(site("new", "new.shard.example.test", port=pool[2].port, generation=1))
+        gw.source.declare(site("s0", "s0.shard.example.test", port=pool[1].port, generation=2))
+        await gw.served("new.shard.example.test", "b2")
+        await gw.served("s0.shard.example.test", "b1")
+        assert (await gw.get("s3.shard.example.test")).backend == "b0"
 
 
 async def test_sites_mounted_at_paths_of_one_domain(tmp_path: Path, backends: Backends) -> None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from snapshot.builder import BuildOptions
+from snapshot.builder import DEFAULT_ROUTE_SHARDS, BuildOptions
 from snapshot.model import API_VERSION
 from snapshot.resources import ACCESS_LOG_STDOUT, DEFAULT_HOST_TEMPLATE
 from snapshot.snapshot import DEFAULT_GROUP
@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
             default=DEFAULT_HOST_TEMPLATE,
             help="how Envoy reaches a backend Service; may use {service} and {namespace} "
             f"(default {DEFAULT_HOST_TEMPLATE}; 127.0.0.1 for local runs)",
+        )
+        p.add_argument(
+            "--route-shards",
+            type=int,
+            default=DEFAULT_ROUTE_SHARDS,
+            metavar="N",
+            help="route configurations per listener, each domain in the one of its hash, so a "
+            "change rebuilds one of them in Envoy; 1: one route configuration per listener "
+            "(default %(default)s)",
         )
         p.add_argument(
             "--access-log",
@@ -413,6 +422,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         listen_address=args.listen_address,
         backend_host_template=args.backend_host_template,
         access_log=args.access_log,
+        route_shards=args.route_shards,
     )
 
 

@@ -18,12 +18,12 @@ from typing import Protocol
 
 from google.protobuf import message
 
-from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, TYPE_ORDER
+from snapshot.resources import CLUSTER_TYPE, LISTENER_TYPE, SCOPED_ROUTE_TYPE, TYPE_ORDER
 from snapshot.snapshot import Snapshot
 
 log = logging.getLogger("staticsite_xds.xds")
 
-WILDCARD_TYPES = frozenset({CLUSTER_TYPE, LISTENER_TYPE})
+WILDCARD_TYPES = frozenset({CLUSTER_TYPE, LISTENER_TYPE, SCOPED_ROUTE_TYPE})
 SERVED_TYPES = frozenset(TYPE_ORDER)
 
 

@@ -1,7 +1,8 @@
 """ADS clients (state of the world and delta): the benchmark's, which ACK by themselves, and
 scripted ones that a test drives request by request.
 
-The benchmark's clients subscribe to clusters and listeners (wildcard) and to the route configuration `http`,
+The benchmark's clients subscribe as Envoy does: to clusters, listeners and route scopes
+(wildcard), then to the route configurations the scopes name (`http` when there are none),
 and ACK every response at once. A client made with `read=False` sends its subscriptions and
 then never reads a response: a stuck Envoy, as the fan-out scenario needs.
 """
@@ -24,6 +25,7 @@ from snapshot.resources import (
     LISTENER_TYPE,
     MESSAGE_CLASSES,
     ROUTE_TYPE,
+    SCOPED_ROUTE_TYPE,
     TYPE_ORDER,
 )
 from snapshot.snapshot import Snapshot
@@ -31,7 +33,8 @@ from snapshot.snapshot import Snapshot
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 SOTW_METHOD = ADS + "StreamAggregatedResources"
 DELTA_METHOD = ADS + "DeltaAggregatedResources"
-SUBSCRIPTIONS: dict[str, list[str]] = {CLUSTER_TYPE: [], LISTENER_TYPE: [], ROUTE_TYPE: [HTTP_ROUTE_NAME]}
+SUBSCRIPTIONS: dict[str, list[str]] = {CLUSTER_TYPE: [], LISTENER_TYPE: [], SCOPED_ROUTE_TYPE: []}
+ANSWERED_TYPES = (*SUBSCRIPTIONS, ROUTE_TYPE)  # a client is configured once it has each
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
 
@@ -63,6 +66,8 @@ class AdsClient:
         self.versions: dict[str, str] = {}  # type -> version of the last response
         self.error: BaseException | None = None
         self.changed = asyncio.Event()
+        self.scopes: dict[str, str] = {}  # route scope -> the route configuration it names
+        self.route_names: list[str] = []  # the route configurations subscribed to
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
@@ -118,6 +123,8 @@ class AdsClient:
 
     def _ack(self, response: Any) -> None:
         type_url = response.type_url
+        if type_url == SCOPED_ROUTE_TYPE:
+            self._take_scopes(response)
         if self.delta:
             version = response.system_version_info
             ack: Any = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
@@ -127,7 +134,9 @@ class AdsClient:
                 type_url=type_url,
                 version_info=version,
                 response_nonce=response.nonce,
-                resource_names=SUBSCRIPTIONS.get(type_url, []),
+                resource_names=self.route_names
+                if type_url == ROUTE_TYPE
+                else SUBSCRIPTIONS.get(type_url, []),
             )
         self._requests.put_nowait(ack)
         self.responses[type_url] = self.responses.get(type_url, 0) + 1
@@ -136,8 +145,36 @@ class AdsClient:
         if self.listener is not None:
             self.listener(self, type_url)
 
+    def _take_scopes(self, response: Any) -> None:
+        """Follow the route scopes: subscribe to the route configurations they name."""
+        if self.delta:
+            for name in response.removed_resources:
+                self.scopes.pop(name, None)
+            bodies = [(r.name, r.resource.value) for r in response.resources]
+        else:
+            self.scopes.clear()
+            bodies = [("", a.value) for a in response.resources]
+        for name, body in bodies:
+            scope = MESSAGE_CLASSES[SCOPED_ROUTE_TYPE].FromString(body)
+            self.scopes[name or scope.name] = scope.route_configuration_name
+        wanted = sorted(set(self.scopes.values())) or [HTTP_ROUTE_NAME]
+        if wanted == self.route_names:
+            return
+        if self.delta:
+            request: Any = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=ROUTE_TYPE,
+                resource_names_subscribe=sorted(set(wanted) - set(self.route_names)),
+                resource_names_unsubscribe=sorted(set(self.route_names) - set(wanted)),
+            )
+        else:
+            request = discovery_pb2.DiscoveryRequest(type_url=ROUTE_TYPE, resource_names=wanted)
+            if ROUTE_TYPE in self.versions:
+                request.version_info = self.versions[ROUTE_TYPE]
+        self.route_names = wanted
+        self._requests.put_nowait(request)
+
     def has_all_types(self) -> bool:
-        return all(self.responses.get(t, 0) > 0 for t in SUBSCRIPTIONS)
+        return all(self.responses.get(t, 0) > 0 for t in ANSWERED_TYPES)
 
     async def close(self) -> None:
         self._requests.put_nowait(None)

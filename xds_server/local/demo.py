@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from snapshot.builder import BuildOptions, BuildResult
+from snapshot.builder import DEFAULT_ROUTE_SHARDS, BuildOptions, BuildResult
 from snapshot.model import API_VERSION, Backend, Certificate, SiteKey, StaticSite
 from snapshot.snapshot import Snapshot
 from snapshot.verdict import Phase
@@ -270,6 +270,7 @@ def run_demo(sites: Path, ports: DemoPorts, work_dir: Path = DEFAULT_WORK_DIR) -
         public_https_port=https_port,  # no load balancer here: redirects name the gateway's port
         listen_address="127.0.0.1",
         backend_host_template="127.0.0.1",
+        route_shards=DEFAULT_ROUTE_SHARDS,
     )
     backends = _Backends()
     states: dict[SiteKey, Phase] = {}

@@ -23,7 +23,15 @@ from typing import Any, Protocol
 import grpc
 
 from snapshot.model import SiteKey
-from snapshot.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, TYPE_ORDER
+from snapshot.resources import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SCOPED_ROUTE_TYPE,
+    SECRET_TYPE,
+    TYPE_ORDER,
+)
 from snapshot.snapshot import DEFAULT_GROUP, Snapshot
 from snapshot.verdict import Phase, SiteState
 from watcher.siteset import SiteSet
@@ -44,6 +52,7 @@ _SERVICE_NAMES = {
     short(ENDPOINT_TYPE): "EDS",
     short(SECRET_TYPE): "SDS",
     short(LISTENER_TYPE): "LDS",
+    short(SCOPED_ROUTE_TYPE): "SRDS",
     short(ROUTE_TYPE): "RDS",
 }
 
