@@ -19,4 +19,5 @@ SCENARIOS = (
     "memory",
     "burst",
     "kubernetes",
+    "shards",
 )

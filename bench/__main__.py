@@ -96,7 +96,7 @@ def plan(selected: Sequence[str], sizes: Sequence[int], quick: bool) -> list[dic
         tasks.append({"kind": "share", "size": 1000 if quick else 10_000})
     if "groups" in selected:
         tasks.append({"kind": "groups", "size": 500 if quick else 10_000})
-    for kind in ("fanout", "memory", "burst", "kubernetes"):
+    for kind in ("fanout", "memory", "burst", "kubernetes", "shards"):
         if kind in selected:
             tasks.append({"kind": kind})
     for task in tasks:
@@ -109,6 +109,8 @@ def _task_timeout(task: dict[str, Any], quick: bool, override: float | None) -> 
         return override
     if quick:
         return 150.0
+    if task["kind"] == "shards":  # three sizes up to 100,000, two designs each
+        return 3600.0
     return 900.0 + 0.1 * int(task.get("size", 0))
 
 

@@ -64,6 +64,10 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         from .kubernetes import run_kubernetes
 
         return run_kubernetes(quick, workdir)
+    if kind == "shards":
+        from .shards import run_shards
+
+        return run_shards(quick, workdir)
     raise ValueError(f"unknown task kind {kind!r}")
 
 

@@ -211,6 +211,40 @@ def time_until(
         time.sleep(interval)
 
 
+def sweep(port: int, hosts: Sequence[str], timeout: float) -> list[str]:
+    """GET every host once over one kept-alive connection; the hosts that did not answer 200."""
+    missing: list[str] = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        for host in hosts:
+            try:
+                conn.request("GET", "/", headers={"Host": host})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    missing.append(host)
+            except (OSError, http.client.HTTPException):
+                missing.append(host)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    finally:
+        conn.close()
+    return missing
+
+
+def answering(port: int, hosts: Sequence[str], timeout: float) -> int:
+    """How many of the hosts answer 200, each GET once (again for those that did not, until
+    `timeout`). Not timed: the requests go through the benchmark's own sample backends, and a
+    scenario makes them when they slow nothing it times."""
+    deadline = time.perf_counter() + timeout
+    unserved = list(hosts)
+    while unserved and time.perf_counter() < deadline:
+        unserved = sweep(port, unserved, 2.0)
+        if unserved:
+            time.sleep(0.1)
+    return len(hosts) - len(unserved)
+
+
 def is_ok(reply: Reply) -> bool:
     return reply.status == 200
 

@@ -57,18 +57,26 @@ def add_site(sites: dict[SiteKey, StaticSite], index: int) -> list[SiteKey]:
 # -- cold ----------------------------------------------------------------------------------
 
 
+def cold_builds(size: int, options: BuildOptions = OPTIONS, runs: int = 3) -> list[float]:
+    """The time of each of `runs` builds of `size` sites from a fresh builder, in ms."""
+    sites = list(make_sites(size).values())
+    samples = []
+    for _ in range(runs):
+        gc.collect()
+        builder = SnapshotBuilder(options)
+        started = time.perf_counter()
+        builder.build(sites)
+        samples.append((time.perf_counter() - started) * 1000)
+        del builder
+    gc.unfreeze()  # what the builds froze is garbage now
+    gc.collect()
+    return samples
+
+
 def run_cold(sizes: list[int], quick: bool) -> Result:
     figures = []
     for size in sizes:
-        sites = list(make_sites(size).values())
-        samples = []
-        for _ in range(3):
-            gc.collect()
-            builder = SnapshotBuilder(OPTIONS)
-            started = time.perf_counter()
-            builder.build(sites)
-            samples.append((time.perf_counter() - started) * 1000)
-            del builder
+        samples = cold_builds(size)
         log(f"cold @{size}: best {min(samples):.0f} ms, median {statistics.median(samples):.0f} ms")
         figures.append(
             {

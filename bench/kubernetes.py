@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import http.client
 import os
 import signal
 import sys
@@ -47,6 +46,7 @@ from .harness import (
     REPO_ROOT,
     Backends,
     NotMeasured,
+    answering,
     free_port,
     is_ok,
     log,
@@ -307,27 +307,6 @@ def settled(pid: int, timeout: float) -> None:
 # -- probes --------------------------------------------------------------------------------
 
 
-def sweep(port: int, hosts: Sequence[str], timeout: float) -> list[str]:
-    """GET every host once over one kept-alive connection; the hosts that did not answer 200."""
-    missing: list[str] = []
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        for host in hosts:
-            try:
-                conn.request("GET", "/", headers={"Host": host})
-                response = conn.getresponse()
-                response.read()
-                if response.status != 200:
-                    missing.append(host)
-            except (OSError, http.client.HTTPException):
-                missing.append(host)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    finally:
-        conn.close()
-    return missing
-
-
 def served_after(
     port: int, envoy: LocalEnvoy, hosts: Sequence[str], started: float, timeout: float
 ) -> float | None:
@@ -346,20 +325,6 @@ def served_after(
     except TimeoutError:
         return None
     return time.perf_counter() - started
-
-
-def answering(port: int, hosts: Sequence[str], timeout: float) -> int:
-    """How many of the hosts answer 200, each GET once (again for those that did not, until
-    `timeout`). Not timed, and made once the statuses are written: the sites' requests go
-    through this process's sample backends, beside the emulator, and would slow its answers
-    to the writes being timed."""
-    deadline = time.perf_counter() + timeout
-    unserved = list(hosts)
-    while unserved and time.perf_counter() < deadline:
-        unserved = sweep(port, unserved, 2.0)
-        if unserved:
-            time.sleep(0.1)
-    return len(hosts) - len(unserved)
 
 
 @dataclass
@@ -451,6 +416,8 @@ def run_kubernetes(quick: bool, workdir: Path) -> Result:
         served_s = served_after(http_port, envoy, domains, started, startup_timeout(n))
         clock.wait()
         patches, events = emulator.run(lambda: writes_by(emulator.cluster, first.identity))
+        # Swept once the statuses are written: the sites' requests go through this process's
+        # sample backends, beside the emulator, and would slow its answers to the writes timed.
         figure.update(served_s=served_s, served=answering(http_port, domains, 60))
         figure.update(
             status_s=clock.done_s,

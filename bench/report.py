@@ -209,6 +209,8 @@ def build_rows(results: Results, selected: Sequence[str], sizes: Sequence[int]) 
         rows.extend(_burst_rows(results))
     if "kubernetes" in selected:
         rows.extend(_kubernetes_rows(results))
+    if "shards" in selected:
+        rows.extend(_shards_rows(results))
     return rows
 
 
@@ -678,6 +680,7 @@ SOURCES = {
     "memory": ("memory", ("memory-plane", "memory-envoy")),
     "burst": ("burst", ("burst",)),
     "kubernetes": ("kubernetes", ("kubernetes",)),
+    "shards": ("shards", ("shards",)),
 }
 
 
@@ -745,3 +748,162 @@ def render_table(rows: Sequence[Row]) -> str:
 
 def rows_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
+
+
+# -- route shards --------------------------------------------------------------------------
+
+SHARDS_AT, SHARDS_SMALL_AT = 100_000, 10_000
+SHARDS_ADD_MEDIAN_SMALL, SHARDS_ADD_MEDIAN, SHARDS_ADD_P99 = 30.0, 50.0, 150.0
+SHARDS_MOVE_MEDIAN, SHARDS_RATIO = 50.0, 2.0
+SHARDS_SERVED_S, SHARDS_BUILD_MS, SHARDS_PLANE_MB = 60.0, 3000.0, 1024.0
+
+
+def _shards_rows(results: Results) -> list[Row]:
+    figs = results.figures("shards", "shards")
+    if not figs:
+        return [_missing("route shards: new site live", "shards", "-", results.why("shards"), "-")]
+    by = {(f["size"], f["design"]): f for f in figs}
+    sizes = sorted({f["size"] for f in figs})
+    rows: list[Row] = []
+
+    def beside(size: int, show: Any) -> str:
+        single = by.get((size, "single"))
+        return f"one RouteConfiguration: {show(single)}" if single else "-"
+
+    def row(label: str, size: int, ours: str, target: str, peer: str, checks: list[Check], at: bool) -> Row:
+        made = Row(f"route shards: {label}", "shards", f"{size}", ours, target, ratio=peer)
+        if checks:
+            made.verdict, made.met = verdict(checks, at)
+        return made
+
+    def med(stats: dict[str, Any]) -> str:
+        return f"med {fmt_ms(stats['median'])} ms" if stats.get("n") else "no sample"
+
+    for size in sizes:
+        fig = by.get((size, "shards"))
+        if fig is None:
+            continue
+        at_big, at_small = size == SHARDS_AT, size == SHARDS_SMALL_AT
+        add, move = fig["add_ms"], fig["move_ms"]
+        if at_small:
+            checks = [Check("median", add["median"], SHARDS_ADD_MEDIAN_SMALL, "ms")] if add.get("n") else []
+            target = f"med <= {SHARDS_ADD_MEDIAN_SMALL:.0f} ms (at {SHARDS_SMALL_AT:,})"
+        else:
+            checks = (
+                [
+                    Check("median", add["median"], SHARDS_ADD_MEDIAN, "ms"),
+                    Check("p99", add["p99"], SHARDS_ADD_P99, "ms"),
+                ]
+                if add.get("n")
+                else []
+            )
+            target = f"med <= {SHARDS_ADD_MEDIAN:.0f}, p99 <= {SHARDS_ADD_P99:.0f} ms (at {SHARDS_AT:,})"
+        rows.append(
+            row(
+                "new site live (file -> 200)",
+                size,
+                stats_cell(add),
+                target,
+                beside(size, lambda f: med(f["add_ms"])),
+                checks,
+                at_big or at_small,
+            )
+        )
+        rows.append(
+            row(
+                "site moved to another backend",
+                size,
+                stats_cell(move),
+                f"med <= {SHARDS_MOVE_MEDIAN:.0f} ms (at {SHARDS_AT:,})",
+                beside(size, lambda f: med(f["move_ms"])),
+                [Check("median", move["median"], SHARDS_MOVE_MEDIAN, "ms")] if move.get("n") else [],
+                at_big,
+            )
+        )
+        swept = f"{fig['sweep_ok']:,} of {fig['swept']:,} swept answered 200"
+        rows.append(
+            row(
+                "start -> every site served",
+                size,
+                f"{_seconds(fig['served_s'])} ({swept})",
+                f"<= {SHARDS_SERVED_S:.0f} s (at {SHARDS_AT:,})",
+                beside(size, lambda f: _seconds(f["served_s"])),
+                [Check("seconds", fig["served_s"], SHARDS_SERVED_S, "s")],
+                at_big,
+            )
+        )
+        rows.append(
+            row(
+                "control plane cold build",
+                size,
+                f"{fmt_ms(fig['cold_build_ms'])} ms",
+                f"<= {SHARDS_BUILD_MS / 1000:.0f} s (at {SHARDS_AT:,})",
+                beside(size, lambda f: f"{fmt_ms(f['cold_build_ms'])} ms"),
+                [Check("build", fig["cold_build_ms"], SHARDS_BUILD_MS, "ms")],
+                at_big,
+            )
+        )
+        memory_checks = (
+            [Check("RSS", fig["rss_control_plane_mb"], SHARDS_PLANE_MB, "MB")]
+            if fig["rss_control_plane_mb"] is not None
+            else []
+        )
+        rows.append(
+            row(
+                "control plane RSS",
+                size,
+                fmt_mb(fig["rss_control_plane_mb"]),
+                f"<= {SHARDS_PLANE_MB:,.0f} MB (at {SHARDS_AT:,})",
+                beside(size, lambda f: fmt_mb(f["rss_control_plane_mb"])),
+                memory_checks,
+                at_big,
+            )
+        )
+        rows.append(
+            row(
+                "Envoy RSS (served, after the changes)",
+                size,
+                f"{fmt_mb(fig['rss_envoy_mb'])}, {fmt_mb(fig.get('rss_envoy_after_mb'))}",
+                "reported",
+                beside(size, lambda f: f"{fmt_mb(f['rss_envoy_mb'])}, {fmt_mb(f.get('rss_envoy_after_mb'))}"),
+                [],
+                at_big,
+            )
+        )
+        load = fig.get("load")
+        if load is not None:
+            failed = Row(
+                "route shards: changes under keep-alive load",
+                "shards",
+                f"{size}",
+                load_cell(load),
+                f"0 failed (at {SHARDS_AT:,})",
+                ratio=beside(size, lambda f: load_cell(f["load"]) if f.get("load") else "-"),
+            )
+            failed.verdict, failed.met = verdict(
+                [Check("failed", load["failed"], 0, "")],
+                at_big,
+                f"{load['change_timeouts']} changes not served in time"
+                if load.get("change_timeouts")
+                else "",
+            )
+            rows.append(failed)
+    small, big = by.get((min(sizes), "shards")), by.get((max(sizes), "shards"))
+    if small and big and small is not big and small["add_ms"].get("n") and big["add_ms"].get("n"):
+        ratio = big["add_ms"]["median"] / small["add_ms"]["median"]
+        single_small, single_big = by.get((min(sizes), "single")), by.get((max(sizes), "single"))
+        peer = "-"
+        if single_small and single_big and single_small["add_ms"].get("n") and single_big["add_ms"].get("n"):
+            peer = f"one RouteConfiguration: {single_big['add_ms']['median'] / single_small['add_ms']['median']:.1f}x"
+        rows.append(
+            row(
+                f"new site median, {max(sizes):,} / {min(sizes):,} sites",
+                max(sizes),
+                f"{ratio:.1f}x",
+                f"<= {SHARDS_RATIO:.0f}x (100,000 / 1,000)",
+                peer,
+                [Check("ratio", ratio, SHARDS_RATIO, "x")],
+                max(sizes) == SHARDS_AT and min(sizes) == 1000,
+            )
+        )
+    return rows

@@ -13,7 +13,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,9 +141,17 @@ class FilesSystem:
 
 
 def measure_changes(
-    system: System, backends: Backends, first: int, count: int, seconds: float
+    system: System,
+    backends: Backends,
+    first: int,
+    count: int,
+    seconds: float,
+    moves: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Add `count` sites one by one (within `seconds`); the time until each answers 200."""
+    """Add `count` sites one by one (within `seconds`); the time until each answers 200.
+
+    With `moves`, the changes move those existing sites instead, each to the next backend,
+    and the time is until that backend answers."""
     samples: list[float] = []
     timeouts = 0
     deadline = time.monotonic() + seconds
@@ -153,9 +161,16 @@ def measure_changes(
             log(f"stopping after {k} changes: the series took more than {seconds:.0f} s")
             break
         made += 1
-        i = first + k
-        started = system.add_site(i, backends.port_for(i))
-        took = time_until(system.http_port, site_domain(i), is_ok, started, CHANGE_TIMEOUT)
+        accept: Callable[[Reply], bool] = is_ok
+        if moves:
+            i = moves[k % len(moves)]
+            port = backends.port_for(i + 1)
+            started = system.move_site(i, port)
+            accept = served_by(backends.name_of_port(port))
+        else:
+            i = first + k
+            started = system.add_site(i, backends.port_for(i))
+        took = time_until(system.http_port, site_domain(i), accept, started, CHANGE_TIMEOUT)
         if took is None:
             timeouts += 1
         else:
@@ -242,14 +257,17 @@ class Ours:
         return rss_mb(self.envoy.process.pid) if self.envoy.process else None
 
 
-def start_ours(stack: ExitStack, workdir: Path, size: int, backend_count: int) -> Ours:
-    """Start it with `size` sites; return once Envoy serves the last of them."""
+def start_ours(
+    stack: ExitStack, workdir: Path, size: int, backend_count: int, extra: Sequence[str] = ()
+) -> Ours:
+    """Start it with `size` sites (`extra`: more flags of `serve`); return once Envoy serves
+    the last of them."""
     backends = Backends(backend_count)
     stack.callback(backends.stop)
     sites_dir = workdir / "sites"
     write_sites(sites_dir, {i: backends.port_for(i) for i in range(size)})
     http_port, admin_port = free_port(), free_port()
-    plane = ServeProcess(sites_dir, workdir, http_port)
+    plane = ServeProcess(sites_dir, workdir, http_port, extra)
     stack.callback(plane.stop)
     plane.start()
     bootstrap = local_bootstrap(plane.xds_port, admin_port)

@@ -19,7 +19,9 @@ import pytest
 pytestmark = pytest.mark.envoy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = tuple("change load nginx envoy-files cold share groups fanout memory burst kubernetes".split())  # noqa: SIM905
+SCENARIOS = tuple(
+    "change load nginx envoy-files cold share groups fanout memory burst kubernetes shards".split()  # noqa: SIM905
+)
 TABLE_HEADER = ("figure", "size", "ours", "target", "nginx", "envoy-files", "ratio", "verdict")
 
 
