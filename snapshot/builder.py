@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import immutables
+
 from . import resources as rs
 from . import wire
 from .claims import Claim, ClaimBook, same_resources
@@ -99,7 +101,9 @@ class SnapshotBuilder:
         options = self.options
         self._sites: Mapping[SiteKey, StaticSite] = {}
         self._claims = ClaimBook()
-        self._states: dict[SiteKey, SiteState] = {}
+        # Persistent: a result hands on the map as it is, and no build copies it.
+        self._states: immutables.Map[SiteKey, SiteState] = immutables.Map()
+        self._editing: immutables.MapMutation[SiteKey, SiteState] | None = None
         self._provisioned = 0
         fallback = wire.field_bytes(2, rs.unknown_domain_host().SerializeToString(deterministic=True))
         shards = options.route_shards
@@ -150,6 +154,14 @@ class SnapshotBuilder:
                 gc.freeze()
 
     def _build(self, new: Mapping[SiteKey, StaticSite], hint: set[SiteKey] | None) -> BuildResult:
+        self._editing = self._states.mutate()
+        try:
+            return self._build_states(new, hint)
+        finally:
+            if self._editing is not None:  # a build that failed keeps the states it set
+                self._states, self._editing = self._editing.finish(), None
+
+    def _build_states(self, new: Mapping[SiteKey, StaticSite], hint: set[SiteKey] | None) -> BuildResult:
         old = self._sites
         claims = self._claims
         touched: set[Claim] = set()
@@ -182,7 +194,7 @@ class SnapshotBuilder:
                 self._set_state(key, missing_certificate(key), changed_states)
                 continue
             touched.update(claims.claim(site))
-        self._sites = new if isinstance(new, MappingProxyType) else dict(new)
+        self._sites = new if isinstance(new, (MappingProxyType, immutables.Map)) else dict(new)
 
         backends: set[Backend] = set()
         restate: set[SiteKey] = set()
@@ -240,7 +252,7 @@ class SnapshotBuilder:
         )
         return BuildResult(
             snapshot,
-            MappingProxyType(dict(self._states)),
+            self._finish_states(),
             frozenset(changed_states),
             tuple(added),
             tuple(updated),
@@ -250,16 +262,23 @@ class SnapshotBuilder:
 
     # -- states --------------------------------------------------------------------------------
 
+    def _finish_states(self) -> immutables.Map[SiteKey, SiteState]:
+        if self._editing is not None:
+            self._states, self._editing = self._editing.finish(), None
+        return self._states
+
     def _set_state(self, key: SiteKey, state: SiteState | None, changed: set[SiteKey]) -> None:
-        before = self._states.get(key)
+        states = self._editing
+        assert states is not None, "states are set during a build"
+        before = states.get(key)
         if before == state:
             return
         if before is not None and before.phase is Phase.PROVISIONED:
             self._provisioned -= 1
         if state is None:
-            self._states.pop(key, None)
+            states.pop(key, None)
         else:
-            self._states[key] = state
+            states[key] = state
             if state.phase is Phase.PROVISIONED:
                 self._provisioned += 1
         changed.add(key)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+
+import immutables
 
 from .model import SiteKey, StaticSite
 from .tenancy import Tenancy
@@ -41,7 +42,10 @@ class SiteGroups:
     def __init__(self) -> None:
         self.tenancy: Tenancy | None = None
         self._group_of: dict[SiteKey, str] = {}  # _NOWHERE: refused
-        self._members: dict[str, dict[SiteKey, StaticSite]] = {}
+        # Each group's sites as a persistent map: a builder keeps the one it was handed as its
+        # last, whatever changes after, and no update copies a group.
+        self._members: dict[str, immutables.Map[SiteKey, StaticSite]] = {}
+        self._edits: dict[str, immutables.MapMutation[SiteKey, StaticSite]] = {}  # during an update
         self._refusals: dict[SiteKey, SiteState] = {}
 
     @property
@@ -59,7 +63,7 @@ class SiteGroups:
 
     def members(self, group: str) -> Mapping[SiteKey, StaticSite]:
         """A group's sites now, as a mapping of their own (a builder keeps it as its last)."""
-        return MappingProxyType(dict(self._members.get(group, {})))
+        return self._members.get(group, _EMPTY)
 
     def size(self, group: str) -> int:
         return len(self._members.get(group, ()))
@@ -78,7 +82,7 @@ class SiteGroups:
         out: dict[str, set[SiteKey] | None] = {}
         for name in names:
             if name not in self._members:
-                self._members[name] = {}
+                self._members[name] = _EMPTY
                 out[name] = None
         keys: Iterable[SiteKey]
         if tenancy_changed or changed is None:
@@ -89,8 +93,13 @@ class SiteGroups:
         else:
             keys = changed
         refusals_changed: set[SiteKey] = set()
-        for key in keys:
-            self._place(key, sites.get(key), tenancy, out, refusals_changed)
+        try:
+            for key in keys:
+                self._place(key, sites.get(key), tenancy, out, refusals_changed)
+        finally:
+            edits, self._edits = self._edits, {}
+            for name, edit in edits.items():
+                self._members[name] = edit.finish()
         retired = tuple(name for name in self._members if name not in names)
         for name in retired:  # every site of it was judged again above, and moved out
             del self._members[name]
@@ -127,7 +136,7 @@ class SiteGroups:
                 self._refusals[key] = refusal
                 refusals_changed.add(key)
             return
-        members = self._members[group]
+        members = self._edit(group)
         if members.get(key) is not site:
             members[key] = site
             _mark(out, group, key)
@@ -139,9 +148,17 @@ class SiteGroups:
             del self._refusals[key]
             refusals_changed.add(key)
             return
-        members = self._members.get(group)
-        if members is not None and members.pop(key, None) is not None:
+        if group in self._members and self._edit(group).pop(key, None) is not None:
             _mark(out, group, key)
+
+    def _edit(self, group: str) -> immutables.MapMutation[SiteKey, StaticSite]:
+        edit = self._edits.get(group)
+        if edit is None:
+            edit = self._edits[group] = self._members[group].mutate()
+        return edit
+
+
+_EMPTY: immutables.Map[SiteKey, StaticSite] = immutables.Map()
 
 
 def _mark(out: dict[str, set[SiteKey] | None], group: str, key: SiteKey) -> None:

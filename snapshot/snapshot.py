@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import immutables
 from google.protobuf import json_format, message
 
 from . import wire
@@ -92,7 +93,8 @@ class ResourceSet:
 
     The version is the XOR of a digest of each (name, version) pair: it depends on the
     content only (not on order or history), and a set derived from another with a few
-    changes gets its version in time proportional to the changes. A derived set also says
+    changes gets its version, and its resources (a persistent map that shares all it did not
+    change with the set it came from), in time proportional to the changes. A derived set also says
     what changed since the set it came from (`base`), so streams that hold the base send
     just that.
     """
@@ -111,11 +113,13 @@ class ResourceSet:
         digest = 0
         for res in by_name.values():
             digest ^= _entry_digest(res.name, res.version)
-        return cls(type_url, _set_version(type_url, digest), MappingProxyType(by_name), digest)
+        return cls(type_url, _set_version(type_url, digest), immutables.Map(by_name), digest)
 
     def evolve(self, upserts: Iterable[Resource], removals: Iterable[str] = ()) -> ResourceSet:
         """A new set with `upserts` added or replaced and `removals` gone; self if no change."""
-        by_name = dict(self.resources)
+        current = self.resources
+        base = current if isinstance(current, immutables.Map) else immutables.Map(current)
+        by_name = base.mutate()
         digest = self.digest
         changed: set[str] = set()
         removed: set[str] = set()
@@ -139,7 +143,7 @@ class ResourceSet:
         return ResourceSet(
             self.type_url,
             _set_version(self.type_url, digest),
-            MappingProxyType(by_name),
+            by_name.finish(),
             digest,
             self.version,
             frozenset(changed),

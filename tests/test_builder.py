@@ -170,7 +170,7 @@ def test_no_sites_gives_only_the_catch_all() -> None:
     assert clusters(result) == {}
     assert [v.name for v in route_config(result).virtual_hosts] == [rs.UNKNOWN_DOMAIN_HOST]
     assert listener(result).name == rs.HTTP_LISTENER_NAME
-    assert result.sites == {}
+    assert not result.sites
 
 
 def test_route_configuration_bytes_parse_to_the_message_built_with_protobuf() -> None:

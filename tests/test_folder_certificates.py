@@ -103,7 +103,7 @@ def test_a_missing_key_file_makes_the_declaration_invalid(root: Path) -> None:
     path = root / "secure.yaml"
     path.write_text(tls_manifest())
     sites = FolderSource(root).load()
-    assert sites.sites == {}
+    assert not sites.sites
     [problem] = sites.problems
     assert (problem.origin, problem.field) == (str(path), "spec.tls.keyFile")
     assert str(root / "tls.key") in problem.message
@@ -150,7 +150,7 @@ def test_a_secret_name_is_a_problem_in_a_folder(root: Path) -> None:
         manifest("secure", "secure.example.test", "web", 80) + "  tls: {secretName: secure-tls}\n"
     )
     sites = FolderSource(root).load()
-    assert sites.sites == {}
+    assert not sites.sites
     [problem] = sites.problems
     assert (problem.origin, problem.field) == (str(path), "spec.tls.secretName")
     assert "certificateFile and keyFile" in problem.message
@@ -210,7 +210,7 @@ def test_a_renewal_reaches_the_last_good_version_while_the_manifest_is_broken(
 def test_a_missing_certificate_that_appears_is_read(root: Path) -> None:
     (root / "secure.yaml").write_text(tls_manifest())
     source = FolderSource(root)
-    assert source.load().sites == {}
+    assert not source.load().sites
     FIRST.write(root / "tls.crt", root / "tls.key")
     sites = source.load()
     assert sites.problems == ()

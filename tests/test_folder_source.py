@@ -147,7 +147,7 @@ def test_invalid_document_without_a_name_is_reported(root: Path) -> None:
         "spec: {domain: a.example.com, backend: {serviceName: web, servicePort: 80}}\n",
     )
     sites = FolderSource(root).load()
-    assert sites.sites == {}
+    assert not sites.sites
     assert [(p.origin, p.field) for p in sites.problems] == [(str(path), "metadata.name")]
 
 
@@ -223,7 +223,7 @@ def test_deleting_an_invalid_file_removes_its_kept_sites_and_problems(root: Path
     assert set(source.load().invalid) == {key("a")}
     path.unlink()
     sites = source.load()
-    assert sites.sites == {}
+    assert not sites.sites
     assert sites.problems == ()
     assert dict(sites.invalid) == {}
 
@@ -269,7 +269,7 @@ def test_update_ignores_paths_that_are_not_manifests(root: Path, tmp_path: Path)
     hidden = write(root / ".a.yaml", manifest("a", "a.example.com", "web", 80))
     text = write(root / "a.txt", manifest("b", "b.example.com", "web", 80))
     outside = write(tmp_path / "outside.yaml", manifest("c", "c.example.com", "web", 80))
-    assert source.update([hidden, text, outside]).sites == {}
+    assert not source.update([hidden, text, outside]).sites
 
 
 def test_unchanged_files_are_not_read_again(root: Path) -> None:
@@ -313,7 +313,7 @@ def test_folder_replaced_by_a_file_keeps_the_last_good_sites(root: Path) -> None
 
 def test_missing_folder_from_the_start_is_a_problem(tmp_path: Path) -> None:
     sites = FolderSource(tmp_path / "nowhere").load()
-    assert sites.sites == {}
+    assert not sites.sites
     assert [p.origin for p in sites.problems] == [str(tmp_path / "nowhere")]
 
 
@@ -386,7 +386,7 @@ def test_read_manifests_reports_an_unreadable_folder(root: Path, unreadable: Cal
     write(root / "b.yaml", manifest("b", "b.example.com", "web", 80))
     unreadable(root)
     sites = read_manifests([root])
-    assert sites.sites == {}
+    assert not sites.sites
     (problem,) = sites.problems
     assert problem.origin == str(root)
     assert "Permission denied" in problem.message
@@ -420,7 +420,7 @@ async def test_watch_follows_create_change_rename_delete(root: Path, stop: async
     source = FolderSource(root)
     changes = source.watch(stop)
     first = await asyncio.wait_for(changes.__anext__(), 2.0)
-    assert first.sites == {}
+    assert not first.sites
 
     path = write(root / "blog.yaml", manifest("blog", "blog.example.com", "web", 80))
     sites = await next_set(changes, lambda s: bool(s.sites))

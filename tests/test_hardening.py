@@ -516,7 +516,7 @@ def test_an_integer_too_long_to_print_is_a_problem_of_its_field(tmp_path: Path) 
     path = tmp_path / "hex.yaml"
     path.write_text(manifest("blog", "blog.example.com", "web", 80).replace("80}", "0x" + "f" * 5000 + "}"))
     sites = read_manifests([path])
-    assert sites.sites == {}
+    assert not sites.sites
     (problem,) = sites.problems
     assert (problem.origin, problem.field) == (str(path), "spec.backend.servicePort")
     assert "an integer of 20000 bits" in problem.message
@@ -735,7 +735,7 @@ def test_the_limit_is_exact(root: Path) -> None:
     text = manifest("blog", "blog.example.com", "web", 80)
     (root / "blog.yaml").write_text(text)
     assert FolderSource(root, max_manifest_bytes=len(text)).load().problems == ()
-    assert FolderSource(root, max_manifest_bytes=len(text) - 1).load().sites == {}
+    assert not FolderSource(root, max_manifest_bytes=len(text) - 1).load().sites
 
 
 @pytest.mark.unit

@@ -865,7 +865,7 @@ def test_deleting_a_site_whose_current_version_is_invalid_forgets_its_problems()
     assert key in source.current().sites  # the last good version serves
     assert key in source.current().invalid
     feed(source, "DELETED", broken)
-    assert source.current().sites == {}
+    assert not source.current().sites
     assert source.current().invalid == {}
     assert source.current().problems == ()
 

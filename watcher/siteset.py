@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import immutables
+
 from snapshot.model import Problem, SiteKey, StaticSite, seniority
 from snapshot.tenancy import OPEN, Tenancy
 from snapshot.verdict import site_limit_problem
@@ -131,7 +133,8 @@ class SiteLimit:
         if maximum < 1:
             raise ValueError(f"the limit of sites must be at least 1, got {maximum}")
         self.maximum = maximum
-        self._served: dict[SiteKey, StaticSite] = {}
+        # A persistent map: a set handed on shares it as it is, whatever changes after.
+        self._served: immutables.Map[SiteKey, StaticSite] = immutables.Map()
         self._waiting: dict[SiteKey, tuple[tuple[int, int], StaticSite]] = {}  # key -> (place, site)
         self._queue: list[tuple[tuple[int, int], SiteKey]] = []  # a heap of places; stale ones skipped
         self._pending: dict[SiteKey, StaticSite | None] = {}
@@ -162,15 +165,29 @@ class SiteLimit:
             return set()
         changed: set[SiteKey] = set()
         arrivals: list[StaticSite] = []
+        served = self._served.mutate()
+        try:
+            self._settle(pending, served, changed, arrivals)
+        finally:
+            self._served = served.finish()
+        return changed
+
+    def _settle(
+        self,
+        pending: dict[SiteKey, StaticSite | None],
+        served: immutables.MapMutation[SiteKey, StaticSite],
+        changed: set[SiteKey],
+        arrivals: list[StaticSite],
+    ) -> None:
         for key, site in pending.items():
             if site is None:
-                if self._served.pop(key, None) is not None:
+                if served.pop(key, None) is not None:
                     changed.add(key)
                 elif self._waiting.pop(key, None) is not None:
                     self._problems = None
-            elif key in self._served:
-                if self._served[key] is not site:
-                    self._served[key] = site
+            elif key in served:
+                if served[key] is not site:
+                    served[key] = site
                     changed.add(key)
             elif key in self._waiting:
                 place, _ = self._waiting[key]
@@ -178,15 +195,15 @@ class SiteLimit:
                 self._problems = None
             else:
                 arrivals.append(site)
-        while self._queue and len(self._served) < self.maximum:
+        while self._queue and len(served) < self.maximum:
             place, key = heapq.heappop(self._queue)
             waiting = self._waiting.get(key)
             if waiting is not None and waiting[0] == place:
                 del self._waiting[key]
-                self._served[key] = waiting[1]
+                served[key] = waiting[1]
                 changed.add(key)
                 self._problems = None
-        room = self.maximum - len(self._served)
+        room = self.maximum - len(served)
         if len(arrivals) > room:
             arrivals.sort(key=seniority)
             batch = self._batches = self._batches + 1
@@ -202,12 +219,11 @@ class SiteLimit:
             )
             arrivals = arrivals[: max(room, 0)]
         for site in arrivals:
-            self._served[site.key] = site
+            served[site.key] = site
             changed.add(site.key)
         if len(self._queue) > 2 * len(self._waiting) + 64:  # drop the stale places
             self._queue = [(place, key) for key, (place, _) in self._waiting.items()]
             heapq.heapify(self._queue)
-        return changed
 
     def site_set(
         self,
@@ -228,7 +244,7 @@ class SiteLimit:
             changed = changed | moved
         if not self._waiting:
             return SiteSet(
-                MappingProxyType(dict(self._served)),
+                self._served,
                 tuple(problems),
                 MappingProxyType(dict(invalid)),
                 changed,
@@ -247,7 +263,7 @@ class SiteLimit:
                 generations[key] = site.generation
                 refused.add(key)
         return SiteSet(
-            MappingProxyType(dict(self._served)),
+            self._served,
             (*problems, *refusals.values()),
             MappingProxyType(all_invalid),
             changed,
